@@ -1,0 +1,97 @@
+"""create_app: the gate as one ASGI application.
+
+`/_gate/...` goes to a small Starlette app (sign-in, who am I, health); every other request goes
+to `Gate`, the raw-ASGI hot path. Resources (the upstream session, policy store, caches and the
+policy watcher) live in the lifespan.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+
+from . import pages
+from .authn import Authenticator
+from .errors import UpstreamUnavailable
+from .forward import Receive, Send, Upstream
+from .gate import Gate
+from .policy import PolicyStore
+from .resources import Resolver
+from .routes import RouteTable
+from .settings import Settings
+
+log = logging.getLogger("mlflow_gate")
+
+
+class Runtime:
+    """What the running gate holds; filled in by the lifespan."""
+
+    def __init__(self, settings: Settings, upstream_url: str) -> None:
+        self.settings = settings
+        self.upstream_url = upstream_url
+        self.secret_key = settings.secret_key
+        self.session_lifetime = settings.session_lifetime
+        parts = urlsplit(settings.public_url) if settings.public_url else None
+        self.public_origin = f"{parts.scheme}://{parts.netloc}" if parts else None
+        self.secure_cookies = bool(parts and parts.scheme == "https")
+        self.store = PolicyStore(settings.policy)
+        self.authn = Authenticator(settings.secret_key)
+        self.table = RouteTable()
+        self.gate: Gate | None = None
+        self.upstream: Upstream | None = None
+        self._health: tuple[float, bool, str] = (0.0, False, "not checked yet")
+
+    async def upstream_health(self) -> tuple[bool, str]:
+        checked, ok, detail = self._health
+        if time.monotonic() - checked < 2 or self.upstream is None:
+            return ok, detail
+        try:
+            status, _ = await self.upstream.get_json("/health")
+            ok, detail = status == 200, f"{self.upstream_url}/health answered {status}"
+        except UpstreamUnavailable as exc:
+            ok, detail = False, exc.message
+        self._health = (time.monotonic(), ok, detail)
+        return ok, detail
+
+
+async def _watch_policy(store: PolicyStore, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            store.refresh()
+        except Exception:  # a watcher that dies would silently freeze the policy
+            log.exception("policy watcher error")
+
+
+def create_app(settings: Settings, *, upstream_url: str, policy_poll: float = 1.0) -> Any:
+    rt = Runtime(settings, upstream_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        upstream = Upstream.open(upstream_url)
+        rt.upstream = upstream
+        rt.gate = Gate(store=rt.store, authn=rt.authn, upstream=upstream, resolver=Resolver(upstream),
+                       table=rt.table, public_origin=rt.public_origin)
+        watcher = asyncio.create_task(_watch_policy(rt.store, policy_poll))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await upstream.close()
+
+    pages_app = Starlette(routes=pages.routes(rt), lifespan=lifespan)
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/_gate/") and rt.gate is not None:
+            await rt.gate(scope, receive, send)
+        else:
+            await pages_app(scope, receive, send)
+
+    app.runtime = rt  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,211 @@
+"""mlflow-gate serve | token create | token inspect | hash-password | policy check | policy explain"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .decide import decide, run_checks
+from .identity import Identity
+from .policy import Level, PolicyError, load_policy
+from .settings import Settings, env, secret_key
+from .tokens import TokenError, mint_token, parse_duration, read_token
+
+DEFAULT_POLICY = "policies/example.yaml"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors exit 2, as SPEC.md says
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mlflow-gate", description="Authenticating, authorizing reverse proxy for MLflow.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("serve", help="run the gate (with an embedded mlflow server unless --upstream is given)")
+    s.add_argument("--policy", default=env("POLICY"))
+    s.add_argument("--host", default=env("HOST", "127.0.0.1"))
+    s.add_argument("--port", type=int, default=int(env("PORT", "5000") or 5000))
+    s.add_argument("--upstream", default=env("UPSTREAM"), help="URL of an existing mlflow server")
+    s.add_argument("--backend-store-uri", default=env("BACKEND_STORE_URI", "sqlite:///mlflow.db"))
+    s.add_argument("--artifacts-destination", default=env("ARTIFACTS_DESTINATION", "./mlartifacts"))
+    s.add_argument("--public-url", default=env("PUBLIC_URL"), help="the URL users reach the gate at")
+
+    t = sub.add_parser("token", help="personal tokens")
+    tsub = t.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    tc = tsub.add_parser("create", help="mint a personal token (printed alone on the last line)")
+    tc.add_argument("--user", required=True)
+    tc.add_argument("--group", action="append", default=[])
+    tc.add_argument("--expires-in", default="30d")
+    tc.add_argument("--name", default="")
+    ti = tsub.add_parser("inspect", help="verify a token and print its claims")
+    ti.add_argument("token")
+
+    sub.add_parser("hash-password", help="read a password, print a hash for the policy's users:")
+
+    pol = sub.add_parser("policy", help="validate and explain policy files")
+    psub = pol.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
+    pc = psub.add_parser("check", help="validate, then run the file's checks")
+    pc.add_argument("path")
+    pe = psub.add_parser("explain", help="what level a user has on a name, and why")
+    pe.add_argument("path")
+    pe.add_argument("--user", required=True)
+    pe.add_argument("--group", action="append", default=[])
+    target = pe.add_mutually_exclusive_group(required=True)
+    target.add_argument("--experiment")
+    target.add_argument("--model")
+    pe.add_argument("--action", choices=["read", "edit", "manage"], default="read")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "token":
+            return token_create(args) if args.token_command == "create" else token_inspect(args)
+        if args.command == "hash-password":
+            return hash_password_cmd()
+        if args.policy_command == "check":
+            return policy_check(args.path)
+        return policy_explain(args)
+    except (ValueError, OSError) as exc:
+        print(f"mlflow-gate: {exc}", file=sys.stderr)
+        return 1
+
+
+def token_create(args: argparse.Namespace) -> int:
+    try:
+        seconds = parse_duration(args.expires_in)
+        token = mint_token(secret_key(), args.user, tuple(args.group), seconds, args.name)
+    except TokenError as exc:
+        print(f"mlflow-gate token create: {exc}", file=sys.stderr)
+        return 1
+    claims = read_token(secret_key(), token)
+    print(f"# token {claims.id} for {claims.user}, expires {claims.as_json()['expires_at']}", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def token_inspect(args: argparse.Namespace) -> int:
+    try:
+        claims = read_token(secret_key(), args.token.strip())
+    except TokenError as exc:
+        print(f"mlflow-gate token inspect: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(claims.as_json(), indent=2))
+    return 0
+
+
+def hash_password_cmd() -> int:
+    from .passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("mlflow-gate hash-password: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("mlflow-gate hash-password: the password is empty", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def policy_check(path: str) -> int:
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(f"{len(exc.problems)} problem(s); the policy was not accepted.")
+        return 1
+    failures = run_checks(policy)
+    for failure in failures:
+        print(failure)
+    print(f"{len(policy.teams)} teams, {len(policy.grants)} grants, {len(policy.users)} local users; "
+          f"{len(policy.checks) - len(failures)}/{len(policy.checks)} checks hold.")
+    return 1 if failures else 0
+
+
+def policy_explain(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem)
+        return 1
+    kind, name = ("experiment", args.experiment) if args.experiment is not None else ("model", args.model)
+    d = decide(policy, Identity(args.user, frozenset(args.group), via="explain"), kind, name, Level.parse(args.action))
+    verdict = "ALLOW" if d.allowed else "DENY"
+    print(f"{verdict}: {args.user} has {d.have} on {kind} {name!r} ({d.reason}); {args.action} needs {d.needed}.")
+    print(json.dumps(d.as_json()))
+    return 0 if d.allowed else 1
+
+
+def _logging() -> None:
+    class Fmt(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            if record.name == "mlflow_gate.audit":
+                return record.getMessage()
+            return json.dumps({"ts": round(record.created, 3), "level": record.levelname.lower(),
+                               "logger": record.name, "message": record.getMessage()})
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Fmt())
+    root = logging.getLogger("mlflow_gate")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .embedded import EmbeddedMlflow
+
+    _logging()
+    policy_path = args.policy or DEFAULT_POLICY
+    if not Path(policy_path).exists():
+        print(f"mlflow-gate serve: policy {policy_path!r} does not exist; pass --policy PATH "
+              "(a file or a folder of *.yaml)", file=sys.stderr)
+        return 1
+    try:
+        load_policy(policy_path)
+    except PolicyError as exc:
+        print(f"mlflow-gate serve: the policy has problems:\n{exc}", file=sys.stderr)
+        return 1
+    settings = Settings(policy=policy_path, host=args.host, port=args.port, upstream=args.upstream,
+                        backend_store_uri=args.backend_store_uri, artifacts_destination=args.artifacts_destination,
+                        public_url=args.public_url, secret_key=secret_key())
+    embedded = None
+    upstream = args.upstream
+    if not upstream:
+        embedded = EmbeddedMlflow(args.backend_store_uri, os.path.abspath(args.artifacts_destination))
+        embedded.start()
+        upstream = embedded.url
+    try:
+        app = create_app(settings, upstream_url=upstream)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                                loop="auto", http="auto", lifespan="on", timeout_graceful_shutdown=20)
+        logging.getLogger("mlflow_gate").info("mlflow-gate on http://%s:%d -> %s", args.host, args.port, upstream)
+        uvicorn.Server(config).run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Search results cut to what the caller may read, with pages refilled to `max_results`.
+
+The gate pages through the upstream itself and hands the client its own page token, which
+records where in which upstream page the next gate page starts, so tokens keep working and no
+readable item is skipped or repeated. Pure functions, plus one loop over an injected fetcher.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BadRequest
+
+_TOKEN_PREFIX = "gate1."
+
+
+@dataclass(frozen=True)
+class SearchKind:
+    list_key: str            # the list in the answer
+    name_kind: str           # experiment | model (what the policy decides on)
+    name_field: str          # the name of each item
+    default_max: int
+    upstream_max: int
+
+
+SEARCHES = {
+    "experiments": SearchKind("experiments", "experiment", "name", 1000, 50_000),
+    "registered_models": SearchKind("registered_models", "model", "name", 100, 1000),
+    "model_versions": SearchKind("model_versions", "model", "name", 10_000, 200_000),
+}
+
+
+@dataclass(frozen=True)
+class Cursor:
+    upstream_token: str | None
+    offset: int
+    page_size: int
+
+
+def encode_token(cursor: Cursor) -> str:
+    raw = json.dumps({"t": cursor.upstream_token, "o": cursor.offset, "n": cursor.page_size}).encode()
+    return _TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(token: str) -> Cursor:
+    if not token.startswith(_TOKEN_PREFIX):
+        raise BadRequest("Invalid page_token: pass back the next_page_token the gate returned.")
+    try:
+        body = token[len(_TOKEN_PREFIX):]
+        data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        cursor = Cursor(data["t"], int(data["o"]), int(data["n"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadRequest("Invalid page_token: pass back the next_page_token the gate returned.") from exc
+    if cursor.offset < 0 or cursor.page_size <= 0 or not (cursor.upstream_token is None
+                                                          or isinstance(cursor.upstream_token, str)):
+        raise BadRequest("Invalid page_token: pass back the next_page_token the gate returned.")
+    return cursor
+
+
+def parse_max_results(value: str | int | None, kind: SearchKind) -> int:
+    if value in (None, ""):
+        return kind.default_max
+    try:
+        n = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"max_results must be an integer, got {value!r}.") from exc
+    if n <= 0 or n > kind.upstream_max:
+        raise BadRequest(f"max_results must be between 1 and {kind.upstream_max}, got {n}.")
+    return n
+
+
+Fetch = Callable[[str | None, int], Awaitable[dict[str, Any]]]   # (upstream token, page size) -> answer
+
+
+async def filtered_page(fetch: Fetch, keep: Callable[[dict[str, Any]], bool], kind: SearchKind,
+                        max_results: int, page_token: str | None) -> dict[str, Any]:
+    """One gate page: up to `max_results` readable items, and a token for the next."""
+    if page_token:
+        cursor = decode_token(page_token)
+    else:
+        cursor = Cursor(None, 0, min(kind.upstream_max, max(max_results, 1000)))
+    out: list[dict[str, Any]] = []
+    next_cursor: Cursor | None = None
+    while True:
+        answer = await fetch(cursor.upstream_token, cursor.page_size)
+        items = answer.get(kind.list_key, [])
+        i = cursor.offset
+        while i < len(items) and len(out) < max_results:
+            if keep(items[i]):
+                out.append(items[i])
+            i += 1
+        upstream_next = answer.get("next_page_token") or None
+        if len(out) >= max_results:
+            if i < len(items):
+                next_cursor = Cursor(cursor.upstream_token, i, cursor.page_size)
+            elif upstream_next:
+                next_cursor = Cursor(upstream_next, 0, cursor.page_size)
+            break
+        if not upstream_next:
+            break
+        cursor = Cursor(upstream_next, 0, cursor.page_size)
+    result: dict[str, Any] = {kind.list_key: out} if out else {}
+    if next_cursor is not None:
+        result["next_page_token"] = encode_token(next_cursor)
+    return result

@@ -1,0 +1,149 @@
+"""Ids to the names the policy speaks of: run, trace, logged model, dataset, artifact path ->
+experiment; experiment id -> name. Looked up through the upstream and cached.
+
+Mappings that never change (a run's, trace's or logged model's experiment) are kept until the
+cache is full; an experiment's name can change by rename, so it is kept for a short time and
+dropped by the gate when a rename passes through it. An id that cannot be resolved raises
+`Unresolvable`: the caller denies, never allows.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+from .errors import BadRequest, PermissionDenied, UpstreamUnavailable
+from .forward import Upstream
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_EXPERIMENT_ID = re.compile(r"^[0-9]{1,19}$")
+
+
+class Unresolvable(PermissionDenied):
+    """An id the upstream does not know (or will not say): denied, with the id named."""
+
+
+class LRU(Generic[K, V]):
+    def __init__(self, size: int, ttl: float | None = None) -> None:
+        self.size, self.ttl = size, ttl
+        self.data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        item = self.data.get(key)
+        if item is None:
+            return None
+        if self.ttl is not None and item[0] < time.monotonic():
+            del self.data[key]
+            return None
+        self.data.move_to_end(key)
+        return item[1]
+
+    def put(self, key: K, value: V) -> None:
+        self.data[key] = (time.monotonic() + (self.ttl or 0), value)
+        self.data.move_to_end(key)
+        while len(self.data) > self.size:
+            self.data.popitem(last=False)
+
+    def drop(self, key: K) -> None:
+        self.data.pop(key, None)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    experiment_id: str
+    user_id: str
+
+
+def _dig(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+class Resolver:
+    def __init__(self, upstream: Upstream, *, name_ttl: float = 30.0, size: int = 100_000) -> None:
+        self.upstream = upstream
+        self.runs: LRU[str, RunInfo] = LRU(size)
+        self.traces: LRU[str, str] = LRU(size)
+        self.logged_models: LRU[str, str] = LRU(size)
+        self.names: LRU[str, str] = LRU(size, ttl=name_ttl)
+        self.datasets: LRU[str, tuple[str, ...]] = LRU(size // 10, ttl=name_ttl)
+
+    async def _get(self, what: str, ident: str, path: str, params: dict[str, str] | None = None) -> Any:
+        status, data = await self.upstream.get_json(path, params)
+        if status == 200:
+            return data
+        if status >= 500:
+            raise UpstreamUnavailable(f"The MLflow server failed to look up {what} {ident!r} ({status}).")
+        raise Unresolvable(f"Permission denied: {what} {ident!r} cannot be resolved to an experiment "
+                           f"(the server answered {status}).")
+
+    async def run(self, run_id: str) -> RunInfo:
+        info = self.runs.get(run_id)
+        if info is None:
+            data = await self._get("run", run_id, "/api/2.0/mlflow/runs/get", {"run_id": run_id})
+            exp_id = _dig(data, "run", "info", "experiment_id")
+            if not exp_id:
+                raise Unresolvable(f"Permission denied: run {run_id!r} names no experiment.")
+            info = RunInfo(str(exp_id), str(_dig(data, "run", "info", "user_id") or ""))
+            self.runs.put(run_id, info)
+        return info
+
+    async def trace(self, trace_id: str) -> str:
+        exp_id = self.traces.get(trace_id)
+        if exp_id is None:
+            data = await self._get("trace", trace_id, f"/api/3.0/mlflow/traces/{quote(trace_id, safe='')}")
+            exp_id = _dig(data, "trace", "trace_info", "trace_location", "mlflow_experiment", "experiment_id")
+            if not exp_id:
+                raise Unresolvable(f"Permission denied: trace {trace_id!r} is not stored in an MLflow experiment.")
+            exp_id = str(exp_id)
+            self.traces.put(trace_id, exp_id)
+        return exp_id
+
+    async def logged_model(self, model_id: str) -> str:
+        exp_id = self.logged_models.get(model_id)
+        if exp_id is None:
+            data = await self._get("logged model", model_id, f"/api/2.0/mlflow/logged-models/{quote(model_id, safe='')}")
+            exp_id = _dig(data, "model", "info", "experiment_id")
+            if not exp_id:
+                raise Unresolvable(f"Permission denied: logged model {model_id!r} names no experiment.")
+            exp_id = str(exp_id)
+            self.logged_models.put(model_id, exp_id)
+        return exp_id
+
+    async def dataset(self, dataset_id: str) -> tuple[str, ...]:
+        ids = self.datasets.get(dataset_id)
+        if ids is None:
+            data = await self._get("dataset", dataset_id,
+                                   f"/api/3.0/mlflow/datasets/{quote(dataset_id, safe='')}/experiment-ids")
+            ids = tuple(str(i) for i in data.get("experiment_ids", ()))
+            if not ids:
+                raise Unresolvable(f"Permission denied: dataset {dataset_id!r} belongs to no experiment.")
+            self.datasets.put(dataset_id, ids)
+        return ids
+
+    async def experiment_name(self, experiment_id: str) -> str:
+        if not _EXPERIMENT_ID.match(experiment_id):
+            raise BadRequest(f"{experiment_id!r} is not an experiment id (expected digits).")
+        name = self.names.get(experiment_id)
+        if name is None:
+            data = await self._get("experiment", experiment_id, "/api/2.0/mlflow/experiments/get",
+                                   {"experiment_id": experiment_id})
+            name = _dig(data, "experiment", "name")
+            if not isinstance(name, str):
+                raise Unresolvable(f"Permission denied: experiment {experiment_id!r} has no name.")
+            self.names.put(experiment_id, name)
+        return name
+
+    def remember_name(self, experiment_id: str, name: str) -> None:
+        self.names.put(experiment_id, name)
+
+    def forget_name(self, experiment_id: str) -> None:
+        self.names.drop(experiment_id)

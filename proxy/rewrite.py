@@ -1,0 +1,69 @@
+"""Request rewrites applied before forwarding. Pure functions over the parsed JSON body.
+
+- experiments/create: the client's `artifact_location` is dropped, so the upstream puts the
+  experiment under its own store (`mlflow-artifacts:/<id>`); the owning team's tags are added.
+- runs/create: tag `mlflow.user` (and `user_id`) become the authenticated id; team tags added.
+- runs/set-tag and runs/log-batch: `mlflow.user` cannot be set to anyone else.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .identity import Identity
+from .params import camel
+from .policy import Team
+
+USER_TAG = "mlflow.user"
+
+
+def _pop(body: dict[str, Any], key: str) -> Any:
+    value = body.pop(key, None)
+    other = body.pop(camel(key), None)
+    return value if value is not None else other
+
+
+def _with_tags(tags: Any, forced: dict[str, str], defaults: dict[str, str]) -> list[dict[str, str]]:
+    tags = [t for t in (tags if isinstance(tags, list) else []) if isinstance(t, dict)]
+    present = {t.get("key") for t in tags}
+    out = [t for t in tags if t.get("key") not in forced]
+    out += [{"key": k, "value": v} for k, v in forced.items()]
+    out += [{"key": k, "value": v} for k, v in defaults.items() if k not in present]
+    return out
+
+
+def experiment_create(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    _pop(body, "artifact_location")
+    tags = _pop(body, "tags")
+    body["tags"] = _with_tags(tags, {}, dict(team.tags) if team else {})
+    return body
+
+
+def run_create(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    _pop(body, "user_id")
+    body["user_id"] = ident.id
+    tags = _pop(body, "tags")
+    body["tags"] = _with_tags(tags, {USER_TAG: ident.id}, dict(team.tags) if team else {})
+    return body
+
+
+def run_set_tag(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    if body.get("key") == USER_TAG:
+        body["value"] = ident.id
+    return body
+
+
+def run_log_batch(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    tags = body.get("tags")
+    if isinstance(tags, list):
+        for tag in tags:
+            if isinstance(tag, dict) and tag.get("key") == USER_TAG:
+                tag["value"] = ident.id
+    return body
+
+
+REWRITES = {
+    "experiment_create": experiment_create,
+    "run_create": run_create,
+    "run_set_tag": run_set_tag,
+    "run_log_batch": run_log_batch,
+}
