@@ -1,0 +1,80 @@
+"""Filtered search pages: refilled to max_results, tokens that neither skip nor repeat."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from proxy.errors import BadRequest
+from proxy.filters import SEARCHES, decode_token, filtered_page, parse_max_results
+
+KIND = SEARCHES["experiments"]
+
+
+class FakeUpstream:
+    """An upstream with `items`, paged like MLflow (its own opaque tokens)."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+        self.calls = 0
+
+    async def fetch(self, token: str | None, size: int) -> dict[str, Any]:
+        self.calls += 1
+        start = int(token or 0)
+        page = self.items[start:start + size]
+        out: dict[str, Any] = {"experiments": page}
+        if start + size < len(self.items):
+            out["next_page_token"] = str(start + size)
+        return out
+
+
+def readable(item: dict[str, Any]) -> bool:
+    return item["name"].startswith("mine/")
+
+
+def pages(up: FakeUpstream, max_results: int) -> list[list[str]]:
+    out, token = [], None
+    for _ in range(1000):
+        page = asyncio.run(filtered_page(up.fetch, readable, KIND, max_results, token))
+        out.append([e["name"] for e in page.get("experiments", [])])
+        token = page.get("next_page_token")
+        if not token:
+            return out
+    raise AssertionError("paging did not end")
+
+
+@pytest.mark.parametrize(("total", "every", "max_results"), [(2000, 20, 100), (2000, 20, 7), (50, 3, 5), (3, 1, 10),
+                                                             (0, 1, 10), (2500, 2, 1000)])
+def test_pages_fill_up_and_cover_everything_once(total: int, every: int, max_results: int) -> None:
+    items = [{"name": f"{'mine' if i % every == 0 else 'theirs'}/{i:05d}"} for i in range(total)]
+    up = FakeUpstream(items)
+    got = pages(up, max_results)
+    flat = [n for page in got for n in page]
+    assert flat == [i["name"] for i in items if readable(i)]
+    assert all(len(p) == max_results for p in got[:-1])
+
+
+def test_one_team_of_twenty_costs_at_most_three_upstream_calls_per_page() -> None:
+    items = [{"name": f"{'mine' if i % 20 == 0 else 'theirs'}/{i:05d}"} for i in range(2000)]
+    up = FakeUpstream(items)
+    page = asyncio.run(filtered_page(up.fetch, readable, KIND, 100, None))
+    assert len(page["experiments"]) == 100
+    assert up.calls <= 3
+
+
+@pytest.mark.parametrize("token", ["abc", "gate1.!!!", "gate1.e30", "gate1." + "eyJ0IjpudWxsLCJvIjotMSwibiI6MTB9"])
+def test_foreign_or_forged_tokens_are_refused(token: str) -> None:
+    with pytest.raises(BadRequest):
+        decode_token(token)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 1000), ("", 1000), ("5", 5), (7, 7)])
+def test_max_results(value: Any, expected: int) -> None:
+    assert parse_max_results(value, KIND) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "50001"])
+def test_bad_max_results(value: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_max_results(value, KIND)

@@ -1,0 +1,85 @@
+"""Every route the installed MLflow server answers matches a row of the gate's route table.
+
+The routes come from MLflow itself: the Flask `url_map` and the native FastAPI routes of
+`create_fastapi_app()`. A route the table does not classify would fall to "unknown: admins only",
+which is safe, but means the table is behind the installed MLflow: this test names it.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+
+from proxy.routes import ADMIN, CHECKED, PUBLIC, REFUSED, SIGNED_IN, RouteTable
+
+SAMPLES = {"artifact_path": "1/0123456789abcdef0123456789abcdef/artifacts/x.txt", "path": "a/b", "filename": "a.js"}
+
+
+def installed_routes() -> set[tuple[str, str]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mlflow.server import app as flask_app
+        from mlflow.server.fastapi_app import create_fastapi_app
+
+        fastapi_app = create_fastapi_app()
+    out: set[tuple[str, str]] = set()
+    for rule in flask_app.url_map.iter_rules():
+        pattern = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            out.add((method, pattern))
+    for path, ops in fastapi_app.openapi()["paths"].items():
+        for method in ops:
+            out.add((method.upper(), path))
+    return out
+
+
+def concrete(pattern: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: SAMPLES.get(m.group(1), "p-" + m.group(1)), pattern)
+
+
+ROUTES = sorted(installed_routes())
+
+
+def test_installed_mlflow_has_routes() -> None:
+    assert len(ROUTES) > 300, "route discovery found too few routes; has MLflow's app layout changed?"
+
+
+@pytest.mark.parametrize(("method", "pattern"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+def test_every_mlflow_route_is_classified(method: str, pattern: str) -> None:
+    found = RouteTable().match(method, concrete(pattern))
+    assert found is not None, f"{method} {pattern} is not in proxy/routes.py: classify it"
+    route, _ = found
+    assert route.access in (PUBLIC, SIGNED_IN, CHECKED, ADMIN, REFUSED)
+    if route.access == CHECKED:
+        assert route.needs, f"{method} {pattern} is checked but names no resource"
+
+
+def test_only_health_is_public() -> None:
+    public = [(m, p) for m, p in ROUTES if RouteTable().match(m, concrete(p))[0].access == PUBLIC]  # type: ignore[index]
+    assert public == [("GET", "/health")]
+
+
+def test_assistant_is_refused_and_admin_families_are_admin_only() -> None:
+    table = RouteTable()
+    for method, pattern in ROUTES:
+        route = table.match(method, concrete(pattern))[0]  # type: ignore[index]
+        if "/assistant/" in pattern:
+            assert route.access == REFUSED, pattern
+        elif re.search(r"/(gateway|gateway-proxy|webhooks|workspaces|mcp-servers|skills)\b|/3\.0/(mlflow/)?jobs/", pattern):
+            assert route.access == ADMIN, pattern
+
+
+def test_api_and_ajax_api_twins_get_the_same_row() -> None:
+    table = RouteTable()
+    for method, pattern in ROUTES:
+        if pattern.startswith("/api/"):
+            twin = "/ajax-api/" + pattern[len("/api/"):]
+            assert table.match(method, concrete(pattern))[0] is table.match(method, concrete(twin))[0]  # type: ignore[index]
+
+
+def test_unknown_routes_do_not_match() -> None:
+    table = RouteTable()
+    assert table.match("GET", "/api/2.0/mlflow/no-such-thing") is None
+    assert table.match("POST", "/api/2.0/mlflow/runs/get") is None     # right path, wrong method
+    assert table.match("GET", "/admin") is None
