@@ -91,7 +91,7 @@ def create_app(settings: Settings, *, upstream_url: str, policy_poll: float = 1.
         if scope["type"] == "http" and not scope["path"].startswith("/_gate/") and rt.gate is not None:
             await rt.gate(scope, receive, send)
         else:
-            await pages_app(scope, receive, send)
+            await pages_app(scope, receive, send)  # type: ignore[arg-type]
 
     app.runtime = rt  # type: ignore[attr-defined]
     return app

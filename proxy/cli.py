@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .decide import decide, run_checks
 from .identity import Identity
@@ -19,7 +20,7 @@ DEFAULT_POLICY = "policies/example.yaml"
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors exit 2, as SPEC.md says
+    def error(self, message: str) -> NoReturn:  # usage errors exit 2, as SPEC.md says
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)

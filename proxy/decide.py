@@ -80,7 +80,7 @@ def level_on(policy: Policy, ident: Identity, kind: str, name: str) -> tuple[Lev
             best = role
             reason = f"{'maintainer' if role == Level.MANAGE else 'member'} of team {owner.name}"
         else:
-            reason = f"owned by another team, no grant"
+            reason = "owned by another team, no grant"
     for grant, exps, models in ctx.grants:
         if grant.permission > best and any(name.startswith(p) for p in (exps if kind == "experiment" else models)):
             best, reason = grant.permission, f"grant {grant.where}"

@@ -44,7 +44,7 @@ class Upstream:
         self.calls = 0
 
     @classmethod
-    def open(cls, base_url: str) -> "Upstream":
+    def open(cls, base_url: str) -> Upstream:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"upstream {base_url!r} is not an http(s) URL")
@@ -91,6 +91,7 @@ class Upstream:
         """Send the request upstream; the body is `body` when the gate read it, else streamed."""
         url = self.base_url + raw_path + ("?" + query.decode("latin-1") if query else "")
         data: Any
+        length: int | None
         if body is not None:
             data, length = body, len(body)
         else:

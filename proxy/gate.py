@@ -20,7 +20,7 @@ from .forward import Receive, Send, Upstream, relay, send_bytes
 from .graphql import analyse, filter_model_versions, model_names
 from .identity import Identity
 from .params import Params, read_params
-from .policy import Level, Policy, PolicyStore
+from .policy import Level, Policy, PolicyStore, Team
 from .resources import Resolver, Unresolvable
 from .rewrite import REWRITES
 from .routes import ADMIN, CHECKED, PUBLIC, REFUSED, SIGNED_IN, Need, Route, RouteTable
@@ -144,7 +144,7 @@ class Gate:
         audit.record(ident, method, path, True, "admin" if admin else
                      ("signed in" if route.access == SIGNED_IN else "policy"), decisions)
         if route.rewrite and params.body is not None and route.rewrite in REWRITES:
-            team = self.team_of(route, params, policy)
+            team = await self.team_of(route, params, policy)
             body = json.dumps(REWRITES[route.rewrite](params.body, ident, team)).encode()
         status = await self.forward(scope, receive, send, body, strip_workspace=not admin)
         if route.rewrite == "experiment_rename" and status == 200:
@@ -158,11 +158,12 @@ class Gate:
         return route.source == "proto" and (method != "GET" or not query) and (
             route.access == CHECKED or route.filter is not None or route.rewrite is not None)
 
-    def team_of(self, route: Route, params: Params, policy: Policy) -> Any:
+    async def team_of(self, route: Route, params: Params, policy: Policy) -> Team | None:
+        """The team owning the experiment a creation lands in (for its tags)."""
         name = params.scalar("name") if route.rewrite == "experiment_create" else None
         if route.rewrite == "run_create":
             exp_id = params.scalar("experiment_id")
-            name = self.resolver.names.get(exp_id) if exp_id else None
+            name = await self.resolver.experiment_name(exp_id) if exp_id else None
         return policy.owner("experiment", name) if name else None
 
     # --- authorization ------------------------------------------------------------------------
@@ -375,4 +376,4 @@ async def read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-__all__ = ["Gate", "Unresolvable", "check_path", "artifact_experiment"]
+__all__ = ["Gate", "Unresolvable", "artifact_experiment", "check_path"]

@@ -25,8 +25,8 @@ def safe_next(target: str | None) -> str:
         return "/"
     target = target.strip()
     parts = urlsplit(target)
-    if (parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//")
-            or "\\" in target or any(ord(c) < 32 for c in target) or target.startswith("/_gate/log")):
+    if (parts.scheme or parts.netloc or not target.startswith("/") or target.startswith(("//", "/_gate/log"))
+            or "\\" in target or any(ord(c) < 32 for c in target)):
         return "/"
     return target
 
@@ -54,7 +54,7 @@ def _login_form(next_path: str, error: str = "", *, accounts: bool) -> str:
             '<button type="submit">Sign in</button></form>')
 
 
-def routes(rt: "Runtime") -> list[Route]:
+def routes(rt: Runtime) -> list[Route]:
     async def login(request: Request) -> Response:
         policy = rt.store.current
         accounts = bool(policy.users)
@@ -111,7 +111,7 @@ def routes(rt: "Runtime") -> list[Route]:
     ]
 
 
-def signed_in(rt: "Runtime", ident: Identity, next_path: str) -> Response:
+def signed_in(rt: Runtime, ident: Identity, next_path: str) -> Response:
     value = make_session(rt.secret_key, Identity(ident.id, ident.groups, via="session"), rt.session_lifetime)
     response = RedirectResponse(next_path, status_code=303)
     response.raw_headers.append((b"set-cookie", cookie_header(value, max_age=rt.session_lifetime,
@@ -119,7 +119,7 @@ def signed_in(rt: "Runtime", ident: Identity, next_path: str) -> Response:
     return response
 
 
-def describe(rt: "Runtime", ident: Identity) -> dict[str, Any]:
+def describe(rt: Runtime, ident: Identity) -> dict[str, Any]:
     policy = rt.store.current
     ctx = context_for(policy, ident)
     teams = {name: ("maintainer" if str(level) == "manage" else "member") for name, level in ctx.roles.items()}
@@ -139,7 +139,7 @@ def describe(rt: "Runtime", ident: Identity) -> dict[str, Any]:
     return out
 
 
-def _origin_of(request: Request, rt: "Runtime") -> str:
+def _origin_of(request: Request, rt: Runtime) -> str:
     if rt.public_origin:
         return rt.public_origin
     return f"{request.url.scheme}://{request.headers.get('host', '')}"

@@ -24,7 +24,7 @@ class Level(enum.IntEnum):
     MANAGE = 3
 
     @classmethod
-    def parse(cls, text: object) -> "Level":
+    def parse(cls, text: object) -> Level:
         return cls[str(text).upper()]
 
     def __str__(self) -> str:
@@ -40,7 +40,7 @@ class Subject:
     value: str = ""
 
     @classmethod
-    def parse(cls, text: str) -> "Subject":
+    def parse(cls, text: str) -> Subject:
         text = text.strip()
         if text == "everyone":
             return cls("everyone")
