@@ -19,7 +19,7 @@ from .filters import SEARCHES, filtered_page, parse_max_results
 from .forward import Receive, Send, Upstream, relay, send_bytes
 from .graphql import analyse, filter_model_versions, model_names
 from .identity import Identity
-from .params import Params, read_params
+from .params import Params, parse_body, parse_query, read_params
 from .policy import Level, Policy, PolicyStore, Team
 from .resources import Resolver, Unresolvable
 from .rewrite import REWRITES
@@ -289,6 +289,7 @@ class Gate:
                       params: Params, body: bytes | None) -> None:
         method, path = scope["method"], scope["path"]
         if method == "GET":
+            params = Params(query=parse_query(scope.get("query_string", b"")))
             query_text = params.scalar("query") or ""
             raw_vars = params.scalar("variables")
             try:
@@ -297,7 +298,7 @@ class Gate:
                 raise BadRequest("GraphQL 'variables' is not valid JSON.") from exc
             payload: dict[str, Any] = {"query": query_text, "variables": variables}
         else:
-            payload = params.body or {}
+            payload = parse_body(body or b"")
             query_text, variables = payload.get("query") or "", payload.get("variables")
         if not isinstance(query_text, str) or not query_text:
             raise BadRequest("A GraphQL request needs a 'query'.")

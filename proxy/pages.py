@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -63,7 +63,10 @@ def routes(rt: Runtime) -> list[Route]:
         origin = request.headers.get("origin")
         if origin and origin != _origin_of(request, rt):
             return page("Sign in", '<p class="err">Cross-site sign-in refused.</p>', 403)
-        form = await request.form()
+        body = await request.body()
+        if len(body) > 16384:
+            return page("Sign in", '<p class="err">The form is too large.</p>', 413)
+        form = dict(parse_qsl(body.decode("utf-8", "replace")))
         next_path = safe_next(str(form.get("next") or "/"))
         try:
             ident = rt.authn.local_account(str(form.get("username") or ""), str(form.get("password") or ""), policy)
