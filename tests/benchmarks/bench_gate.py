@@ -1,0 +1,1134 @@
+#!/usr/bin/env python
+"""End-to-end benchmark of mlflow-gate against the mlflow server behind it.
+
+Run from the checkout root:
+
+    .venv/bin/python tests/benchmarks/bench_gate.py            # full run, < 6 minutes
+    .venv/bin/python tests/benchmarks/bench_gate.py --quick    # smaller run, < 2 minutes
+
+One run starts a real `mlflow server --workers 1` (SQLite, in a temporary directory) and one
+`mlflow-gate serve --upstream ...` in front of it, all on 127.0.0.1, and measures:
+
+1. decision time of `proxy.decide.decide` on a 1,000-team policy (in-process, timeit);
+2. latency of `runs/log-metric` and `runs/get`, sequential and at 8 concurrent clients, gate and
+   direct interleaved in alternating blocks, plus throughput at 8 concurrent clients;
+3. `experiments/search` (max_results 100) as a one-team user over 2,000 experiments of 20 teams:
+   latency gate vs direct, correctness of the filtered page and of paging, and the number of
+   upstream calls the gate makes per filtered page (counted from mlflow's own access log);
+4. CPU per request of the gate process group, read from /proc.
+
+It prints a summary table with the targets and writes it as JSON to tests/benchmarks/last-run.json.
+Both servers run in their own process groups, which are stopped at the end, also on Ctrl-C.
+
+This file is deliberately not named test_*.py: pytest must not collect it.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import timeit
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+SECRET = "bench-secret-key-0123456789abcdef0123456789abcdef"
+USER = "alice@corp.test"
+TEAM = "t00"
+N_TEAMS = 20
+
+TARGETS = {
+    "latency_ratio_max": 1.10,
+    "throughput_ratio_min": 0.90,
+    "decision_us_max": 20.0,
+    "upstream_calls_per_filtered_page_max": 3,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    """q-th percentile (0..100), linear interpolation."""
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    k = (len(v) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime + stime of every live process in process group `pgid` (children that exited and
+    were reaped are included in their parent's cutime/cstime, which we add too)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read().decode()
+        except OSError:
+            continue
+        rest = data[data.rfind(")") + 2:].split()
+        # rest[0] = state (field 3); pgrp is field 5 -> rest[2]; utime 14 -> rest[11] ...
+        if int(rest[2]) != pgid:
+            continue
+        total += int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+    return total / tick
+
+
+class Proc:
+    """A server in its own session/process group, logging to a file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logfile: Path, cwd: Path) -> None:
+        self.name = name
+        self.logfile = logfile
+        self._log = open(logfile, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pgid = self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def cpu(self) -> float:
+        return group_cpu_seconds(self.pgid)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None and not self._group_members():
+                break
+            time.sleep(0.1)
+        if self._group_members():
+            try:
+                os.killpg(self.pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+    def _group_members(self) -> list[int]:
+        out = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    data = f.read().decode()
+            except OSError:
+                continue
+            rest = data[data.rfind(")") + 2:].split()
+            if rest[0] != "Z" and int(rest[2]) == self.pgid:
+                out.append(int(entry))
+        return out
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def wait_http_ok(port: int, path: str, proc: Proc, timeout: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.status == 200:
+                return time.monotonic() - t0
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.name} not ready on :{port}{path} after {timeout:.0f}s:\n{proc.tail()}")
+
+
+class Client:
+    """Minimal keep-alive HTTP/1.1 client (stdlib http.client): low, constant per-request cost."""
+
+    def __init__(self, port: int, headers: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.headers = dict(headers or {})
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def request(self, method: str, path: str, body: object | None = None) -> tuple[int, bytes]:
+        headers = dict(self.headers)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        for attempt in (0, 1):
+            try:
+                self.conn.request(method, path, body=data, headers=headers)
+                r = self.conn.getresponse()
+                return r.status, r.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def json(self, method: str, path: str, body: object | None = None) -> dict:
+        status, data = self.request(method, path, body)
+        if status != 200:
+            raise RuntimeError(f"{method} {path} -> {status}: {data[:300]!r}")
+        return json.loads(data) if data else {}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# --------------------------------------------------------------------------------------------
+# policies
+
+
+def bench_policy_yaml(n_teams: int = N_TEAMS) -> str:
+    lines = ["admins: [admin@corp.test]", "default: none", "teams:"]
+    for t in range(n_teams):
+        name = f"t{t:02d}"
+        members = [f"group:{name}"] + ([USER] if name == TEAM else [])
+        lines += [
+            f"  {name}:",
+            f"    members: [{', '.join(members)}]",
+            f'    experiments: ["{name}/"]',
+            f'    models: ["{name}-"]',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def decision_policy_yaml(n_teams: int = 1000) -> str:
+    lines = ["admins: [group:mlflow-admins, root@corp.test]", "default: none", "teams:"]
+    for t in range(n_teams):
+        name = f"t{t:04d}"
+        lines += [
+            f"  {name}:",
+            f"    members: [u{t:04d}@corp.test, group:g{t:04d}]",
+            f"    maintainers: [m{t:04d}@corp.test]",
+            f'    experiments: ["{name}/"]',
+            f'    models: ["{name}-"]',
+        ]
+    lines.append("grants:")
+    grants = [
+        ("everyone", '["shared/"]', '["shared-"]', "edit"),
+        ("everyone", '["users/{user}/"]', '["users/{user}/"]', "manage"),
+        ("group:g1", '["t0001/public/"]', "[]", "read"),
+        ("team:t0002", '["t0003/benchmarks/"]', "[]", "read"),
+        ("team:t0004", '["t0005/"]', '["t0005-"]', "edit"),
+        ("group:g0006", '["t0007/reports/"]', "[]", "read"),
+        ("u0008@corp.test", '["t0009/"]', "[]", "read"),
+        ("team:t0010", "[]", '["t0011-prod"]', "read"),
+        ("group:readers", '["t0012/", "t0013/"]', "[]", "read"),
+        ("everyone", '["t0999/demo/"]', "[]", "read"),
+    ]
+    for to, exps, models, perm in grants:
+        lines += [
+            f"  - to: [{to}]",
+            f"    experiments: {exps}",
+            f"    models: {models}",
+            f"    permission: {perm}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# 1. decision time (in-process)
+
+
+def bench_decisions(quick: bool) -> dict:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from proxy.decide import decide  # type: ignore[import-not-found]
+        from proxy.identity import Identity
+        from proxy.policy import Level, load_policy_text
+    except Exception as exc:  # noqa: BLE001 - the core may not exist yet
+        return {"error": f"cannot import the decision API: {exc!r}"}
+
+    t0 = time.perf_counter()
+    policy = load_policy_text(decision_policy_yaml(1000), source="<bench>")
+    load_s = time.perf_counter() - t0
+    ident = Identity(id="u0500@corp.test", groups=frozenset({"g1"}), via="token")
+    cases = {
+        "allowed (own team, edit)": ("t0500/exp-1", Level.EDIT, True),
+        "denied (other team)": ("t0501/exp-1", Level.READ, False),
+        "unowned name (default none)": ("zzz/exp-1", Level.READ, False),
+        "grant (group:g1 read)": ("t0001/public/x", Level.READ, True),
+    }
+    number = 20_000 if quick else 100_000
+    out: dict = {"policy_load_s": round(load_s, 3), "teams": 1000, "number": number, "cases": {}}
+    for label, (name, level, expect) in cases.items():
+        result = decide(policy, ident, "experiment", name, level)
+        allowed = _allowed(result)
+        runs = timeit.repeat(lambda name=name, level=level: decide(policy, ident, "experiment", name, level),
+                             number=number, repeat=3)
+        us = min(runs) / number * 1e6
+        out["cases"][label] = {
+            "name": name, "level": str(level), "allowed": allowed, "expected": expect,
+            "us_per_decision": round(us, 3), "result": repr(result)[:200],
+        }
+    # a cold caller: first decision for an identity the policy has not seen (per-caller context build)
+    cold = []
+    for i in range(200):
+        other = Identity(id=f"u{i:04d}@corp.test", groups=frozenset({f"g{i:04d}", "readers"}), via="token")
+        t0 = time.perf_counter()
+        decide(policy, other, "experiment", f"t{i:04d}/exp-1", Level.EDIT)
+        cold.append((time.perf_counter() - t0) * 1e6)
+    out["cold_first_decision_us_median"] = round(statistics.median(cold), 2)
+    return out
+
+
+def _allowed(result: object) -> bool | None:
+    if isinstance(result, bool):
+        return result
+    for attr in ("allowed", "allow", "ok"):
+        if hasattr(result, attr):
+            return bool(getattr(result, attr))
+    if isinstance(result, tuple) and result and isinstance(result[0], bool):
+        return result[0]
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# servers
+
+
+@dataclass
+class Servers:
+    tmp: Path
+    mlflow: Proc | None = None
+    mlflow_port: int = 0
+    gate: Proc | None = None
+    gate_port: int = 0
+    token: str = ""
+    gate_kind: str = "mlflow-gate"
+    stub: Proc | None = None       # --baseline: a bare pass-through, as a third target
+    stub_port: int = 0
+    startup: dict = field(default_factory=dict)
+
+    def stop(self) -> None:
+        for p in (self.stub, self.gate, self.mlflow):
+            if p is not None:
+                try:
+                    p.stop()
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    traceback.print_exc()
+
+
+def base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DO_NOT_TRACK="true",
+        MLFLOW_GATE_SECRET_KEY=SECRET,
+        PYTHONUNBUFFERED="1",
+    )
+    for k in list(env):  # never let the benchmark pick up a developer's gate configuration
+        if k.startswith("MLFLOW_GATE_") and k != "MLFLOW_GATE_SECRET_KEY":
+            del env[k]
+    return env
+
+
+def start_mlflow(s: Servers) -> None:
+    s.mlflow_port = free_port()
+    argv = [
+        str(VENV_BIN / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{s.tmp}/mlflow.db",
+        "--artifacts-destination", str(s.tmp / "art"),
+        "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", "1",
+    ]
+    s.mlflow = Proc("mlflow", argv, base_env(), s.tmp / "mlflow.log", s.tmp)
+
+
+STUB_GATE = textwrap.dedent(
+    """
+    # A bare pass-through: the gate's serving stack (raw ASGI under uvicorn with uvloop + httptools,
+    # aiohttp client to the upstream, streamed relay) without any authentication or policy work.
+    import sys, aiohttp, uvicorn
+    UP = sys.argv[2]
+    DROP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+            b"authorization", b"origin", b"content-length"}
+    state = {}
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                m = await receive()
+                if m["type"] == "lifespan.startup":
+                    state["s"] = aiohttp.ClientSession(
+                        connector=aiohttp.TCPConnector(limit=256), auto_decompress=False,
+                        skip_auto_headers=("User-Agent", "Accept-Encoding"))
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await state["s"].close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["path"] == "/_gate/health":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        body = b""
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k.lower() not in DROP]
+        headers.append(("Content-Length", str(len(body))))
+        qs = scope["query_string"].decode()
+        url = UP + scope["raw_path"].decode() + ("?" + qs if qs else "")
+        resp = await state["s"].request(scope["method"], url, data=body, headers=headers,
+                                        allow_redirects=False, compress=None)
+        try:
+            await send({"type": "http.response.start", "status": resp.status,
+                        "headers": [(k.lower(), v) for k, v in resp.raw_headers
+                                    if k.lower() not in (b"connection", b"keep-alive", b"transfer-encoding")]})
+            async for chunk in resp.content.iter_chunked(256 * 1024):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            resp.release()
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False,
+                loop="auto", http="auto", lifespan="on")
+    """
+)
+
+
+def start_stub(s: Servers, as_gate: bool) -> None:
+    """The bare pass-through, either in place of the gate (--stub-gate) or beside it (--baseline)."""
+    port = free_port()
+    script = s.tmp / "stub_gate.py"
+    script.write_text(STUB_GATE)
+    argv = [sys.executable, str(script), str(port), f"http://127.0.0.1:{s.mlflow_port}"]
+    if as_gate:
+        s.gate_kind = "bare pass-through (uvicorn + aiohttp, no auth)"
+        s.gate_port = port
+        s.gate = Proc("gate", argv, base_env(), s.tmp / "gate.log", ROOT)
+    else:
+        s.stub_port = port
+        s.stub = Proc("stub", argv, base_env(), s.tmp / "stub.log", ROOT)
+
+
+def start_gate(s: Servers, stub: bool) -> None:
+    if stub:
+        start_stub(s, as_gate=True)
+        return
+    s.gate_port = free_port()
+    policy = s.tmp / "policy.yaml"
+    policy.write_text(bench_policy_yaml())
+    exe = VENV_BIN / "mlflow-gate"
+    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
+    argv += ["serve", "--policy", str(policy), "--host", "127.0.0.1", "--port", str(s.gate_port),
+             "--upstream", f"http://127.0.0.1:{s.mlflow_port}"]
+    s.gate = Proc("gate", argv, base_env(), s.tmp / "gate.log", ROOT)
+
+
+def mint_token(stub: bool) -> str:
+    if stub:
+        return "stub-token"
+    exe = VENV_BIN / "mlflow-gate"
+    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
+    r = subprocess.run(argv + ["token", "create", "--user", USER, "--group", TEAM, "--name", "bench"],
+                       check=False, env=base_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"token create failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+    return r.stdout.strip().splitlines()[-1].strip()
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow fixtures
+
+
+def create_experiments(port: int, per_team: int) -> tuple[dict[str, str], float]:
+    """Create N_TEAMS * per_team experiments directly on mlflow, interleaving the teams (so a
+    team's experiments are spread over the whole creation order, the worst case for a gate
+    that filters pages after the fact). Returns name -> id and the time taken."""
+    names = [f"t{t:02d}/e{j:04d}" for j in range(per_team) for t in range(N_TEAMS)]
+    local = threading.local()
+    ids: dict[str, str] = {}
+
+    def one(name: str) -> None:
+        c = getattr(local, "c", None)
+        if c is None:
+            c = local.c = Client(port)
+        ids[name] = c.json("POST", "/api/2.0/mlflow/experiments/create", {"name": name})["experiment_id"]
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for f in [pool.submit(one, n) for n in names]:
+            f.result()
+    return ids, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# 2. latency and throughput
+
+
+def make_op(kind: str, run_id: str):
+    counter = [0]
+    lock = threading.Lock()
+
+    def op(c: Client) -> None:
+        if kind == "log-metric":
+            with lock:
+                counter[0] += 1
+                step = counter[0]
+            body = {"run_id": run_id, "key": "bench", "value": step * 0.5,
+                    "timestamp": int(time.time() * 1000), "step": step}
+            status, data = c.request("POST", "/api/2.0/mlflow/runs/log-metric", body)
+        else:
+            status, data = c.request("GET", f"/api/2.0/mlflow/runs/get?run_id={run_id}")
+        if status != 200:
+            raise RuntimeError(f"{kind} -> {status}: {data[:300]!r}")
+
+    return op
+
+
+def timed(op, c: Client) -> float:
+    t0 = time.perf_counter()
+    op(c)
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _targets(s: Servers) -> dict[str, tuple[int, Proc | None]]:
+    """name -> (port, the proxy process in the path or None). Order of rounds rotates over these."""
+    t: dict[str, tuple[int, Proc | None]] = {"gate": (s.gate_port, s.gate), "direct": (s.mlflow_port, None)}
+    if s.stub is not None:
+        t["stub"] = (s.stub_port, s.stub)
+    return t
+
+
+def _order(names: list[str], r: int) -> list[str]:
+    """Round r's order: rotate, and reverse every other round, so no target always goes first."""
+    k = r % len(names)
+    o = names[k:] + names[:k]
+    return o if (r // len(names)) % 2 == 0 else o[::-1]
+
+
+def bench_sequential(s: Servers, run_id: str, n: int, block: int) -> dict:
+    auth = {"Authorization": f"Bearer {s.token}"}
+    targets = _targets(s)
+    names = list(targets)
+    clients = {t: Client(port, auth) for t, (port, _) in targets.items()}
+    out: dict = {}
+    for kind in ("log-metric", "runs/get"):
+        op = make_op(kind, run_id)
+        for c in clients.values():  # warm-up (connections, caches)
+            for _ in range(10):
+                op(c)
+        lat: dict[str, list[float]] = {t: [] for t in names}
+        proxy_cpu = dict.fromkeys(names, 0.0)
+        mlflow_cpu = dict.fromkeys(names, 0.0)
+        block_medians: dict[str, list[float]] = {t: [] for t in names}
+        rounds = max(2, n // block)
+        time.sleep(0.2)
+        log_lines0 = len(access_log_lines(s))
+        for r in range(rounds):
+            for t in _order(names, r):
+                proxy = targets[t][1]
+                p0, m0 = proxy.cpu() if proxy else 0.0, s.mlflow.cpu()
+                v = [timed(op, clients[t]) for _ in range(block)]
+                p1, m1 = proxy.cpu() if proxy else 0.0, s.mlflow.cpu()
+                lat[t] += v
+                block_medians[t].append(statistics.median(v))
+                proxy_cpu[t] += p1 - p0
+                mlflow_cpu[t] += m1 - m0
+        done = rounds * block
+        time.sleep(0.3)
+        # every access-log line is one request reaching mlflow; direct and stub send exactly one each
+        upstream = len(access_log_lines(s)) - log_lines0 - done * (len(names) - 1)
+        d = summarize(lat) | {
+            "n_per_target": done,
+            "upstream_calls_per_gate_req": round(upstream / done, 3),
+            "ratio_median_paired": round(statistics.median(
+                g / dd for g, dd in zip(block_medians["gate"], block_medians["direct"], strict=True)), 3),
+            "gate_cpu_ms_per_req": round(proxy_cpu["gate"] / done * 1000, 3),
+            "mlflow_cpu_ms_per_req": {t: round(v / done * 1000, 3) for t, v in mlflow_cpu.items()},
+        }
+        if "stub" in names:
+            d["stub_cpu_ms_per_req"] = round(proxy_cpu["stub"] / done * 1000, 3)
+        out[kind] = d
+        log(f"  sequential {kind:10s} " + fmt_lat(d) + f"  paired {d['ratio_median_paired']:.3f}")
+        log(f"    gate CPU {d['gate_cpu_ms_per_req']} ms/req"
+            + (f" (bare stub {d['stub_cpu_ms_per_req']})" if "stub" in names else "")
+            + f"; upstream calls per gate request {d['upstream_calls_per_gate_req']}; mlflow CPU ms/req "
+            f"{d['mlflow_cpu_ms_per_req']}")
+    for c in clients.values():
+        c.close()
+    return out
+
+
+def summarize(lat: dict[str, list[float]]) -> dict:
+    d: dict = {}
+    for t, v in lat.items():
+        d[t] = {"median_ms": round(statistics.median(v), 3), "p90_ms": round(pct(v, 90), 3),
+                "mean_ms": round(statistics.fmean(v), 3)}
+    d["ratio_median"] = round(d["gate"]["median_ms"] / d["direct"]["median_ms"], 3)
+    d["ratio_p90"] = round(d["gate"]["p90_ms"] / d["direct"]["p90_ms"], 3)
+    if "stub" in lat:
+        d["stub_ratio_median"] = round(d["stub"]["median_ms"] / d["direct"]["median_ms"], 3)
+        d["stub_ratio_p90"] = round(d["stub"]["p90_ms"] / d["direct"]["p90_ms"], 3)
+    return d
+
+
+def fmt_lat(d: dict) -> str:
+    return (f"gate {d['gate']['median_ms']:.2f}/{d['gate']['p90_ms']:.2f} ms  "
+            f"direct {d['direct']['median_ms']:.2f}/{d['direct']['p90_ms']:.2f} ms  "
+            f"ratio {d['ratio_median']:.3f} (p90 {d['ratio_p90']:.3f})")
+
+
+def run_concurrent_block(port: int, headers: dict, op, workers: int, seconds: float) -> tuple[list[float], float]:
+    """`workers` threads, each with its own keep-alive connection, each issuing requests back to
+    back until `seconds` have passed (time-boxed, so the tail is at most one request per worker).
+    Returns per-request latencies and the wall time from the common start to the last finish."""
+    clients = [Client(port, headers) for _ in range(workers)]
+    for c in clients:  # open the connections outside the timed window
+        c.conn.connect()
+    barrier = threading.Barrier(workers + 1)
+    lats: list[list[float]] = [[] for _ in range(workers)]
+    errors: list[BaseException] = []
+    deadline = [0.0]
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            while time.perf_counter() < deadline[0]:
+                lats[i].append(timed(op, clients[i]))
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(workers)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    deadline[0] = t0 + seconds
+    barrier.wait()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    for c in clients:
+        c.close()
+    if errors:
+        raise errors[0]
+    return [x for v in lats for x in v], wall
+
+
+def bench_concurrent(s: Servers, run_id: str, workers: int, seconds: float, rounds: int) -> dict:
+    auth = {"Authorization": f"Bearer {s.token}"}
+    targets = _targets(s)
+    names = list(targets)
+    out: dict = {}
+    for kind in ("log-metric", "runs/get"):
+        op = make_op(kind, run_id)
+        for t in names:  # warm-up
+            run_concurrent_block(targets[t][0], auth, op, workers, 0.3)
+        lat: dict[str, list[float]] = {t: [] for t in names}
+        wall = dict.fromkeys(names, 0.0)
+        count = dict.fromkeys(names, 0)
+        per_block: dict[str, list[float]] = {t: [] for t in names}
+        # CPU seconds per wall second of each party while the blocks run: on a 2-core machine a
+        # sum near 2.0 means the box is CPU-bound, so every ms the gate spends costs throughput
+        busy = {t: {"mlflow": 0.0, "proxy": 0.0, "client": 0.0} for t in names}
+        for r in range(rounds):
+            for t in _order(names, r):
+                port, proxy = targets[t]
+                p0, m0, c0 = proxy.cpu() if proxy else 0.0, s.mlflow.cpu(), time.process_time()
+                v, w = run_concurrent_block(port, auth, op, workers, seconds)
+                p1, m1, c1 = proxy.cpu() if proxy else 0.0, s.mlflow.cpu(), time.process_time()
+                busy[t]["proxy"] += p1 - p0
+                busy[t]["mlflow"] += m1 - m0
+                busy[t]["client"] += c1 - c0
+                lat[t] += v
+                wall[t] += w
+                count[t] += len(v)
+                per_block[t].append(round(len(v) / w, 1))
+        d = summarize(lat)
+        rps = {t: count[t] / wall[t] for t in names}
+        d["throughput_rps"] = {t: round(v, 1) for t, v in rps.items()}
+        d["throughput_rps_per_block"] = per_block
+        d["throughput_ratio"] = round(rps["gate"] / rps["direct"], 3)
+        # drift-robust view: ratio of each gate block to the direct block of the same round
+        d["throughput_ratio_paired_median"] = round(statistics.median(
+            g / dd for g, dd in zip(per_block["gate"], per_block["direct"], strict=True)), 3)
+        if "stub" in names:
+            d["stub_throughput_ratio"] = round(rps["stub"] / rps["direct"], 3)
+            d["stub_cpu_ms_per_req"] = round(busy["stub"]["proxy"] / count["stub"] * 1000, 3)
+        d["n_per_target"] = count
+        d["gate_cpu_ms_per_req"] = round(busy["gate"]["proxy"] / count["gate"] * 1000, 3)
+        d["cpu_cores_busy"] = {t: {k: round(v / wall[t], 2) for k, v in b.items()} | {
+            "total": round(sum(b.values()) / wall[t], 2)} for t, b in busy.items()}
+        d["mlflow_cpu_ms_per_req"] = {t: round(busy[t]["mlflow"] / count[t] * 1000, 2) for t in busy}
+        out[kind] = d
+        log(f"  {workers} concurrent {kind:10s} " + fmt_lat(d)
+            + f"  | {rps['gate']:.1f} vs {rps['direct']:.1f} req/s ratio {d['throughput_ratio']:.3f}"
+            + f" (paired median {d['throughput_ratio_paired_median']:.3f})")
+        if "stub" in names:
+            log(f"    bare stub: median ratio {d['stub_ratio_median']:.3f}, {rps['stub']:.1f} req/s ratio "
+                f"{d['stub_throughput_ratio']:.3f}")
+        log(f"    cores busy {d['cpu_cores_busy']}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 3. filtered search
+
+
+def access_log_lines(s: Servers) -> list[str]:
+    text = s.mlflow.logfile.read_text(errors="replace")
+    return [ln for ln in text.splitlines() if '" ' in ln and ("HTTP/1.1" in ln or "HTTP/1.0" in ln)]
+
+
+def count_upstream(s: Servers, fn) -> tuple[object, list[str]]:
+    """Run fn() and return its result plus the mlflow access-log lines it caused."""
+    time.sleep(0.05)
+    before = len(access_log_lines(s))
+    result = fn()
+    time.sleep(0.3)  # let uvicorn's access logger write
+    lines = access_log_lines(s)[before:]
+    return result, [ln.split('"')[1] if '"' in ln else ln for ln in lines]
+
+
+def bench_search(s: Servers, per_team: int, n: int) -> dict:
+    auth = {"Authorization": f"Bearer {s.token}"}
+    gate = Client(s.gate_port, auth)
+    direct = Client(s.mlflow_port, auth)
+    path = "/api/2.0/mlflow/experiments/search"
+    body = {"max_results": 100}
+    out: dict = {"experiments_total": per_team * N_TEAMS, "team_experiments": per_team}
+
+    # correctness of one filtered page, and the upstream calls it costs
+    page, calls = count_upstream(s, lambda: gate.json("POST", path, body))
+    names = [e["name"] for e in page.get("experiments", [])]
+    foreign = [nm for nm in names if not nm.startswith(f"{TEAM}/")]
+    out["first_page"] = {
+        "returned": len(names), "expected": min(100, per_team), "foreign_names": foreign[:5],
+        "only_own_team": not foreign, "has_next_page_token": bool(page.get("next_page_token")),
+        "upstream_calls": len(calls), "upstream_requests": calls[:25],
+    }
+    log(f"  first filtered page: {len(names)} experiments, foreign {len(foreign)}, upstream calls {len(calls)}")
+
+    # paging through the gate: max_results 100 (as the brief), and 25 to exercise tokens
+    out["paging"] = {}
+    for size in (100, 25):
+        def walk(size: int = size) -> tuple[list[str], int]:
+            seen: list[str] = []
+            token = None
+            pages = 0
+            while pages < 200:
+                b: dict = {"max_results": size}
+                if token:
+                    b["page_token"] = token
+                p = gate.json("POST", path, b)
+                pages += 1
+                seen += [e["name"] for e in p.get("experiments", [])]
+                token = p.get("next_page_token")
+                if not token:
+                    break
+            return seen, pages
+
+        (seen, pages), calls = count_upstream(s, walk)
+        want = {f"{TEAM}/e{j:04d}" for j in range(per_team)}
+        ok = len(seen) == len(want) and set(seen) == want
+        out["paging"][f"max_results={size}"] = {
+            "pages": pages, "returned": len(seen), "distinct": len(set(seen)), "expected": len(want),
+            "exact": ok, "missing": sorted(want - set(seen))[:5], "extra": sorted(set(seen) - want)[:5],
+            "upstream_calls": len(calls), "upstream_calls_per_page": round(len(calls) / pages, 2),
+        }
+        log(f"  paging max_results={size}: {pages} pages, {len(seen)} names, exact={ok}, "
+            f"upstream calls {len(calls)} ({len(calls) / pages:.2f}/page)")
+
+    # latency, interleaved
+    for c in (gate, direct):
+        for _ in range(3):
+            c.json("POST", path, body)
+    lat: dict[str, list[float]] = {"gate": [], "direct": []}
+    gate_cpu = 0.0
+    mlflow_cpu = {"gate": 0.0, "direct": 0.0}
+    size = {"gate": 0, "direct": 0}
+    block = 5
+    for r in range(max(1, n // block)):
+        order = (("gate", gate), ("direct", direct)) if r % 2 == 0 else (("direct", direct), ("gate", gate))
+        for t, c in order:
+            g0, m0 = s.gate.cpu(), s.mlflow.cpu()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                status, data = c.request("POST", path, body)
+                lat[t].append((time.perf_counter() - t0) * 1000)
+                if status != 200:
+                    raise RuntimeError(f"search via {t} -> {status}: {data[:300]!r}")
+                size[t] = len(data)
+            g1, m1 = s.gate.cpu(), s.mlflow.cpu()
+            mlflow_cpu[t] += m1 - m0
+            if t == "gate":
+                gate_cpu += g1 - g0
+    k = len(lat["gate"])
+    out["latency"] = summarize(lat) | {
+        "n_per_target": k,
+        "gate_cpu_ms_per_req": round(gate_cpu / k * 1000, 3),
+        "mlflow_cpu_ms_per_req": {t: round(v / k * 1000, 2) for t, v in mlflow_cpu.items()},
+        "response_bytes": size,
+    }
+    log("  search max_results=100 " + fmt_lat(out["latency"]))
+    log(f"    CPU per search: gate {out['latency']['gate_cpu_ms_per_req']} ms; mlflow via gate "
+        f"{out['latency']['mlflow_cpu_ms_per_req']['gate']} ms, direct {out['latency']['mlflow_cpu_ms_per_req']['direct']} ms")
+    gate.close()
+    direct.close()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# optional: where the gate's CPU goes (py-spy)
+
+
+def start_py_spy(binary: str, s: Servers) -> tuple[subprocess.Popen, Path]:
+    out = s.tmp / "gate.pyspy.txt"
+    argv = [binary, "record", "--pid", str(s.gate.popen.pid), "--subprocesses", "--format", "raw",
+            "--rate", "250", "--output", str(out), "--nonblocking", "--full-filenames"]
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(s.tmp / "py-spy.log", "wb"),  # noqa: SIM115
+                         start_new_session=True)
+    time.sleep(1.0)
+    return p, out
+
+
+def _short_frame(frame: str) -> str:
+    """'fn (/abs/.../site-packages/pkg/mod.py:12)' -> 'fn (pkg/mod.py:12)'."""
+    for marker in ("site-packages/", "/lib/python3.11/", str(ROOT) + "/"):
+        i = frame.find(marker)
+        if i != -1:
+            j = frame.rfind("(", 0, i)
+            return frame[:j + 1] + frame[i + len(marker):]
+    return frame
+
+
+def stop_py_spy(spy: tuple[subprocess.Popen, Path], s: Servers) -> dict:
+    p, out = spy
+    p.send_signal(signal.SIGINT)
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+    if not out.exists():
+        return {"error": (s.tmp / "py-spy.log").read_text(errors="replace")[-500:]}
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = idle = 0
+    for line in out.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        k = int(n)
+        frames = [_short_frame(f) for f in stack.split(";")]
+        if frames and (".select (" in frames[-1] or frames[-1].startswith(("select (", "Runner.run ("))):
+            idle += k  # the event loop waiting (uvloop's loop is native: its frame is Runner.run)
+            continue
+        total += k
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + k
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + k
+    top_own = sorted(own.items(), key=lambda kv: -kv[1])[:20]
+    top_incl = sorted(((f, n) for f, n in inclusive.items() if "proxy/" in f), key=lambda kv: -kv[1])[:20]
+    log(f"  py-spy: {total} busy samples of the gate; collapsed stacks in {out}")
+    for f, n in top_own[:12]:
+        log(f"    own {100 * n / max(total, 1):5.1f}%  {f[:150]}")
+    for f, n in top_incl[:12]:
+        log(f"    incl {100 * n / max(total, 1):5.1f}%  {f[:150]}")
+    return {"samples": total, "idle_samples": idle, "file": str(out),
+            "top_own": [(f, round(100 * n / max(total, 1), 1)) for f, n in top_own],
+            "top_inclusive_proxy": [(f, round(100 * n / max(total, 1), 1)) for f, n in top_incl]}
+
+
+# --------------------------------------------------------------------------------------------
+# reporting
+
+
+def fmt(v: object, spec: str = ".3f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (int, float)):
+        return format(v, spec)
+    return str(v)
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("PASS" if ok else "MISS")
+
+
+def build_table(res: dict) -> list[dict]:
+    rows: list[dict] = []
+
+    def add(metric: str, gate: object, direct: object, value: object, target: str, ok: bool | None) -> None:
+        rows.append({"metric": metric, "gate": gate, "direct": direct, "value": value, "target": target,
+                     "verdict": verdict(ok)})
+
+    lr, tr = TARGETS["latency_ratio_max"], TARGETS["throughput_ratio_min"]
+    for mode, key in (("seq", "sequential"), ("8c", "concurrent")):
+        for kind, d in res.get(key, {}).items():
+            for stat, rkey in (("median_ms", "ratio_median"), ("p90_ms", "ratio_p90")):
+                add(f"{kind} {mode} {stat.split('_')[0]} (ms)", d["gate"][stat], d["direct"][stat], d[rkey],
+                    f"ratio <= {lr}", d[rkey] <= lr if stat == "median_ms" else None)
+            if "stub" in d:
+                add(f"  {kind} {mode} median, bare pass-through", d["stub"]["median_ms"], d["direct"]["median_ms"],
+                    d["stub_ratio_median"], "(reference)", None)
+            if key == "concurrent":
+                add(f"{kind} 8c throughput (req/s)", d["throughput_rps"]["gate"], d["throughput_rps"]["direct"],
+                    d["throughput_ratio"], f"ratio >= {tr}", d["throughput_ratio"] >= tr)
+                if "stub" in d:
+                    add(f"  {kind} 8c throughput, bare pass-through", d["throughput_rps"]["stub"],
+                        d["throughput_rps"]["direct"], d["stub_throughput_ratio"], "(reference)", None)
+    se = res.get("search")
+    if se and "latency" in se:
+        d = se["latency"]
+        add("search 100 median (ms)", d["gate"]["median_ms"], d["direct"]["median_ms"], d["ratio_median"],
+            "(report)", None)
+        add("search 100 p90 (ms)", d["gate"]["p90_ms"], d["direct"]["p90_ms"], d["ratio_p90"], "(report)", None)
+        fp = se["first_page"]
+        add("filtered page: only own team", fp["returned"], "-", fp["only_own_team"], "True", fp["only_own_team"])
+        for k, p in se["paging"].items():
+            add(f"paging {k}: exact team set", p["returned"], "-", p["exact"], f"{p['expected']} exact", p["exact"])
+        cmax = TARGETS["upstream_calls_per_filtered_page_max"]
+        add("upstream calls per filtered page", "-", "-", fp["upstream_calls"], f"<= {cmax}",
+            fp["upstream_calls"] <= cmax)
+        for k, p in se["paging"].items():
+            add(f"upstream calls/page ({k})", "-", "-", p["upstream_calls_per_page"], f"<= {cmax}",
+                p["upstream_calls_per_page"] <= cmax)
+    de = res.get("decision", {})
+    dmax = TARGETS["decision_us_max"]
+    for label, d in de.get("cases", {}).items():
+        good = d["allowed"] == d["expected"] if d["allowed"] is not None else None
+        add(f"decision {label} (us)", "-", "-", d["us_per_decision"], f"< {dmax}",
+            d["us_per_decision"] < dmax and good is not False)
+    if "cold_first_decision_us_median" in de:
+        add("decision, first for a caller (us)", "-", "-", de["cold_first_decision_us_median"], "(report)", None)
+    for key in ("sequential", "concurrent"):
+        for kind, d in res.get(key, {}).items():
+            add(f"gate CPU per {kind} ({key[:3]}, ms)", d.get("gate_cpu_ms_per_req"), "-", "-", "(report)", None)
+            if "stub_cpu_ms_per_req" in d:
+                add(f"  bare pass-through CPU per {kind} ({key[:3]}, ms)", d["stub_cpu_ms_per_req"], "-", "-",
+                    "(reference)", None)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = [("metric", 48), ("gate", 10), ("direct", 10), ("value", 9), ("target", 14), ("verdict", 7)]
+    print()
+    print("  ".join(name.ljust(w) for name, w in cols))
+    print("  ".join("-" * w for _, w in cols))
+    for r in rows:
+        cells = []
+        for name, w in cols:
+            v = r[name]
+            s = fmt(v, ".2f" if name in ("gate", "direct") else ".3f") if not isinstance(v, bool) else str(v)
+            cells.append(s.ljust(w) if name in ("metric", "target") else s.rjust(w))
+        print("  ".join(cells))
+    print()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller run (< 2 minutes)")
+    ap.add_argument("--stub-gate", action="store_true",
+                    help="replace mlflow-gate by a bare aiohttp pass-through (no auth): harness check, "
+                         "and the cost of forwarding alone")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also run the bare pass-through beside the gate as a third target in the latency and "
+                         "throughput parts: separates what forwarding costs from what the gate's own work costs")
+    ap.add_argument("--skip-decision", action="store_true")
+    ap.add_argument("--skip-search", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, db)")
+    ap.add_argument("--hold", type=float, default=0.0,
+                    help="after setup, sleep this many seconds before measuring (to attach py-spy)")
+    ap.add_argument("--py-spy", metavar="BIN", default=None,
+                    help="path to a py-spy binary: sample the gate during the latency phases and report "
+                         "where its CPU goes (collapsed stacks kept in the temporary directory)")
+    ap.add_argument("--out", default=str(HERE / "last-run.json"))
+    args = ap.parse_args()
+
+    quick = args.quick
+    cfg = {
+        "seq_n": 100 if quick else 300, "seq_block": 25,
+        "conc_workers": 8, "conc_seconds": 1.5, "conc_rounds": 3 if quick else 8,
+        "per_team": 25 if quick else 100, "search_n": 20 if quick else 40,
+    }
+    started = time.time()
+    res: dict = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": "quick" if quick else "full", "config": cfg,
+        "targets": TARGETS,
+        "env": {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
+                "git_head": _git_head()},
+    }
+    try:
+        from importlib.metadata import version
+
+        res["env"]["mlflow"] = version("mlflow")
+    except Exception as exc:  # noqa: BLE001
+        res["env"]["mlflow"] = repr(exc)
+
+    # Ctrl-C and SIGTERM both unwind through the finally below
+    def on_term(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    if not args.skip_decision:
+        log("decision time, 1,000-team policy (in-process)")
+        res["decision"] = bench_decisions(quick)
+        for label, d in res["decision"].get("cases", {}).items():
+            log(f"  {label:32s} {d['us_per_decision']:.2f} us  allowed={d['allowed']}")
+        if "error" in res["decision"]:
+            log(f"  {res['decision']['error']}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gate-"))
+    s = Servers(tmp=tmp)
+    rc = 0
+    try:
+        log(f"starting mlflow server (workers 1, sqlite) in {tmp}")
+        start_mlflow(s)
+        s.startup["mlflow_s"] = round(wait_http_ok(s.mlflow_port, "/health", s.mlflow, 120), 1)
+        log(f"  mlflow ready on :{s.mlflow_port} after {s.startup['mlflow_s']} s")
+        start_gate(s, args.stub_gate)
+        t1 = time.monotonic()
+        s.token = mint_token(args.stub_gate)
+        wait_http_ok(s.gate_port, "/_gate/health", s.gate, 60)
+        s.startup["gate_s"] = round(time.monotonic() - t1, 1)
+        log(f"  gate ({s.gate_kind}) ready on :{s.gate_port} after {s.startup['gate_s']} s")
+        if args.baseline and not args.stub_gate:
+            start_stub(s, as_gate=False)
+            wait_http_ok(s.stub_port, "/_gate/health", s.stub, 30)
+            log(f"  bare pass-through (baseline) ready on :{s.stub_port}")
+        res["gate_kind"] = s.gate_kind
+        res["startup"] = s.startup
+
+        direct = Client(s.mlflow_port)
+        if not args.skip_search:
+            log(f"creating {cfg['per_team'] * N_TEAMS} experiments over {N_TEAMS} teams (direct)")
+            ids, took = create_experiments(s.mlflow_port, cfg["per_team"])
+            res["setup_experiments_s"] = round(took, 1)
+            log(f"  done in {took:.1f} s")
+            exp_id = ids[f"{TEAM}/e0000"]
+        else:
+            exp_id = direct.json("POST", "/api/2.0/mlflow/experiments/create", {"name": f"{TEAM}/e0000"})[
+                "experiment_id"]
+        # the run the latency part works on; created through the gate, so that path is checked too
+        gate = Client(s.gate_port, {"Authorization": f"Bearer {s.token}"})
+        run = gate.json("POST", "/api/2.0/mlflow/runs/create",
+                        {"experiment_id": exp_id, "start_time": int(time.time() * 1000), "run_name": "bench"})
+        run_id = run["run"]["info"]["run_id"]
+        res["run"] = {"experiment_id": exp_id, "run_id": run_id,
+                      "mlflow.user": next((t["value"] for t in run["run"]["data"].get("tags", [])
+                                           if t["key"] == "mlflow.user"), None)}
+        gate.close()
+        direct.close()
+
+        if args.hold:
+            log(f"holding {args.hold:.0f} s (gate pgid {s.gate.pgid}, mlflow pgid {s.mlflow.pgid})")
+            time.sleep(args.hold)
+
+        spy = start_py_spy(args.py_spy, s) if args.py_spy else None
+        log(f"sequential latency ({cfg['seq_n']} per op and target, blocks of {cfg['seq_block']})")
+        res["sequential"] = bench_sequential(s, run_id, cfg["seq_n"], cfg["seq_block"])
+        log(f"{cfg['conc_workers']} concurrent clients ({cfg['conc_rounds']} rounds x "
+            f"{cfg['conc_seconds']} s per target)")
+        res["concurrent"] = bench_concurrent(s, run_id, cfg["conc_workers"], cfg["conc_seconds"],
+                                             cfg["conc_rounds"])
+        if spy is not None:
+            res["gate_profile"] = stop_py_spy(spy, s)
+        if not args.skip_search:
+            log("experiments/search as a one-team user")
+            res["search"] = bench_search(s, cfg["per_team"], cfg["search_n"])
+    except KeyboardInterrupt:
+        log("interrupted")
+        res["error"] = "interrupted"
+        rc = 130
+    except Exception as exc:  # noqa: BLE001 - reported, servers still stopped
+        traceback.print_exc()
+        res["error"] = f"{type(exc).__name__}: {exc}"
+        rc = 1
+        if s.gate is not None:
+            print(f"--- gate log tail ({s.gate.logfile}) ---\n{s.gate.tail(40)}", file=sys.stderr)
+    finally:
+        log("stopping servers")
+        s.stop()
+        res["gate_log_bytes"] = (tmp / "gate.log").stat().st_size if (tmp / "gate.log").exists() else None
+        if args.keep or rc:
+            log(f"kept {tmp}")
+            res["tmp"] = str(tmp)
+        else:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    res["elapsed_s"] = round(time.time() - started, 1)
+    res["env"]["loadavg_end"] = os.getloadavg()
+    res["summary"] = build_table(res)
+    print_table(res["summary"])
+    Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n")
+    log(f"wrote {args.out} (elapsed {res['elapsed_s']} s)")
+    return rc
+
+
+def _git_head() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
