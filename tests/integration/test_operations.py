@@ -1,0 +1,176 @@
+"""Operations against real processes: the upstream going away and coming back, a broken policy file
+during hot reload, and the embedded mlflow server stopping with the gate (no orphans)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import BIN, SECRET_KEY, TEST_POLICY, child_env, free_port, log_tail, start_gate, stop_process
+
+pytestmark = pytest.mark.integration
+SEARCH = "/api/2.0/mlflow/experiments/search"
+
+
+class Relay:
+    """A TCP relay on a fixed loopback port that can be stopped and started: the 'network' to the upstream."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self.loop = asyncio.new_event_loop()
+        self.server: asyncio.base_events.Server | None = None
+        self.conns: set[asyncio.StreamWriter] = set()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.conns |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for w in self.conns:
+                w.transport.abort()
+            self.conns.clear()
+            await self.server.wait_closed()
+            self.server = None
+
+    def start(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def relayed_gate(mlflow_server, tmp_path: Path) -> Iterator[tuple[object, Relay]]:  # type: ignore[no-untyped-def]
+    relay = Relay(int(mlflow_server.url.rsplit(":", 1)[1]))
+    relay.start()
+    gate, stop = start_gate(f"http://127.0.0.1:{relay.port}", tmp_path / "gate")
+    try:
+        yield gate, relay
+    finally:
+        stop()
+        relay.close()
+
+
+def test_upstream_down_gives_503_and_the_gate_recovers(relayed_gate) -> None:  # type: ignore[no-untyped-def]
+    gate, relay = relayed_gate
+    with gate.http("alice") as http:  # type: ignore[attr-defined]
+        assert http.post(SEARCH, json={"max_results": 5}).status_code == 200
+        relay.stop()
+        r = http.post(SEARCH, json={"max_results": 5})
+        assert r.status_code == 503, r.text
+        assert r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        r = http.get("/api/2.0/mlflow/runs/get", params={"run_id": "0" * 32})
+        assert r.status_code == 503 and r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        health = httpx.get(gate.url + "/_gate/health", timeout=10)  # type: ignore[attr-defined]
+        time.sleep(2.1)   # the health answer is cached for 2 s
+        health = httpx.get(gate.url + "/_gate/health", timeout=10)  # type: ignore[attr-defined]
+        assert health.status_code == 503 and health.json()["upstream"]["ok"] is False
+        relay.start()
+        assert http.post(SEARCH, json={"max_results": 5}).status_code == 200
+
+
+def test_a_broken_policy_keeps_the_last_good_one_serving(mlflow_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gate, stop = start_gate(mlflow_server.url, tmp_path / "gate")
+    try:
+        with gate.http("alice") as alice:
+            assert alice.post("/api/2.0/mlflow/experiments/create", json={"name": "alpha/reload-a"}).status_code == 200
+            gate.policy_path.write_text(TEST_POLICY + "\nbogus_key: true\n")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                health = httpx.get(gate.url + "/_gate/health", timeout=10).json()
+                if health["policy"]["error"]:
+                    break
+                time.sleep(0.2)
+            assert "bogus_key" in health["policy"]["error"]
+            # the old policy still serves: alice keeps her team's prefix
+            assert alice.post("/api/2.0/mlflow/experiments/create", json={"name": "alpha/reload-b"}).status_code == 200
+            # a good change is taken: alpha's prefix moves, alice loses "alpha/"
+            gate.policy_path.write_text(TEST_POLICY.replace('experiments: ["alpha/"]', 'experiments: ["alpha2/"]'))
+            deadline = time.monotonic() + 10
+            status = 0
+            while time.monotonic() < deadline:
+                status = alice.post("/api/2.0/mlflow/experiments/create", json={"name": "alpha/reload-c"}).status_code
+                if status == 403:
+                    break
+                time.sleep(0.2)
+            assert status == 403
+            assert httpx.get(gate.url + "/_gate/health", timeout=10).json()["policy"]["error"] is None
+    finally:
+        stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_the_embedded_server_stops_with_the_gate(tmp_path: Path, how: signal.Signals) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(TEST_POLICY)
+    port = free_port()
+    log = tmp_path / "gate.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "mlflow-gate"), "serve", "--policy", str(policy), "--port", str(port)],
+                                cwd=tmp_path, env=child_env(MLFLOW_GATE_SECRET_KEY=SECRET_KEY), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log_tail(log)
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/_gate/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], check=False, capture_output=True,
+                                  text=True).stdout.split()
+        assert children, "the gate started no embedded mlflow server"
+        mlflow_pgids = {os.getpgid(int(c)) for c in children}
+        assert proc.pid not in mlflow_pgids          # the server runs in its own process group
+        os.kill(proc.pid, how)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and any(_group_alive(g) for g in mlflow_pgids):
+            time.sleep(0.2)
+        assert not any(_group_alive(g) for g in mlflow_pgids), "the embedded mlflow server outlived the gate"
+        assert (tmp_path / "mlflow.db").exists()       # the quick start's default store, in the working folder
+    finally:
+        stop_process(proc)
