@@ -16,11 +16,13 @@ from http.cookies import CookieError, SimpleCookie
 
 from .errors import Unauthenticated
 from .identity import Identity
-from .passwords import verify_password
+from .passwords import hash_password, verify_password
 from .policy import Policy
 from .resources import LRU
 from .sessions import COOKIE, SessionError, read_session
 from .tokens import PREFIX, TokenError, read_token
+
+_DUMMY_HASH = hash_password("timing-equaliser")
 
 # A provider-JWT validator slots in here (OIDC issue): token -> Identity, raising Unauthenticated.
 JwtValidator = Callable[[str], Awaitable[Identity]]
@@ -31,7 +33,7 @@ class Authenticator:
         self.secret_key = secret_key
         self.jwt = jwt
         self._tokens: LRU[str, Identity] = LRU(50_000)
-        self._passwords: LRU[tuple[str, int], Identity] = LRU(10_000, ttl=300)
+        self._passwords: LRU[tuple[str, str, frozenset[str]], Identity] = LRU(10_000, ttl=300)
 
     async def identify(self, headers: dict[bytes, bytes], policy: Policy) -> Identity | None:
         auth = headers.get(b"authorization")
@@ -91,11 +93,16 @@ class Authenticator:
 
     def local_account(self, user: str, password: str, policy: Policy) -> Identity:
         account = policy.users.get(user.lower())
-        key = (hashlib.sha256(f"{user}\0{password}".encode()).hexdigest(), id(policy))
+        if account is None:
+            verify_password(password, _DUMMY_HASH)   # same time whether or not the account exists
+            raise Unauthenticated("Authentication failed: unknown user or wrong password (Basic credentials take "
+                                  "a local account's password, or any user name with a personal token).")
+        # The cache key holds the account as the policy has it now: a changed hash or groups miss the cache.
+        key = (hashlib.sha256(f"{user}\0{password}".encode()).hexdigest(), account.password, account.groups)
         ident = self._passwords.get(key)
         if ident is not None:
             return ident
-        if account is None or not verify_password(password, account.password):
+        if not verify_password(password, account.password):
             raise Unauthenticated("Authentication failed: unknown user or wrong password (Basic credentials take "
                                   "a local account's password, or any user name with a personal token).")
         ident = Identity(account.id, account.groups, via="password")

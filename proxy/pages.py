@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import re
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from .app import Runtime
 
 
+_CONTROL = re.compile(r"[\x00-\x20\x7f]|%[01][0-9a-fA-F]|%7[fF]")
+
+
 def safe_next(target: str | None) -> str:
     """Where to land after sign-in: a path on this gate only, never another origin."""
     if not target:
@@ -26,7 +30,7 @@ def safe_next(target: str | None) -> str:
     target = target.strip()
     parts = urlsplit(target)
     if (parts.scheme or parts.netloc or not target.startswith("/") or target.startswith(("//", "/_gate/log"))
-            or "\\" in target or any(ord(c) < 32 for c in target)):
+            or "\\" in target or _CONTROL.search(target)):
         return "/"
     return target
 

@@ -128,3 +128,14 @@ def test_password_hashes() -> None:
     assert not verify_password("s3cret-pasS", PW)
     assert not verify_password("x", "scrypt$bad")
     assert hash_password("a") != hash_password("a")
+
+
+def test_a_changed_password_in_the_policy_is_not_served_from_the_cache() -> None:
+    authn = Authenticator(KEY)
+    assert run(authn.identify(basic("dave@x.test", "s3cret-pass"), POLICY)) is not None
+    changed = load_policy_text(f'users:\n  dave@x.test: {{password: "{hash_password("new-pass")}"}}\n')
+    with pytest.raises(Unauthenticated):
+        run(authn.identify(basic("dave@x.test", "s3cret-pass"), changed))
+    removed = load_policy_text("users: {}\n")
+    with pytest.raises(Unauthenticated):
+        run(authn.identify(basic("dave@x.test", "s3cret-pass"), removed))
