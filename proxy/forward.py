@@ -142,8 +142,13 @@ async def relay(resp: aiohttp.ClientResponse, send: Send) -> int:
     """Stream an upstream response to the client as it arrives; returns bytes sent."""
     sent = 0
     try:
-        await send({"type": "http.response.start", "status": resp.status,
-                    "headers": response_headers(resp, keep_length=True)})
+        headers = response_headers(resp, keep_length=True)
+        if resp.content_length is not None and resp.content_length <= CHUNK:   # small answers: one message
+            body = await resp.read()
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return len(body)
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         async for chunk in resp.content.iter_chunked(CHUNK):
             sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
