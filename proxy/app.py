@@ -14,13 +14,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
 
 from . import pages
 from .authn import Authenticator
 from .errors import UpstreamUnavailable
 from .forward import Receive, Send, Upstream
 from .gate import Gate
+from .jwt_bearer import JwtValidator
+from .oidc import OidcLogin
+from .oidc_config import Discovery, OidcSettings
 from .policy import PolicyStore
 from .resources import Resolver
 from .routes import RouteTable
@@ -41,7 +47,13 @@ class Runtime:
         self.public_origin = f"{parts.scheme}://{parts.netloc}" if parts else None
         self.secure_cookies = bool(parts and parts.scheme == "https")
         self.store = PolicyStore(settings.policy)
-        self.authn = Authenticator(settings.secret_key)
+        self.http = httpx.AsyncClient(timeout=10, follow_redirects=False)
+        oidc_settings = OidcSettings.from_env()
+        self.oidc = OidcLogin(oidc_settings, settings.public_url) if oidc_settings else None
+        jwt = None
+        if oidc_settings and oidc_settings.audience:
+            jwt = JwtValidator(oidc_settings, Discovery(oidc_settings, self.http), self.http)
+        self.authn = Authenticator(settings.secret_key, jwt=jwt)
         self.table = RouteTable()
         self.gate: Gate | None = None
         self.upstream: Upstream | None = None
@@ -84,8 +96,12 @@ def create_app(settings: Settings, *, upstream_url: str, policy_poll: float = 1.
         finally:
             watcher.cancel()
             await upstream.close()
+            await rt.http.aclose()
 
-    pages_app = Starlette(routes=pages.routes(rt), lifespan=lifespan)
+    # authlib keeps the sign-in's state, nonce and PKCE verifier in this short-lived signed cookie.
+    middleware = [Middleware(SessionMiddleware, secret_key=settings.secret_key, session_cookie="mlflow_gate_signin",
+                             max_age=600, same_site="lax", https_only=rt.secure_cookies)]
+    pages_app = Starlette(routes=pages.routes(rt), middleware=middleware, lifespan=lifespan)
 
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope["path"].startswith("/_gate/") and rt.gate is not None:

@@ -1,12 +1,15 @@
-"""The gate's own endpoints under /_gate/: sign-in with a local account, sign-out, who am I, health."""
+"""The gate's own endpoints under /_gate/: sign-in (identity provider or local account), sign-out,
+personal tokens, who am I, health."""
 from __future__ import annotations
 
 import html
+import json
 import re
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -14,12 +17,15 @@ from starlette.routing import Route
 from .decide import context_for, is_admin
 from .errors import GateError, Unauthenticated
 from .identity import Identity
+from .oidc import SignInError
 from .sessions import clear_cookie_header, cookie_header, make_session
+from .tokens import TokenError, mint_token, parse_duration, read_token
 
 if TYPE_CHECKING:
     from .app import Runtime
 
-
+TOKENS_COOKIE = "mlflow_gate_tokens"
+MAX_TOKEN_LIFETIME = 90 * 86400
 _CONTROL = re.compile(r"[\x00-\x20\x7f]|%[01][0-9a-fA-F]|%7[fF]")
 
 
@@ -36,26 +42,36 @@ def safe_next(target: str | None) -> str:
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title} - mlflow-gate</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;color:#222}}
-input,button{{font-size:1rem;padding:.4rem;margin:.2rem 0;width:100%}}.err{{color:#b00}}</style>
+<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;color:#222}}
+input,button,select{{font-size:1rem;padding:.4rem;margin:.2rem 0;width:100%}}.err{{color:#b00}}
+code{{word-break:break-all;background:#f4f4f4;padding:.2rem}}td{{padding:.2rem .6rem}}</style>
 </head><body><h1>{title}</h1>{body}</body></html>"""
 
 
 def page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status,
-                        headers={"cache-control": "no-store", "x-frame-options": "DENY"})
+                        headers={"cache-control": "no-store", "x-frame-options": "DENY",
+                                 "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                                            "form-action 'self'"})
 
 
-def _login_form(next_path: str, error: str = "", *, accounts: bool) -> str:
+def _login_form(next_path: str, error: str = "", *, accounts: bool, provider: bool) -> str:
     err = f'<p class="err">{html.escape(error)}</p>' if error else ""
+    other = (f'<p><a href="/_gate/login?next={html.escape(next_path)}">Sign in with the identity provider</a></p>'
+             if provider else "")
     if not accounts:
-        return (err + "<p>No sign-in method is configured for browsers on this gate. API clients use a personal "
+        return (err + other + "<p>No local accounts are configured on this gate. API clients use a personal "
                 "token (<code>MLFLOW_TRACKING_TOKEN</code>) from <code>mlflow-gate token create</code>.</p>")
-    return (err + '<form method="post" action="/_gate/login">'
+    return (err + other + '<form method="post" action="/_gate/login">'
             f'<input type="hidden" name="next" value="{html.escape(next_path)}">'
             '<label>User<input name="username" autocomplete="username" autofocus></label>'
             '<label>Password<input name="password" type="password" autocomplete="current-password"></label>'
             '<button type="submit">Sign in</button></form>')
+
+
+def wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept or "text/html" not in accept
 
 
 def routes(rt: Runtime) -> list[Route]:
@@ -63,41 +79,101 @@ def routes(rt: Runtime) -> list[Route]:
         policy = rt.store.current
         accounts = bool(policy.users)
         if request.method == "GET":
-            return page("Sign in", _login_form(safe_next(request.query_params.get("next")), accounts=accounts))
-        origin = request.headers.get("origin")
-        if origin and origin != _origin_of(request, rt):
+            next_path = safe_next(request.query_params.get("next"))
+            if rt.oidc is not None and not request.query_params.get("local"):
+                try:
+                    return await rt.oidc.start(request, next_path)
+                except SignInError as exc:
+                    return page("Sign in", f'<p class="err">{html.escape(exc.message)}</p>', exc.status)
+            return page("Sign in", _login_form(next_path, accounts=accounts, provider=rt.oidc is not None))
+        if not same_origin(request, rt):
             return page("Sign in", '<p class="err">Cross-site sign-in refused.</p>', 403)
-        body = await request.body()
-        if len(body) > 16384:
-            return page("Sign in", '<p class="err">The form is too large.</p>', 413)
-        form = dict(parse_qsl(body.decode("utf-8", "replace")))
+        form = await small_form(request)
         next_path = safe_next(str(form.get("next") or "/"))
         try:
             ident = rt.authn.local_account(str(form.get("username") or ""), str(form.get("password") or ""), policy)
         except Unauthenticated:
-            return page("Sign in", _login_form(next_path, "Unknown user or wrong password.", accounts=accounts), 401)
+            return page("Sign in", _login_form(next_path, "Unknown user or wrong password.", accounts=accounts,
+                                               provider=rt.oidc is not None), 401)
         return signed_in(rt, ident, next_path)
 
+    async def callback(request: Request) -> Response:
+        if rt.oidc is None:
+            return page("Sign in", '<p class="err">No identity provider is configured.</p>', 404)
+        try:
+            ident, next_path = await rt.oidc.finish(request)
+        except SignInError as exc:
+            return page("Sign-in failed", f'<p class="err">{html.escape(exc.message)}</p>'
+                        '<p><a href="/_gate/login">Try again</a></p>', exc.status)
+        return signed_in(rt, ident, safe_next(next_path))
+
     async def logout(request: Request) -> Response:
-        response = RedirectResponse("/_gate/login", status_code=303)
+        target = "/_gate/signed-out"
+        if rt.oidc is not None:
+            target = await rt.oidc.logout_url(request) or target
+        response = RedirectResponse(target, status_code=303, headers={"cache-control": "no-store"})
         response.raw_headers.append((b"set-cookie", clear_cookie_header(rt.secure_cookies)))
         return response
 
+    async def signed_out(request: Request) -> Response:
+        return page("Signed out", '<p>You are signed out.</p><p><a href="/_gate/login">Sign in again</a></p>')
+
     async def me(request: Request) -> Response:
-        try:
-            ident = await rt.authn.identify({k.lower(): v for k, v in request.headers.raw}, rt.store.current)
-        except GateError as err:
-            return Response(err.body(), status_code=err.status, media_type="application/json")
-        if ident is None:
-            if "text/html" in request.headers.get("accept", ""):
-                return RedirectResponse("/_gate/login?next=/_gate/me", status_code=302)
-            return JSONResponse({"error_code": "UNAUTHENTICATED", "message": "Authentication required."}, 401)
+        ident = await caller(request)
+        if isinstance(ident, Response):
+            return ident
         info = describe(rt, ident)
-        if "text/html" in request.headers.get("accept", "") and "application/json" not in request.headers.get(
-                "accept", ""):
-            rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in info.items())
-            return page("Who am I", f"<table>{rows}</table><p><a href='/_gate/logout'>Sign out</a></p>")
-        return JSONResponse(info)
+        if not wants_json(request):
+            rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
+                           for k, v in info.items())
+            return page("Who am I", f"<table>{rows}</table><p><a href='/_gate/tokens'>Personal tokens</a> · "
+                                    "<a href='/_gate/logout'>Sign out</a></p>")
+        return JSONResponse(info, headers={"cache-control": "no-store"})
+
+    async def tokens(request: Request) -> Response:
+        ident = await caller(request)
+        if isinstance(ident, Response):
+            return ident
+        if ident.via in ("token", "basic"):
+            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": "Personal tokens cannot mint "
+                                 "personal tokens: sign in in the browser or use the identity provider's token."}, 403)
+        listed = _read_list(rt, request, ident)
+        if request.method == "GET":
+            if wants_json(request):
+                return JSONResponse({"tokens": listed})
+            return page("Personal tokens", _tokens_page(listed))
+        if ident.via == "session" and not same_origin(request, rt):
+            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": "Cross-site request refused."}, 403)
+        data = await small_json(request) if "json" in request.headers.get("content-type", "") else \
+            await small_form(request)
+        name = str(data.get("name") or "")[:100]
+        try:
+            seconds = parse_duration(str(data.get("expires_in") or "30d"))
+            if seconds > MAX_TOKEN_LIFETIME:
+                raise TokenError("a personal token may live at most 90 days (90d)")
+        except TokenError as exc:
+            return JSONResponse({"error_code": "INVALID_PARAMETER_VALUE", "message": str(exc)}, 400)
+        token = mint_token(rt.secret_key, ident.id, tuple(sorted(ident.groups)), seconds, name)
+        claims = read_token(rt.secret_key, token).as_json()
+        listed = ([{k: claims[k] for k in ("id", "name", "expires_at")}] + listed)[:20]
+        if wants_json(request):
+            response: Response = JSONResponse({"token": token, **claims}, headers={"cache-control": "no-store"})
+        else:
+            response = page("Personal tokens", "<p>Your new token, shown once. Use it as "
+                            "<code>MLFLOW_TRACKING_TOKEN</code>:</p>"
+                            f"<p><code id='token'>{html.escape(token)}</code></p>" + _tokens_page(listed))
+        response.set_cookie(TOKENS_COOKIE, _list_serializer(rt).dumps({"u": ident.id, "t": listed}),
+                            max_age=MAX_TOKEN_LIFETIME, httponly=True, samesite="lax", secure=rt.secure_cookies,
+                            path="/_gate/tokens")
+        return response
+
+    async def oidc_info(request: Request) -> Response:
+        if rt.oidc is None:
+            return JSONResponse({"error_code": "ENDPOINT_NOT_FOUND", "message": "No identity provider is configured "
+                                 "on this gate."}, 404)
+        s = rt.oidc.settings
+        return JSONResponse({"issuer": s.issuer, "cli_client_id": s.cli_client_id, "audience": s.audience,
+                             "scopes": s.scopes})
 
     async def health(request: Request) -> Response:
         upstream_ok, detail = await rt.upstream_health()
@@ -110,17 +186,88 @@ def routes(rt: Runtime) -> list[Route]:
         }
         return JSONResponse(body, status_code=200 if upstream_ok else 503, headers={"cache-control": "no-store"})
 
+    async def caller(request: Request) -> Identity | Response:
+        try:
+            ident = await rt.authn.identify({k.lower(): v for k, v in request.headers.raw}, rt.store.current)
+        except GateError as err:
+            if not wants_json(request):
+                return RedirectResponse(f"/_gate/login?next={request.url.path}", status_code=302)
+            return Response(err.body(), status_code=err.status, media_type="application/json")
+        if ident is None:
+            if not wants_json(request):
+                return RedirectResponse(f"/_gate/login?next={request.url.path}", status_code=302)
+            return JSONResponse({"error_code": "UNAUTHENTICATED", "message": "Authentication required."}, 401)
+        return ident
+
     return [
         Route("/_gate/login", login, methods=["GET", "POST"]),
+        Route("/_gate/callback", callback, methods=["GET"]),
         Route("/_gate/logout", logout, methods=["GET", "POST"]),
+        Route("/_gate/signed-out", signed_out, methods=["GET"]),
         Route("/_gate/me", me, methods=["GET"]),
+        Route("/_gate/tokens", tokens, methods=["GET", "POST"]),
+        Route("/_gate/oidc", oidc_info, methods=["GET"]),
         Route("/_gate/health", health, methods=["GET"]),
     ]
 
 
+def _tokens_page(listed: list[dict[str, Any]]) -> str:
+    rows = "".join(f"<tr><td><code>{html.escape(str(t['id']))}</code></td><td>{html.escape(str(t['name']))}</td>"
+                   f"<td>{html.escape(str(t['expires_at']))}</td></tr>" for t in listed)
+    table = f"<table><tr><th>id</th><th>name</th><th>expires</th></tr>{rows}</table>" if rows else \
+        "<p>No tokens minted in this browser yet.</p>"
+    return (table + '<h2>New token</h2><form method="post" action="/_gate/tokens">'
+            '<label>Name<input name="name" placeholder="laptop"></label>'
+            '<label>Expires in<select name="expires_in"><option>7d</option><option selected>30d</option>'
+            '<option>90d</option></select></label><button type="submit">Create token</button></form>'
+            "<p>To revoke a token, ask an admin to add its id to <code>revoked_tokens</code>.</p>")
+
+
+def _list_serializer(rt: Runtime) -> URLSafeSerializer:
+    return URLSafeSerializer(rt.secret_key, salt="mlflow-gate.token-list")
+
+
+def _read_list(rt: Runtime, request: Request, ident: Identity) -> list[dict[str, Any]]:
+    value = request.cookies.get(TOKENS_COOKIE)
+    if not value:
+        return []
+    try:
+        data = _list_serializer(rt).loads(value)
+    except BadSignature:
+        return []
+    if data.get("u") != ident.id:
+        return []
+    return [t for t in data.get("t", []) if isinstance(t, dict)]
+
+
+async def small_form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > 16384:
+        return {}
+    return dict(parse_qsl(body.decode("utf-8", "replace")))
+
+
+async def small_json(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    try:
+        data = json.loads(body) if 0 < len(body) <= 16384 else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def same_origin(request: Request, rt: Runtime) -> bool:
+    """A state-changing request from a browser must come from this gate's own pages."""
+    sent = request.headers.get("origin") or request.headers.get("referer")
+    if not sent:
+        return False
+    parts = urlsplit(sent)
+    return f"{parts.scheme}://{parts.netloc}" == _origin_of(request, rt)
+
+
 def signed_in(rt: Runtime, ident: Identity, next_path: str) -> Response:
     value = make_session(rt.secret_key, Identity(ident.id, ident.groups, via="session"), rt.session_lifetime)
-    response = RedirectResponse(next_path, status_code=303)
+    response = RedirectResponse(next_path, status_code=303, headers={"cache-control": "no-store"})
     response.raw_headers.append((b"set-cookie", cookie_header(value, max_age=rt.session_lifetime,
                                                               secure=rt.secure_cookies)))
     return response
