@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("hash-password", help="read a password, print a hash for the policy's users:")
 
+    lg = sub.add_parser("login", help="sign in from a terminal; store a personal token in ~/.mlflow/credentials")
+    lg.add_argument("url", help="the gate's URL")
+    lg.add_argument("--expires-in", default="30d")
+    lg.add_argument("--no-browser", action="store_true", help="do not open a browser for the loopback sign-in")
+    lg.add_argument("--poll-interval", type=float, default=None,
+                    help="seconds between device-grant polls (default: what the provider says, else 5)")
+
     pol = sub.add_parser("policy", help="validate and explain policy files")
     psub = pol.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
     pc = psub.add_parser("check", help="validate, then run the file's checks")
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             return token_create(args) if args.token_command == "create" else token_inspect(args)
         if args.command == "hash-password":
             return hash_password_cmd()
+        if args.command == "login":
+            return login_cmd(args)
         if args.policy_command == "check":
             return policy_check(args.path)
         return policy_explain(args)
@@ -103,6 +112,19 @@ def token_inspect(args: argparse.Namespace) -> int:
         print(f"mlflow-gate token inspect: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(claims.as_json(), indent=2))
+    return 0
+
+
+def login_cmd(args: argparse.Namespace) -> int:
+    import httpx
+
+    from .cli_login import LoginError, login
+
+    try:
+        login(args.url, expires_in=args.expires_in, poll_interval=args.poll_interval, open_browser=not args.no_browser)
+    except (LoginError, httpx.HTTPError) as exc:
+        print(f"mlflow-gate login: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
