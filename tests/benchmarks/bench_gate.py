@@ -761,18 +761,22 @@ def bench_search(s: Servers, per_team: int, n: int) -> dict:
 
     # paging through the gate: max_results 100 (as the brief), and 25 to exercise tokens
     out["paging"] = {}
+    empty: dict[int, int] = {}
     for size in (100, 25):
         def walk(size: int = size) -> tuple[list[str], int]:
             seen: list[str] = []
             token = None
             pages = 0
+            empty[size] = 0
             while pages < 200:
                 b: dict = {"max_results": size}
                 if token:
                     b["page_token"] = token
                 p = gate.json("POST", path, b)
                 pages += 1
-                seen += [e["name"] for e in p.get("experiments", [])]
+                got = [e["name"] for e in p.get("experiments", [])]
+                empty[size] += not got
+                seen += got
                 token = p.get("next_page_token")
                 if not token:
                     break
@@ -782,11 +786,11 @@ def bench_search(s: Servers, per_team: int, n: int) -> dict:
         want = {f"{TEAM}/e{j:04d}" for j in range(per_team)}
         ok = len(seen) == len(want) and set(seen) == want
         out["paging"][f"max_results={size}"] = {
-            "pages": pages, "returned": len(seen), "distinct": len(set(seen)), "expected": len(want),
+            "pages": pages, "empty_pages": empty[size], "returned": len(seen), "distinct": len(set(seen)), "expected": len(want),
             "exact": ok, "missing": sorted(want - set(seen))[:5], "extra": sorted(set(seen) - want)[:5],
             "upstream_calls": len(calls), "upstream_calls_per_page": round(len(calls) / pages, 2),
         }
-        log(f"  paging max_results={size}: {pages} pages, {len(seen)} names, exact={ok}, "
+        log(f"  paging max_results={size}: {pages} pages ({empty[size]} empty), {len(seen)} names, exact={ok}, "
             f"upstream calls {len(calls)} ({len(calls) / pages:.2f}/page)")
 
     # latency, interleaved
@@ -1035,6 +1039,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-gate-"))
     s = Servers(tmp=tmp)
+    spy: tuple[subprocess.Popen, Path] | None = None
     rc = 0
     try:
         log(f"starting mlflow server (workers 1, sqlite) in {tmp}")
@@ -1088,6 +1093,7 @@ def main() -> int:
                                              cfg["conc_rounds"])
         if spy is not None:
             res["gate_profile"] = stop_py_spy(spy, s)
+            spy = None
         if not args.skip_search:
             log("experiments/search as a one-team user")
             res["search"] = bench_search(s, cfg["per_team"], cfg["search_n"])
@@ -1102,6 +1108,8 @@ def main() -> int:
         if s.gate is not None:
             print(f"--- gate log tail ({s.gate.logfile}) ---\n{s.gate.tail(40)}", file=sys.stderr)
     finally:
+        if spy is not None and spy[0].poll() is None:
+            spy[0].kill()
         log("stopping servers")
         s.stop()
         res["gate_log_bytes"] = (tmp / "gate.log").stat().st_size if (tmp / "gate.log").exists() else None
