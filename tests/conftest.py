@@ -12,6 +12,7 @@ import functools
 import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -166,7 +167,7 @@ class PgCluster:
     def _run(self, *args: str) -> None:
         cmd = [str(self.bindir / args[0]), *args[1:]]
         if os.geteuid() == 0:  # initdb refuses to run as root
-            cmd = ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(map(_shell_quote, cmd))]
+            cmd = ["su", "postgres", "-s", "/bin/sh", "-c", shlex.join(cmd)]
         r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if r.returncode != 0:
             raise RuntimeError(f"{args[0]} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}\n"
@@ -196,12 +197,6 @@ class PgCluster:
     @property
     def uri(self) -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/mlflow"
-
-
-def _shell_quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
 
 
 # --------------------------------------------------------------------------------------------------------------
