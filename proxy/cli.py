@@ -5,7 +5,9 @@ import argparse
 import getpass
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -176,7 +178,8 @@ def policy_explain(args: argparse.Namespace) -> int:
     return 0 if d.allowed else 1
 
 
-def _logging() -> None:
+def _logging() -> logging.handlers.QueueListener:
+    """JSON log lines on stderr, written by a background thread so the event loop never waits on them."""
     class Fmt(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
             if record.name == "mlflow_gate.audit":
@@ -186,10 +189,14 @@ def _logging() -> None:
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(Fmt())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler)
     root = logging.getLogger("mlflow_gate")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(logging.INFO)
     root.propagate = False
+    listener.start()
+    return listener
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -198,7 +205,7 @@ def serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .embedded import EmbeddedMlflow
 
-    _logging()
+    listener = _logging()
     policy_path = args.policy or DEFAULT_POLICY
     if not Path(policy_path).exists():
         print(f"mlflow-gate serve: policy {policy_path!r} does not exist; pass --policy PATH "
@@ -227,6 +234,7 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
+        listener.stop()
     return 0
 
 

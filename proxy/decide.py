@@ -49,11 +49,11 @@ def context_for(policy: Policy, ident: Identity) -> Context:
     uid = ident.id.lower()
     admin = any(_matches(s, ident, uid, {}) for s in policy.admins if s.kind != "team")
     roles: dict[str, Level] = {}
-    for team in policy.teams.values():
-        if any(_matches(s, ident, uid, {}) for s in team.maintainers):
-            roles[team.name] = Level.MANAGE
-        elif any(_matches(s, ident, uid, {}) for s in team.members):
-            roles[team.name] = Level.EDIT
+    subjects = [Subject("everyone"), Subject("user", uid)] + [Subject("group", g) for g in ident.groups]
+    for subject in subjects:
+        for team, level in policy.roles_by_subject.get(subject, {}).items():
+            if level > roles.get(team, Level.NONE):
+                roles[team] = level
     if any(s.kind == "team" and s.value in roles for s in policy.admins):
         admin = True
     grants = tuple(
@@ -92,6 +92,17 @@ def level_on(policy: Policy, ident: Identity, kind: str, name: str) -> tuple[Lev
 def decide(policy: Policy, ident: Identity, kind: str, name: str, needed: Level) -> Decision:
     have, reason = level_on(policy, ident, kind, name)
     return Decision(have >= needed, kind, name, needed, have, reason)
+
+
+def readable_prefixes(policy: Policy, ident: Identity, kind: str) -> list[str] | None:
+    """Every name prefix `ident` may read, or None when that is not a finite list (admin, or a
+    `default` that lets unowned names be read)."""
+    ctx = context_for(policy, ident)
+    if ctx.admin or policy.default >= Level.READ:
+        return None
+    prefixes = [p for team in ctx.roles for p in policy.teams[team].prefixes(kind)]
+    prefixes += [p for _, exps, models in ctx.grants for p in (exps if kind == "experiment" else models)]
+    return sorted(set(prefixes))
 
 
 def is_admin(policy: Policy, ident: Identity) -> bool:

@@ -60,6 +60,18 @@ def decode_token(token: str) -> Cursor:
     return cursor
 
 
+def single_prefix_filter(prefixes: list[str] | None, user_filter: str | None) -> str | None:
+    """`name LIKE 'prefix%'` (AND the caller's filter) when one prefix covers all the caller may read.
+
+    MLflow's search filters have no OR, so only a single prefix can be pushed down. The answer is
+    still filtered item by item; `_` and `%` in a prefix only make the upstream match more.
+    """
+    if prefixes is None or len(prefixes) != 1 or "'" in prefixes[0] or "\\" in prefixes[0]:
+        return None
+    clause = f"name LIKE '{prefixes[0]}%'"
+    return f"{clause} AND {user_filter}" if user_filter and user_filter.strip() else clause
+
+
 def parse_max_results(value: str | int | None, kind: SearchKind) -> int:
     if value in (None, ""):
         return kind.default_max
@@ -76,12 +88,17 @@ Fetch = Callable[[str | None, int], Awaitable[dict[str, Any]]]   # (upstream tok
 
 
 async def filtered_page(fetch: Fetch, keep: Callable[[dict[str, Any]], bool], kind: SearchKind,
-                        max_results: int, page_token: str | None) -> dict[str, Any]:
-    """One gate page: up to `max_results` readable items, and a token for the next."""
+                        max_results: int, page_token: str | None, *, prefiltered: bool = False) -> dict[str, Any]:
+    """One gate page: up to `max_results` readable items, and a token for the next.
+
+    Upstream pages are large (most items may be unreadable) unless the upstream already narrowed
+    the search to what the caller may read (`prefiltered`), when a page of `max_results` will do.
+    """
     if page_token:
         cursor = decode_token(page_token)
     else:
-        cursor = Cursor(None, 0, min(kind.upstream_max, max(max_results, 1000)))
+        size = max_results if prefiltered else max(max_results, 1000)
+        cursor = Cursor(None, 0, min(kind.upstream_max, size))
     out: list[dict[str, Any]] = []
     next_cursor: Cursor | None = None
     while True:

@@ -13,9 +13,9 @@ from urllib.parse import quote, urlsplit
 
 from . import audit
 from .authn import Authenticator
-from .decide import Decision, decide, is_admin
+from .decide import Decision, decide, is_admin, readable_prefixes
 from .errors import BadRequest, GateError, PayloadTooLarge, PermissionDenied, Unauthenticated, error_headers
-from .filters import SEARCHES, filtered_page, parse_max_results
+from .filters import SEARCHES, filtered_page, parse_max_results, single_prefix_filter
 from .forward import Receive, Send, Upstream, relay, send_bytes
 from .graphql import analyse, filter_model_versions, model_names
 from .identity import Identity
@@ -260,11 +260,17 @@ class Gate:
         path = scope["path"]
         max_results = parse_max_results(params.scalar("max_results"), kind)
         page_token = params.scalar("page_token")
+        pushed = None
+        if which in ("experiments", "registered_models"):
+            pushed = single_prefix_filter(readable_prefixes(policy, ident, kind.name_kind), params.scalar("filter"))
 
         async def fetch(token: str | None, size: int) -> dict[str, Any]:
             if params.query is not None:
-                query = [(k, v) for k, v in params.query if k not in ("max_results", "page_token")]
+                query = [(k, v) for k, v in params.query if k not in ("max_results", "page_token")
+                         and not (pushed and k == "filter")]
                 query.append(("max_results", str(size)))
+                if pushed:
+                    query.append(("filter", pushed))
                 if token:
                     query.append(("page_token", token))
                 status, data = await self.upstream.get_json(path, query)  # type: ignore[arg-type]
@@ -272,6 +278,8 @@ class Gate:
                 body = {k: v for k, v in (params.body or {}).items()
                         if k not in ("max_results", "maxResults", "page_token", "pageToken")}
                 body["max_results"] = size
+                if pushed:
+                    body["filter"] = pushed
                 if token:
                     body["page_token"] = token
                 status, data = await self.upstream.get_json(path, body=body, method=scope["method"])
@@ -282,7 +290,7 @@ class Gate:
         def keep(item: dict[str, Any]) -> bool:
             return decide(policy, ident, kind.name_kind, str(item.get(kind.name_field, "")), Level.READ).allowed
 
-        result = await filtered_page(fetch, keep, kind, max_results, page_token)
+        result = await filtered_page(fetch, keep, kind, max_results, page_token, prefiltered=pushed is not None)
         await send_bytes(send, 200, _JSON, json.dumps(result).encode())
 
     async def graphql(self, scope: dict[str, Any], send: Send, ident: Identity, policy: Policy, admin: bool,

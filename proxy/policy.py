@@ -137,6 +137,8 @@ class Policy:
     # indexes built once by `index()`: prefix -> team per kind, and the prefix lengths to try
     owners: dict[str, dict[str, str]] = field(default_factory=dict)
     owner_lengths: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # subject -> teams it is a member / maintainer of, so a caller's teams are a few lookups
+    roles_by_subject: dict[Subject, dict[str, Level]] = field(default_factory=dict)
     # per-caller contexts, filled lazily by decide.context_for (bounded there)
     contexts: dict[tuple[str, frozenset[str]], Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -495,6 +497,10 @@ def _overlaps(teams: dict[str, Team], files: dict[str, str]) -> list[Problem]:
 
 
 def index(policy: Policy) -> Policy:
+    for team in policy.teams.values():
+        for subject, level in [(s, Level.EDIT) for s in team.members] + [(s, Level.MANAGE) for s in team.maintainers]:
+            roles = policy.roles_by_subject.setdefault(subject, {})
+            roles[team.name] = max(level, roles.get(team.name, Level.NONE))
     for kind in KINDS:
         table = {p: t.name for t in policy.teams.values() for p in t.prefixes(kind)}
         policy.owners[kind] = table

@@ -89,3 +89,21 @@ def test_a_thousand_teams_decide_by_prefix() -> None:
     assert decide(policy, ident, "experiment", "t0500/e", Level.EDIT).allowed
     assert not decide(policy, ident, "experiment", "t0501/e", Level.READ).allowed
     assert decide(policy, ident, "model", "t0500-m", Level.EDIT).allowed
+
+
+def test_readable_prefixes() -> None:
+    from proxy.decide import readable_prefixes
+
+    strict = load_policy_text("""
+teams:
+  a: {members: [a@x.test], experiments: [a/], models: [a-]}
+  b: {members: [b@x.test], experiments: [b/]}
+grants:
+  - {to: [team:b], experiments: [a/pub/], permission: read}
+""")
+    assert readable_prefixes(strict, who("a@x.test"), "experiment") == ["a/"]
+    assert readable_prefixes(strict, who("a@x.test"), "model") == ["a-"]
+    assert readable_prefixes(strict, who("b@x.test"), "experiment") == ["a/pub/", "b/"]
+    assert readable_prefixes(strict, who("z@x.test"), "experiment") == []
+    assert readable_prefixes(POLICY, who("bob@corp.test"), "experiment") is None      # default: read
+    assert readable_prefixes(strict, Identity("root", frozenset()), "experiment") == []

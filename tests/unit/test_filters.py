@@ -78,3 +78,30 @@ def test_max_results(value: Any, expected: int) -> None:
 def test_bad_max_results(value: str) -> None:
     with pytest.raises(BadRequest):
         parse_max_results(value, KIND)
+
+
+@pytest.mark.parametrize(("prefixes", "user_filter", "expected"), [
+    (["t00/"], None, "name LIKE 't00/%'"),
+    (["t00/"], "tags.a = 'b'", "name LIKE 't00/%' AND tags.a = 'b'"),
+    (["a/", "b/"], None, None),
+    (None, None, None),
+    ([], None, None),
+    (["o'brien/"], None, None),
+])
+def test_single_prefix_push_down(prefixes: list[str] | None, user_filter: str | None, expected: str | None) -> None:
+    from proxy.filters import single_prefix_filter
+
+    assert single_prefix_filter(prefixes, user_filter) == expected
+
+
+def test_prefiltered_search_asks_for_pages_of_max_results() -> None:
+    items = [{"name": f"mine/{i:04d}"} for i in range(30)]
+    up = FakeUpstream(items)
+    sizes: list[int] = []
+
+    async def fetch(token: str | None, size: int) -> dict[str, Any]:
+        sizes.append(size)
+        return await up.fetch(token, size)
+
+    page = asyncio.run(filtered_page(fetch, readable, KIND, 10, None, prefiltered=True))
+    assert len(page["experiments"]) == 10 and sizes == [10]
