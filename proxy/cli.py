@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--backend-store-uri", default=env("BACKEND_STORE_URI", "sqlite:///mlflow.db"))
     s.add_argument("--artifacts-destination", default=env("ARTIFACTS_DESTINATION", "./mlartifacts"))
     s.add_argument("--public-url", default=env("PUBLIC_URL"), help="the URL users reach the gate at")
+    s.add_argument("--forwarded-allow-ips", default=env("FORWARDED_ALLOW_IPS"),
+                   help="addresses of trusted reverse proxies whose X-Forwarded-For/-Proto the gate believes "
+                        "(default: none; the peer address is the client)")
+    s.add_argument("--ssl-certfile", default=env("SSL_CERTFILE"))
+    s.add_argument("--ssl-keyfile", default=env("SSL_KEYFILE"))
 
     t = sub.add_parser("token", help="personal tokens")
     tsub = t.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
@@ -227,8 +232,11 @@ def serve(args: argparse.Namespace) -> int:
         upstream = embedded.url
     try:
         app = create_app(settings, upstream_url=upstream)
+        trusted = args.forwarded_allow_ips
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                                loop="auto", http="auto", lifespan="on", timeout_graceful_shutdown=20)
+                                loop="auto", http="auto", lifespan="on", timeout_graceful_shutdown=20,
+                                proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
+                                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
         logging.getLogger("mlflow_gate").info("mlflow-gate on http://%s:%d -> %s", args.host, args.port, upstream)
         uvicorn.Server(config).run()
     finally:

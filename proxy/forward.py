@@ -76,8 +76,10 @@ class Upstream:
             return status, {"raw": raw[:200].decode("utf-8", "replace")}
 
     def _headers(self, scope: dict[str, Any], content_length: int | None) -> list[tuple[str, str]]:
+        named = _connection_tokens(scope["headers"])   # headers the client marked hop-by-hop in `Connection`
         out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
-               if k.decode("latin-1").lower() not in DROP_REQUEST and k.lower() != b"content-length"]
+               if (name := k.decode("latin-1").lower()) not in DROP_REQUEST and name != "content-length"
+               and name not in named]
         client = scope.get("client")
         out.append(("X-Forwarded-For", client[0] if client else "unknown"))
         out.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
@@ -96,7 +98,8 @@ class Upstream:
             data, length = body, len(body)
         else:
             length = _content_length(scope)
-            data = _stream(receive) if length != 0 else None
+            chunked = any(k.lower() == b"transfer-encoding" for k, _ in scope["headers"])
+            data = _stream(receive) if (length or chunked) else None
         headers = self._headers(scope, length if (body is not None or length is not None) else None)
         if strip:
             headers = [(k, v) for k, v in headers if k.lower() not in strip]
@@ -107,6 +110,11 @@ class Upstream:
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamUnavailable(f"The MLflow server is unreachable ({exc.__class__.__name__}); "
                                       "the gate will reconnect when it is back. Try again shortly.") from exc
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
+    return frozenset(t.strip().lower() for k, v in headers if k.lower() == b"connection"
+                     for t in v.decode("latin-1").split(",") if t.strip())
 
 
 def _content_length(scope: dict[str, Any]) -> int | None:
@@ -132,7 +140,9 @@ async def _stream(receive: Receive) -> AsyncIterator[bytes]:
 
 
 def response_headers(resp: aiohttp.ClientResponse, *, keep_length: bool) -> list[tuple[bytes, bytes]]:
-    out = [(k.lower(), v) for k, v in resp.raw_headers if k.decode("latin-1").lower() not in DROP_RESPONSE]
+    named = _connection_tokens(list(resp.raw_headers))
+    out = [(k.lower(), v) for k, v in resp.raw_headers
+           if (name := k.decode("latin-1").lower()) not in DROP_RESPONSE and name not in named]
     if keep_length and resp.content_length is not None:
         out.append((b"content-length", str(resp.content_length).encode()))
     return out

@@ -26,6 +26,7 @@ from .rewrite import REWRITES
 from .routes import ADMIN, CHECKED, PUBLIC, REFUSED, SIGNED_IN, Need, Route, RouteTable
 
 MAX_BODY = 64 * 1024 * 1024
+PROMPT_SOURCES = frozenset({"prompt-template", "dummy-source"})   # MLflow's placeholders for prompt versions
 UNKNOWN = Route(frozenset(), "(unknown route)", ADMIN)
 _BAD_RAW = re.compile(rb"%(2[eEfF]|5[cC]|00|25)")
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -218,6 +219,8 @@ class Gate:
 
     async def source_names(self, source: str, level: Level, ident: Identity) -> list[tuple[str, str, Level, str]]:
         """A model version's source must be something the caller may read, never a raw storage URI."""
+        if source in PROMPT_SOURCES:     # a prompt version: no artifacts behind it
+            return []
         if source.startswith("runs:/"):
             run_id = source[len("runs:/"):].lstrip("/").split("/")[0]
             return await self.names_for(Need("run", (), level), run_id, ident)
