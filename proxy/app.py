@@ -20,9 +20,11 @@ from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 
 from . import pages
+from .artifact_server import INTERNAL_PREFIX, PART_PATH, ArtifactServer
+from .artifacts import Stores
 from .authn import Authenticator
-from .errors import UpstreamUnavailable
-from .forward import Receive, Send, Upstream
+from .errors import GateError, UpstreamUnavailable, error_headers
+from .forward import Receive, Send, Upstream, send_bytes
 from .gate import Gate
 from .jwt_bearer import JwtValidator
 from .oidc import OidcLogin
@@ -56,6 +58,8 @@ class Runtime:
         self.authn = Authenticator(settings.secret_key, jwt=jwt)
         self.table = RouteTable()
         self.gate: Gate | None = None
+        self.stores = Stores(settings.artifacts_destination)
+        self.artifacts: ArtifactServer | None = None
         self.upstream: Upstream | None = None
         self._health: tuple[float, bool, str] = (0.0, False, "not checked yet")
 
@@ -88,8 +92,11 @@ def create_app(settings: Settings, *, upstream_url: str, policy_poll: float = 1.
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         upstream = Upstream.open(upstream_url)
         rt.upstream = upstream
-        rt.gate = Gate(store=rt.store, authn=rt.authn, upstream=upstream, resolver=Resolver(upstream),
-                       table=rt.table, public_origin=rt.public_origin)
+        resolver = Resolver(upstream)
+        rt.artifacts = ArtifactServer(rt.stores, resolver, rt.store, settings.secret_key, settings.public_url,
+                                      internal_from_anywhere=settings.internal_from_anywhere)
+        rt.gate = Gate(store=rt.store, authn=rt.authn, upstream=upstream, resolver=resolver,
+                       table=rt.table, public_origin=rt.public_origin, artifacts=rt.artifacts)
         watcher = asyncio.create_task(_watch_policy(rt.store, policy_poll))
         try:
             yield
@@ -104,8 +111,18 @@ def create_app(settings: Settings, *, upstream_url: str, policy_poll: float = 1.
     pages_app = Starlette(routes=pages.routes(rt), middleware=middleware, lifespan=lifespan)
 
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith("/_gate/") and rt.gate is not None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or rt.gate is None or rt.artifacts is None:
+            await pages_app(scope, receive, send)  # type: ignore[arg-type]
+        elif not path.startswith("/_gate/"):
             await rt.gate(scope, receive, send)
+        elif path.startswith(INTERNAL_PREFIX + "/"):
+            await rt.artifacts.internal(scope, receive, send)
+        elif path.startswith(PART_PATH):
+            try:
+                await rt.artifacts.upload_part(scope, receive, send)
+            except GateError as err:
+                await send_bytes(send, err.status, error_headers(err), err.body())
         else:
             await pages_app(scope, receive, send)  # type: ignore[arg-type]
 

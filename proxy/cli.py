@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=int(env("PORT", "5000") or 5000))
     s.add_argument("--upstream", default=env("UPSTREAM"), help="URL of an existing mlflow server")
     s.add_argument("--backend-store-uri", default=env("BACKEND_STORE_URI", "sqlite:///mlflow.db"))
-    s.add_argument("--artifacts-destination", default=env("ARTIFACTS_DESTINATION", "./mlartifacts"))
+    s.add_argument("--artifacts-destination", default=env("ARTIFACTS_DESTINATION"),
+                   help="the default artifact store (a folder, file:///..., or s3://...) for names no team with an "
+                        "artifact_root owns (embedded default: ./mlartifacts)")
     s.add_argument("--public-url", default=env("PUBLIC_URL"), help="the URL users reach the gate at")
     s.add_argument("--forwarded-allow-ips", default=env("FORWARDED_ALLOW_IPS"),
                    help="addresses of trusted reverse proxies whose X-Forwarded-For/-Proto the gate believes "
@@ -57,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     ti.add_argument("token")
 
     sub.add_parser("hash-password", help="read a password, print a hash for the policy's users:")
+    sub.add_parser("internal-token", help="print the token an upstream mlflow server sends to the gate's internal "
+                                          "artifact endpoint (its MLFLOW_TRACKING_TOKEN)")
 
     lg = sub.add_parser("login", help="sign in from a terminal; store a personal token in ~/.mlflow/credentials")
     lg.add_argument("url", help="the gate's URL")
@@ -89,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             return token_create(args) if args.token_command == "create" else token_inspect(args)
         if args.command == "hash-password":
             return hash_password_cmd()
+        if args.command == "internal-token":
+            from .artifact_server import internal_token
+
+            print(internal_token(secret_key()))
+            return 0
         if args.command == "login":
             return login_cmd(args)
         if args.policy_command == "check":
@@ -221,13 +230,24 @@ def serve(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"mlflow-gate serve: the policy has problems:\n{exc}", file=sys.stderr)
         return 1
+    destination = args.artifacts_destination or (None if args.upstream else "./mlartifacts")
+    if destination and "://" not in destination:
+        destination = "file://" + os.path.abspath(destination)
     settings = Settings(policy=policy_path, host=args.host, port=args.port, upstream=args.upstream,
-                        backend_store_uri=args.backend_store_uri, artifacts_destination=args.artifacts_destination,
-                        public_url=args.public_url, secret_key=secret_key())
+                        backend_store_uri=args.backend_store_uri, artifacts_destination=destination,
+                        public_url=args.public_url, secret_key=secret_key(),
+                        internal_from_anywhere=(env("INTERNAL_FROM_ANYWHERE", "") or "").lower() in ("1", "true"))
     embedded = None
     upstream = args.upstream
     if not upstream:
-        embedded = EmbeddedMlflow(args.backend_store_uri, os.path.abspath(args.artifacts_destination))
+        # The embedded server keeps its artifacts through the gate's internal endpoint, so the gate's
+        # stores (each team's, and the default one) hold every artifact byte.
+        from .artifact_server import INTERNAL_PREFIX, internal_token
+
+        own = "127.0.0.1" if args.host in ("0.0.0.0", "::", "localhost") else args.host
+        internal = f"http://{own}:{args.port}{INTERNAL_PREFIX}/api/2.0/mlflow-artifacts/artifacts"
+        embedded = EmbeddedMlflow(args.backend_store_uri, internal,
+                                  extra_env={"MLFLOW_TRACKING_TOKEN": internal_token(settings.secret_key)})
         embedded.start()
         upstream = embedded.url
     try:

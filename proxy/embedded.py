@@ -34,7 +34,9 @@ def _die_with_parent() -> None:
 
 
 class EmbeddedMlflow:
-    def __init__(self, backend_store_uri: str, artifacts_destination: str, port: int | None = None) -> None:
+    def __init__(self, backend_store_uri: str, artifacts_destination: str, port: int | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.extra_env = extra_env or {}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
@@ -49,6 +51,7 @@ class EmbeddedMlflow:
         env.setdefault("DO_NOT_TRACK", "true")
         for key in [k for k in env if k.startswith(("MLFLOW_TRACKING_", "MLFLOW_GATE_"))]:
             env.pop(key)
+        env.update(self.extra_env)
         log.info("starting the embedded mlflow server on %s", self.url)
         self.proc = subprocess.Popen(self.args, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
         deadline = time.monotonic() + timeout

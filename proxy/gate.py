@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from . import audit
+from .artifact_server import ArtifactServer, route_of
 from .authn import Authenticator
 from .decide import Decision, decide, is_admin, readable_prefixes
 from .errors import BadRequest, GateError, PayloadTooLarge, PermissionDenied, Unauthenticated, error_headers
@@ -82,7 +83,8 @@ def is_page_load(method: str, path: str, headers: dict[bytes, bytes]) -> bool:
 
 class Gate:
     def __init__(self, *, store: PolicyStore, authn: Authenticator, upstream: Upstream, resolver: Resolver,
-                 table: RouteTable, public_origin: str | None = None) -> None:
+                 table: RouteTable, public_origin: str | None = None, artifacts: ArtifactServer | None = None) -> None:
+        self.artifacts = artifacts
         self.store = store
         self.authn = authn
         self.upstream = upstream
@@ -147,6 +149,13 @@ class Gate:
         if route.rewrite and params.body is not None and route.rewrite in REWRITES:
             team = await self.team_of(route, params, policy)
             body = json.dumps(REWRITES[route.rewrite](params.body, ident, team)).encode()
+        if self.artifacts is not None and route.pattern.startswith("2.0/mlflow-artifacts/"):
+            op, artifact_path = route_of(method, path, query)
+            if op is not None and await self.artifacts.serves(artifact_path):
+                if op.startswith("mpu_"):
+                    body = await read_body(receive)
+                await self.artifacts.handle(scope, receive, send, op, artifact_path, body)
+                return
         status = await self.forward(scope, receive, send, body, strip_workspace=not admin)
         if route.rewrite == "experiment_rename" and status == 200:
             for exp_id in params.values("experiment_id"):

@@ -181,6 +181,7 @@ def routes(rt: Runtime) -> list[Route]:
         body = {
             "status": "ok" if upstream_ok else "unavailable",
             "upstream": {"ok": upstream_ok, "detail": detail},
+            "stores": await rt.stores.health(policy),
             "policy": {"sources": list(policy.sources), "teams": len(policy.teams), "error": rt.store.error,
                        "reloads": rt.store.reloads},
         }

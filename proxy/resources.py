@@ -22,6 +22,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 _EXPERIMENT_ID = re.compile(r"^[0-9]{1,19}$")
+STORE_TAG = "mlflow-gate.artifact-store"
 
 
 class Unresolvable(PermissionDenied):
@@ -73,7 +74,7 @@ class Resolver:
         self.runs: LRU[str, RunInfo] = LRU(size)
         self.traces: LRU[str, str] = LRU(size)
         self.logged_models: LRU[str, str] = LRU(size)
-        self.names: LRU[str, str] = LRU(size, ttl=name_ttl)
+        self.names: LRU[str, tuple[str, str | None]] = LRU(size, ttl=name_ttl)   # id -> (name, store team)
         self.datasets: LRU[str, tuple[str, ...]] = LRU(size // 10, ttl=name_ttl)
 
     async def _get(self, what: str, ident: str, path: str, params: dict[str, str] | None = None) -> Any:
@@ -130,20 +131,27 @@ class Resolver:
         return ids
 
     async def experiment_name(self, experiment_id: str) -> str:
+        return (await self._experiment(experiment_id))[0]
+
+    async def experiment_store(self, experiment_id: str) -> str | None:
+        """The team whose artifact store holds the experiment (its `mlflow-gate.artifact-store` tag)."""
+        return (await self._experiment(experiment_id))[1]
+
+    async def _experiment(self, experiment_id: str) -> tuple[str, str | None]:
         if not _EXPERIMENT_ID.match(experiment_id):
             raise BadRequest(f"{experiment_id!r} is not an experiment id (expected digits).")
-        name = self.names.get(experiment_id)
-        if name is None:
+        info = self.names.get(experiment_id)
+        if info is None:
             data = await self._get("experiment", experiment_id, "/api/2.0/mlflow/experiments/get",
                                    {"experiment_id": experiment_id})
             name = _dig(data, "experiment", "name")
             if not isinstance(name, str):
                 raise Unresolvable(f"Permission denied: experiment {experiment_id!r} has no name.")
-            self.names.put(experiment_id, name)
-        return name
-
-    def remember_name(self, experiment_id: str, name: str) -> None:
-        self.names.put(experiment_id, name)
+            tags = _dig(data, "experiment", "tags") or []
+            store = next((t.get("value") for t in tags if isinstance(t, dict) and t.get("key") == STORE_TAG), None)
+            info = (name, store)
+            self.names.put(experiment_id, info)
+        return info
 
     def forget_name(self, experiment_id: str) -> None:
         self.names.drop(experiment_id)

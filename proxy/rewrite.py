@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import PermissionDenied
 from .identity import Identity
 from .params import camel
 from .policy import Team
 
 USER_TAG = "mlflow.user"
+GATE_TAGS = "mlflow-gate."          # tags only the gate sets
+STORE_TAG = "mlflow-gate.artifact-store"
 
 
 def _pop(body: dict[str, Any], key: str) -> Any:
@@ -33,8 +36,16 @@ def _with_tags(tags: Any, forced: dict[str, str], defaults: dict[str, str]) -> l
 
 def experiment_create(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
     _pop(body, "artifact_location")
-    tags = _pop(body, "tags")
-    body["tags"] = _with_tags(tags, {}, dict(team.tags) if team else {})
+    tags = [t for t in (_pop(body, "tags") or []) if not (isinstance(t, dict)
+                                                          and str(t.get("key", "")).startswith(GATE_TAGS))]
+    forced = {STORE_TAG: team.name} if team is not None and team.artifact_root else {}
+    body["tags"] = _with_tags(tags, forced, dict(team.tags) if team else {})
+    return body
+
+
+def experiment_tag(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    if str(body.get("key", "")).startswith(GATE_TAGS):
+        raise PermissionDenied(f"Permission denied: tags starting with {GATE_TAGS!r} are set by the gate only.")
     return body
 
 
@@ -66,4 +77,5 @@ REWRITES = {
     "run_create": run_create,
     "run_set_tag": run_set_tag,
     "run_log_batch": run_log_batch,
+    "experiment_tag": experiment_tag,
 }

@@ -16,9 +16,10 @@ class Settings:
     port: int = 5000
     upstream: str | None = None
     backend_store_uri: str = "sqlite:///mlflow.db"
-    artifacts_destination: str = "./mlartifacts"
+    artifacts_destination: str | None = None     # the gate's default artifact store (file:// or s3://)
     public_url: str | None = None
     session_lifetime: int = 12 * 3600
+    internal_from_anywhere: bool = False         # the internal artifact endpoint also answers non-loopback peers
     secret_key: str = field(default="", repr=False)
 
     def __repr__(self) -> str:  # never print the secret

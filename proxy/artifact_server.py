@@ -1,0 +1,245 @@
+"""MLflow's artifact protocol (`mlflow-artifacts`), served by the gate from the stores.
+
+The same implementation answers clients on the public routes (after the gate authorized the
+path) and the upstream mlflow server on the internal endpoint, which the server uses as its
+`--artifacts-destination` for its own artifact reads (UI downloads, model-version artifacts,
+logged-model files, trace data). An experiment's store is chosen once, at its creation, by the
+tag `mlflow-gate.artifact-store` naming the team; renaming the experiment does not move it.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import mimetypes
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from .artifacts import ArtifactMissing, Store, Stores, StoreUnavailable
+from .errors import BadRequest, GateError, NotFound, PermissionDenied, Unauthenticated, UpstreamUnavailable
+from .forward import Receive, Send, send_bytes
+from .params import parse_body, parse_query
+from .policy import PolicyStore
+from .resources import STORE_TAG, Resolver
+
+__all__ = ["STORE_TAG", "ArtifactServer", "internal_token", "route_of"]
+
+INTERNAL_PREFIX = "/_gate/internal"
+PART_PATH = "/_gate/artifact-part/"
+_PLAIN_TYPES = {"text/html", "application/javascript", "text/javascript", "image/svg+xml", "application/xhtml+xml"}
+_JSON = [(b"content-type", b"application/json")]
+
+
+class ArtifactNotFound(NotFound):
+    code = "RESOURCE_DOES_NOT_EXIST"
+
+
+def internal_token(secret_key: str) -> str:
+    """The bearer token the upstream mlflow server sends to the internal endpoint."""
+    return "mgi_" + hmac.new(secret_key.encode(), b"mlflow-gate internal artifacts", hashlib.sha256).hexdigest()
+
+
+def experiment_of(path: str) -> str:
+    head = path.split("/", 1)[0]
+    if not head.isdigit() or not head.isascii():
+        raise PermissionDenied(f"Permission denied: artifact path {path!r} is not under an experiment.")
+    return head
+
+
+class ArtifactServer:
+    def __init__(self, stores: Stores, resolver: Resolver, policy: PolicyStore, secret_key: str,
+                 public_url: str | None, *, internal_from_anywhere: bool = False) -> None:
+        self.internal_from_anywhere = internal_from_anywhere
+        self.stores = stores
+        self.resolver = resolver
+        self.policy = policy
+        self.secret_key = secret_key
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self._parts = URLSafeSerializer(secret_key, salt="mlflow-gate.artifact-part")
+
+    async def store_for(self, path: str) -> Store | None:
+        """The store holding `path` (`<experiment id>/...`): the team's, else the default (None: the upstream's)."""
+        team = await self.resolver.experiment_store(experiment_of(path))
+        if team:
+            store = self.stores.team(self.policy.current, team)
+            if store is None:
+                raise UpstreamUnavailable(f"The artifact store of team {team} is not configured in the policy any "
+                                          "more; ask an admin.")
+            return store
+        return self.stores.default
+
+    async def serves(self, path: str) -> bool:
+        return path != "" and await self.store_for(path) is not None
+
+    # --- the protocol ------------------------------------------------------------------------
+
+    async def handle(self, scope: dict[str, Any], receive: Receive, send: Send, op: str, path: str,
+                     body: bytes | None = None) -> None:
+        try:
+            store = await self.store_for(path) if path else self.stores.default
+            if store is None:
+                raise ArtifactNotFound("No artifact store serves this path.")
+            await self._op(scope, receive, send, store, op, path, body)
+        except ArtifactMissing as exc:
+            raise ArtifactNotFound(f"Artifact {path!r} does not exist.") from exc
+        except StoreUnavailable as exc:
+            raise UpstreamUnavailable(str(exc)) from exc
+
+    async def _op(self, scope: dict[str, Any], receive: Receive, send: Send, store: Store, op: str, path: str,
+                  body: bytes | None) -> None:
+        if op == "download":
+            size, chunks = await store.open(path)
+            await _stream_out(send, path, size, chunks)
+        elif op == "upload":
+            await store.write(path, _stream_in(receive))
+            await send_bytes(send, 200, _JSON, b"{}")
+        elif op == "delete":
+            await store.delete(path)
+            await send_bytes(send, 200, _JSON, b"{}")
+        elif op == "list":
+            files = [{"path": f.path, "is_dir": f.is_dir, **({} if f.is_dir else {"file_size": f.size})}
+                     for f in await store.listdir(path)]
+            await send_bytes(send, 200, _JSON, json.dumps({"files": files} if files else {}).encode())
+        elif op == "mpu_create":
+            data = parse_body(body or b"")
+            try:
+                count = int(data.get("num_parts") or data.get("numParts") or 1)
+            except (TypeError, ValueError) as exc:
+                raise BadRequest("num_parts must be an integer.") from exc
+            if not 1 <= count <= 10_000:
+                raise BadRequest("num_parts must be between 1 and 10000.")
+            upload_id = await store.mpu_create(path)
+            base = self.public_url or _origin(scope)
+            credentials = [{"part_number": n, "url": base + PART_PATH + self._parts.dumps(
+                {"p": path, "u": upload_id, "n": n, "x": int(time.time()) + 86400}), "headers": {}}
+                for n in range(1, count + 1)]
+            await send_bytes(send, 200, _JSON, json.dumps({"upload_id": upload_id,
+                                                           "credentials": credentials}).encode())
+        elif op in ("mpu_complete", "mpu_abort"):
+            data = parse_body(body or b"")
+            upload_id = str(data.get("upload_id") or data.get("uploadId") or "")
+            if not upload_id:
+                raise BadRequest("Missing value for required parameter 'upload_id'.")
+            if op == "mpu_abort":
+                await store.mpu_abort(path, upload_id)
+            else:
+                try:
+                    parts = [(int(p.get("part_number") or p.get("partNumber") or 0), str(p.get("etag", "")))
+                             for p in data.get("parts", []) if isinstance(p, dict)]
+                except (TypeError, ValueError) as exc:
+                    raise BadRequest("Each part needs an integer part_number.") from exc
+                if not parts:
+                    raise BadRequest("A multipart upload is completed with its parts.")
+                await store.mpu_complete(path, upload_id, parts)
+            await send_bytes(send, 200, _JSON, b"{}")
+        elif op == "presigned":
+            await send_bytes(send, 501, _JSON, json.dumps({
+                "error_code": "NOT_IMPLEMENTED",
+                "message": "Presigned downloads are not offered by mlflow-gate; download through the gate."}).encode())
+        else:
+            raise BadRequest(f"Unknown artifact operation {op!r}.")
+
+    async def upload_part(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        """PUT /_gate/artifact-part/<signed>: one part of a multipart upload the gate created."""
+        try:
+            claim = self._parts.loads(scope["path"][len(PART_PATH):])
+        except BadSignature as exc:
+            raise Unauthenticated("This multipart upload URL is not valid.") from exc
+        if scope["method"] != "PUT":
+            raise BadRequest("Upload a part with PUT.")
+        if int(claim["x"]) < time.time():
+            raise Unauthenticated("This multipart upload URL has expired; start the upload again.")
+        path = str(claim["p"])
+        try:
+            store = await self.store_for(path)
+            if store is None:
+                raise ArtifactNotFound("No artifact store serves this path.")
+            etag = await store.mpu_part(path, str(claim["u"]), int(claim["n"]), _stream_in(receive))
+        except ArtifactMissing as exc:
+            raise ArtifactNotFound("The multipart upload does not exist (aborted or completed).") from exc
+        except StoreUnavailable as exc:
+            raise UpstreamUnavailable(str(exc)) from exc
+        await send_bytes(send, 200, [*_JSON, (b"etag", etag.encode())], b"{}")
+
+    # --- the internal endpoint for the upstream mlflow server ------------------------------
+
+    async def internal(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        try:
+            self._check_internal(scope)
+            rest = scope["path"][len(INTERNAL_PREFIX):]
+            op, path = route_of(scope["method"], rest, scope.get("query_string", b""))
+            if op is None:
+                raise NotFound(f"{scope['method']} {rest} is not part of the artifact protocol.")
+            body = await _read_small(receive) if op.startswith("mpu_") else None
+            await self.handle(scope, receive, send, op, path, body)
+        except GateError as err:
+            await send_bytes(send, err.status, _JSON, err.body())
+
+    def _check_internal(self, scope: dict[str, Any]) -> None:
+        client = scope.get("client") or ("", 0)
+        if not self.internal_from_anywhere and client[0] not in ("127.0.0.1", "::1"):
+            raise PermissionDenied("The internal artifact endpoint answers loopback callers only.")
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        expected = "Bearer " + internal_token(self.secret_key)
+        if not hmac.compare_digest(auth.encode(), expected.encode()):
+            raise Unauthenticated("The internal artifact endpoint is for the upstream mlflow server only.")
+
+
+def route_of(method: str, path: str, query: bytes) -> tuple[str | None, str]:
+    """(operation, artifact path) of an `mlflow-artifacts` request, under /api or /ajax-api."""
+    for prefix in ("/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/"):
+        if path.startswith(prefix):
+            rest = path[len(prefix):]
+            break
+    else:
+        return None, ""
+    if rest == "artifacts" and method == "GET":
+        values = [v for k, v in parse_query(query) if k == "path"]
+        return "list", (values[0] if values else "").strip("/")
+    for head, ops in (("artifacts/", {"GET": "download", "PUT": "upload", "DELETE": "delete"}),
+                      ("mpu/create/", {"POST": "mpu_create"}), ("mpu/complete/", {"POST": "mpu_complete"}),
+                      ("mpu/abort/", {"POST": "mpu_abort"}), ("presigned/", {"GET": "presigned"})):
+        if rest.startswith(head) and method in ops:
+            return ops[method], rest[len(head):]
+    return None, ""
+
+
+async def _stream_in(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError("the client went away during the upload")
+        if chunk := message.get("body", b""):
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def _read_small(receive: Receive) -> bytes:
+    out = b""
+    async for chunk in _stream_in(receive):
+        out += chunk
+        if len(out) > 16 * 1024 * 1024:
+            raise BadRequest("The request body is too large.")
+    return out
+
+
+async def _stream_out(send: Send, path: str, size: int | None, chunks: AsyncIterator[bytes]) -> None:
+    ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    if ctype in _PLAIN_TYPES:
+        ctype = "text/plain"
+    headers = [(b"content-type", ctype.encode()), (b"x-content-type-options", b"nosniff")]
+    if size is not None:
+        headers.append((b"content-length", str(size).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    async for chunk in chunks:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _origin(scope: dict[str, Any]) -> str:
+    host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+    return f"{scope.get('scheme', 'http')}://{host}"

@@ -1,0 +1,356 @@
+"""Artifact stores: each team's root (S3 or a folder) reached with the team's own credentials,
+and the default store. Every operation streams: memory does not grow with an artifact's size.
+
+S3 is reached with boto3 (run in worker threads): it is the reference S3 client, speaks every
+S3-compatible store, and has the explicit multipart API that MLflow's multipart upload needs.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from .policy import Policy, Storage
+
+CHUNK = 1024 * 1024
+PART = 8 * 1024 * 1024          # S3 parts of the gate's own uploads (the minimum is 5 MiB)
+SPOOL = 16 * 1024 * 1024        # a client's multipart part above this size is spooled to disk
+
+
+class StoreUnavailable(Exception):
+    """The store is down or refuses the credentials; the message names the store, never a secret."""
+
+
+class ArtifactMissing(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    is_dir: bool
+    size: int | None = None
+
+
+class Store(Protocol):
+    label: str
+
+    async def open(self, path: str) -> tuple[int | None, AsyncIterator[bytes]]: ...
+    async def write(self, path: str, chunks: AsyncIterator[bytes]) -> int: ...
+    async def listdir(self, path: str) -> list[FileInfo]: ...
+    async def delete(self, path: str) -> None: ...
+    async def mpu_create(self, path: str) -> str: ...
+    async def mpu_part(self, path: str, upload_id: str, number: int, chunks: AsyncIterator[bytes]) -> str: ...
+    async def mpu_complete(self, path: str, upload_id: str, parts: list[tuple[int, str]]) -> None: ...
+    async def mpu_abort(self, path: str, upload_id: str) -> None: ...
+    async def check(self) -> tuple[bool, str]: ...
+
+
+def _join(prefix: str, path: str) -> str:
+    return "/".join(p for p in (prefix.strip("/"), path.strip("/")) if p)
+
+
+# ---------------------------------------------------------------------------------------------
+# S3
+# ---------------------------------------------------------------------------------------------
+
+class S3Store:
+    def __init__(self, root: str, storage: Storage, label: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        parts = urlsplit(root)
+        self.bucket, self.prefix, self.label = parts.netloc, parts.path.strip("/"), label
+        key_id = secret = None
+        if storage.credentials_env:
+            key_id = os.environ.get(f"{storage.credentials_env}_AWS_ACCESS_KEY_ID")
+            secret = os.environ.get(f"{storage.credentials_env}_AWS_SECRET_ACCESS_KEY")
+        session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
+                                        region_name=storage.region or os.environ.get("AWS_DEFAULT_REGION")
+                                        or "us-east-1")
+        self.client: Any = session.client(
+            "s3", endpoint_url=storage.endpoint_url,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+                          max_pool_connections=32, s3={"addressing_style": "path"}))
+
+    def _key(self, path: str) -> str:
+        return _join(self.prefix, path)
+
+    async def _call(self, name: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return await asyncio.to_thread(getattr(self.client, name), **kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload"):
+                raise ArtifactMissing(kwargs.get("Key", "")) from exc
+            raise StoreUnavailable(f"{self.label} refused the request ({code or 'error'}); check the team's "
+                                   "storage settings and credentials.") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"{self.label} is unreachable ({exc.__class__.__name__}).") from exc
+
+    async def open(self, path: str) -> tuple[int | None, AsyncIterator[bytes]]:
+        resp = await self._call("get_object", Bucket=self.bucket, Key=self._key(path))
+        body = resp["Body"]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while chunk := await asyncio.to_thread(body.read, CHUNK):
+                    yield chunk
+            finally:
+                body.close()
+
+        return resp.get("ContentLength"), chunks()
+
+    async def write(self, path: str, chunks: AsyncIterator[bytes]) -> int:
+        key, buf, total = self._key(path), bytearray(), 0
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        try:
+            async for chunk in chunks:
+                buf += chunk
+                total += len(chunk)
+                while len(buf) >= PART:
+                    if upload_id is None:
+                        upload_id = (await self._call("create_multipart_upload", Bucket=self.bucket,
+                                                      Key=key))["UploadId"]
+                    part, buf = bytes(buf[:PART]), buf[PART:]
+                    resp = await self._call("upload_part", Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                            PartNumber=len(parts) + 1, Body=part)
+                    parts.append({"PartNumber": len(parts) + 1, "ETag": resp["ETag"]})
+            if upload_id is None:
+                await self._call("put_object", Bucket=self.bucket, Key=key, Body=bytes(buf))
+                return total
+            if buf:
+                resp = await self._call("upload_part", Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                        PartNumber=len(parts) + 1, Body=bytes(buf))
+                parts.append({"PartNumber": len(parts) + 1, "ETag": resp["ETag"]})
+            await self._call("complete_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id,
+                             MultipartUpload={"Parts": parts})
+            return total
+        except BaseException:
+            if upload_id is not None:      # an interrupted upload leaves no object behind
+                try:
+                    await self._call("abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except (StoreUnavailable, ArtifactMissing):
+                    pass
+            raise
+
+    async def listdir(self, path: str) -> list[FileInfo]:
+        prefix = self._key(path)
+        prefix = prefix + "/" if prefix else ""
+        out: list[FileInfo] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
+            if token:
+                kwargs["ContinuationToken"] = token
+            resp = await self._call("list_objects_v2", **kwargs)
+            out += [FileInfo(p["Prefix"][len(prefix):].rstrip("/"), True) for p in resp.get("CommonPrefixes", [])]
+            out += [FileInfo(o["Key"][len(prefix):], False, int(o["Size"])) for o in resp.get("Contents", [])
+                    if o["Key"] != prefix]
+            token = resp.get("NextContinuationToken")
+            if not token:
+                return out
+
+    async def delete(self, path: str) -> None:
+        key = self._key(path)
+        keys = [key]
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": key + "/"}
+            if token:
+                kwargs["ContinuationToken"] = token
+            resp = await self._call("list_objects_v2", **kwargs)
+            keys += [o["Key"] for o in resp.get("Contents", [])]
+            token = resp.get("NextContinuationToken")
+            if not token:
+                break
+        for i in range(0, len(keys), 1000):
+            await self._call("delete_objects", Bucket=self.bucket,
+                             Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+
+    async def mpu_create(self, path: str) -> str:
+        return str((await self._call("create_multipart_upload", Bucket=self.bucket, Key=self._key(path)))["UploadId"])
+
+    async def mpu_part(self, path: str, upload_id: str, number: int, chunks: AsyncIterator[bytes]) -> str:
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL) as spool:
+            async for chunk in chunks:
+                await asyncio.to_thread(spool.write, chunk)
+            size = spool.tell()
+            spool.seek(0)
+            resp = await self._call("upload_part", Bucket=self.bucket, Key=self._key(path), UploadId=upload_id,
+                                    PartNumber=number, Body=spool, ContentLength=size)
+        return str(resp["ETag"])
+
+    async def mpu_complete(self, path: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        await self._call("complete_multipart_upload", Bucket=self.bucket, Key=self._key(path), UploadId=upload_id,
+                         MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in sorted(parts)]})
+
+    async def mpu_abort(self, path: str, upload_id: str) -> None:
+        await self._call("abort_multipart_upload", Bucket=self.bucket, Key=self._key(path), UploadId=upload_id)
+
+    async def check(self) -> tuple[bool, str]:
+        try:
+            await self._call("list_objects_v2", Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
+        except (StoreUnavailable, ArtifactMissing) as exc:
+            return False, str(exc)
+        return True, f"{self.label} reachable"
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder
+# ---------------------------------------------------------------------------------------------
+
+class FileStore:
+    MPU = ".mlflow-gate-mpu"
+
+    def __init__(self, root: str, label: str) -> None:
+        self.root = Path(unquote(urlsplit(root).path) if root.startswith("file:") else root).resolve()
+        self.label = label
+
+    def _path(self, path: str) -> Path:
+        target = (self.root / path.strip("/")).resolve() if path.strip("/") else self.root
+        if target != self.root and self.root not in target.parents:
+            raise ArtifactMissing(path)
+        return target
+
+    async def open(self, path: str) -> tuple[int | None, AsyncIterator[bytes]]:
+        target = self._path(path)
+        if not target.is_file():
+            raise ArtifactMissing(path)
+        fh = await asyncio.to_thread(open, target, "rb")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while chunk := await asyncio.to_thread(fh.read, CHUNK):
+                    yield chunk
+            finally:
+                fh.close()
+
+        return target.stat().st_size, chunks()
+
+    async def write(self, path: str, chunks: AsyncIterator[bytes]) -> int:
+        target = self._path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.label} cannot be written ({exc.strerror}).") from exc
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.partial"
+        total = 0
+        try:
+            with await asyncio.to_thread(open, tmp, "wb") as fh:
+                async for chunk in chunks:
+                    await asyncio.to_thread(fh.write, chunk)
+                    total += len(chunk)
+            os.replace(tmp, target)          # only a complete upload gets the real name
+        finally:
+            tmp.unlink(missing_ok=True)
+        return total
+
+    async def listdir(self, path: str) -> list[FileInfo]:
+        target = self._path(path)
+        if not target.is_dir():
+            return []
+        return [FileInfo(e.name, e.is_dir(), None if e.is_dir() else e.stat().st_size)
+                for e in sorted(os.scandir(target), key=lambda e: e.name) if not self._hidden(e.name)]
+
+    def _hidden(self, name: str) -> bool:
+        """Uploads in progress: partial files and multipart parts."""
+        return name == self.MPU or (name.startswith(".") and name.endswith(".partial"))
+
+    async def delete(self, path: str) -> None:
+        target = self._path(path)
+        if target.is_dir():
+            await asyncio.to_thread(shutil.rmtree, target)
+        elif target.exists():
+            target.unlink()
+
+    def _mpu_dir(self, upload_id: str) -> Path:
+        if not upload_id.isalnum():
+            raise ArtifactMissing(upload_id)
+        return self.root / self.MPU / upload_id
+
+    async def mpu_create(self, path: str) -> str:
+        upload_id = secrets.token_hex(16)
+        self._mpu_dir(upload_id).mkdir(parents=True)
+        return upload_id
+
+    async def mpu_part(self, path: str, upload_id: str, number: int, chunks: AsyncIterator[bytes]) -> str:
+        folder = self._mpu_dir(upload_id)
+        if not folder.is_dir():
+            raise ArtifactMissing(upload_id)
+        with await asyncio.to_thread(open, folder / f"{number:06d}", "wb") as fh:
+            async for chunk in chunks:
+                await asyncio.to_thread(fh.write, chunk)
+        return f'"{upload_id}-{number}"'
+
+    async def mpu_complete(self, path: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        folder = self._mpu_dir(upload_id)
+
+        async def joined() -> AsyncIterator[bytes]:
+            for number, _ in sorted(parts):
+                with await asyncio.to_thread(open, folder / f"{number:06d}", "rb") as fh:
+                    while chunk := await asyncio.to_thread(fh.read, CHUNK):
+                        yield chunk
+
+        await self.write(path, joined())
+        shutil.rmtree(folder, ignore_errors=True)
+
+    async def mpu_abort(self, path: str, upload_id: str) -> None:
+        shutil.rmtree(self._mpu_dir(upload_id), ignore_errors=True)
+
+    async def check(self) -> tuple[bool, str]:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            ok = os.access(self.root, os.W_OK)
+        except OSError as exc:
+            return False, f"{self.label} is not usable ({exc.strerror})"
+        return ok, f"{self.label} {'writable' if ok else 'is not writable'}"
+
+
+def open_store(root: str, storage: Storage, label: str) -> Store:
+    if root.startswith("s3://"):
+        return S3Store(root, storage, label)
+    return FileStore(root, label)
+
+
+class Stores:
+    """The stores the policy names, built once per (root, storage) and kept across reloads."""
+
+    def __init__(self, default_root: str | None) -> None:
+        self.default = open_store(default_root, Storage(), f"the default artifact store ({default_root})") \
+            if default_root else None
+        self._built: dict[tuple[str, str, Storage], Store] = {}
+
+    def team(self, policy: Policy, team: str) -> Store | None:
+        spec = policy.teams.get(team)
+        if spec is None or not spec.artifact_root:
+            return None
+        key = (team, spec.artifact_root, spec.storage)
+        store = self._built.get(key)
+        if store is None:
+            store = open_store(spec.artifact_root, spec.storage,
+                               f"the artifact store of team {team} ({spec.artifact_root})")
+            self._built[key] = store
+        return store
+
+    async def health(self, policy: Policy) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, team in policy.teams.items():
+            store = self.team(policy, name) if team.artifact_root else None
+            if store is not None:
+                ok, detail = await store.check()
+                out[name] = {"ok": ok, "root": team.artifact_root, "detail": detail}
+        if self.default is not None:
+            ok, detail = await self.default.check()
+            out["(default)"] = {"ok": ok, "detail": detail}
+        return out
