@@ -22,11 +22,13 @@ from starlette.middleware.sessions import SessionMiddleware
 from . import pages
 from .artifact_server import INTERNAL_PREFIX, PART_PATH, ArtifactServer
 from .artifacts import Stores
+from .audit import Audit
 from .authn import Authenticator
 from .errors import GateError, UpstreamUnavailable, error_headers
 from .forward import Receive, Send, Upstream, send_bytes
 from .gate import Gate
 from .jwt_bearer import JwtValidator
+from .metrics import Metrics
 from .oidc import OidcLogin
 from .oidc_config import Discovery, OidcSettings
 from .policy import PolicyStore
@@ -58,6 +60,7 @@ class Runtime:
         self.authn = Authenticator(settings.secret_key, jwt=jwt)
         self.table = RouteTable()
         self.gate: Gate | None = None
+        self.metrics = Metrics(self.store)
         self.stores = Stores(settings.artifacts_destination)
         self.artifacts: ArtifactServer | None = None
         self.upstream: Upstream | None = None
@@ -93,10 +96,12 @@ def create_app(settings: Settings, *, upstream_url: str, policy_poll: float = 1.
         upstream = Upstream.open(upstream_url)
         rt.upstream = upstream
         resolver = Resolver(upstream)
+        upstream.metrics = rt.metrics
         rt.artifacts = ArtifactServer(rt.stores, resolver, rt.store, settings.secret_key, settings.public_url,
-                                      internal_from_anywhere=settings.internal_from_anywhere)
+                                      internal_from_anywhere=settings.internal_from_anywhere, metrics=rt.metrics)
         rt.gate = Gate(store=rt.store, authn=rt.authn, upstream=upstream, resolver=resolver,
-                       table=rt.table, public_origin=rt.public_origin, artifacts=rt.artifacts)
+                       table=rt.table, public_origin=rt.public_origin, artifacts=rt.artifacts,
+                       audit=Audit(rt.metrics))
         watcher = asyncio.create_task(_watch_policy(rt.store, policy_poll))
         try:
             yield
@@ -115,7 +120,18 @@ def create_app(settings: Settings, *, upstream_url: str, policy_poll: float = 1.
         if scope["type"] != "http" or rt.gate is None or rt.artifacts is None:
             await pages_app(scope, receive, send)  # type: ignore[arg-type]
         elif not path.startswith("/_gate/"):
-            await rt.gate(scope, receive, send)
+            start, status = time.perf_counter(), 0
+
+            async def counted(message: dict[str, Any]) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await rt.gate(scope, receive, counted)
+            finally:
+                rt.metrics.request(scope["method"], status or 500, time.perf_counter() - start)
         elif path.startswith(INTERNAL_PREFIX + "/"):
             await rt.artifacts.internal(scope, receive, send)
         elif path.startswith(PART_PATH):

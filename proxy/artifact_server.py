@@ -21,6 +21,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from .artifacts import ArtifactMissing, Store, Stores, StoreUnavailable
 from .errors import BadRequest, GateError, NotFound, PermissionDenied, Unauthenticated, UpstreamUnavailable
 from .forward import Receive, Send, send_bytes
+from .metrics import Metrics
 from .params import parse_body, parse_query
 from .policy import PolicyStore
 from .resources import STORE_TAG, Resolver
@@ -51,8 +52,10 @@ def experiment_of(path: str) -> str:
 
 class ArtifactServer:
     def __init__(self, stores: Stores, resolver: Resolver, policy: PolicyStore, secret_key: str,
-                 public_url: str | None, *, internal_from_anywhere: bool = False) -> None:
+                 public_url: str | None, *, internal_from_anywhere: bool = False,
+                 metrics: Metrics | None = None) -> None:
         self.internal_from_anywhere = internal_from_anywhere
+        self.metrics = metrics
         self.stores = stores
         self.resolver = resolver
         self.policy = policy
@@ -92,9 +95,13 @@ class ArtifactServer:
                   body: bytes | None) -> None:
         if op == "download":
             size, chunks = await store.open(path)
-            await _stream_out(send, path, size, chunks)
+            sent = await _stream_out(send, path, size, chunks)
+            if self.metrics is not None:
+                self.metrics.artifact_bytes.labels("out", store.label).inc(sent)
         elif op == "upload":
-            await store.write(path, _stream_in(receive))
+            received = await store.write(path, _stream_in(receive))
+            if self.metrics is not None:
+                self.metrics.artifact_bytes.labels("in", store.label).inc(received)
             await send_bytes(send, 200, _JSON, b"{}")
         elif op == "delete":
             await store.delete(path)
@@ -227,7 +234,7 @@ async def _read_small(receive: Receive) -> bytes:
     return out
 
 
-async def _stream_out(send: Send, path: str, size: int | None, chunks: AsyncIterator[bytes]) -> None:
+async def _stream_out(send: Send, path: str, size: int | None, chunks: AsyncIterator[bytes]) -> int:
     ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
     if ctype in _PLAIN_TYPES:
         ctype = "text/plain"
@@ -235,9 +242,12 @@ async def _stream_out(send: Send, path: str, size: int | None, chunks: AsyncIter
     if size is not None:
         headers.append((b"content-length", str(size).encode()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
+    sent = 0
     async for chunk in chunks:
+        sent += len(chunk)
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return sent
 
 
 def _origin(scope: dict[str, Any]) -> str:

@@ -8,8 +8,23 @@ from typing import Any
 
 from .decide import Decision
 from .identity import Identity
+from .metrics import Metrics
 
 log = logging.getLogger("mlflow_gate.audit")
+
+
+class Audit:
+    """Writes the audit line and counts the decision."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+
+    def record(self, ident: Identity | None, method: str, path: str, allowed: bool, reason: str,
+               decisions: list[Decision] | None = None, status: int | None = None) -> None:
+        if self.metrics is not None:
+            kind = reason.split(";")[0] if allowed else ("unauthenticated" if status == 401 else "denied")
+            self.metrics.decision(allowed, kind)
+        record(ident, method, path, allowed, reason, decisions, status)
 
 
 def record(ident: Identity | None, method: str, path: str, allowed: bool, reason: str,

@@ -6,6 +6,7 @@ aiohttp carries this one path because it is what meets the latency budget here
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .errors import UpstreamUnavailable
+from .metrics import Metrics
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -42,6 +44,7 @@ class Upstream:
         self.base_url = base_url.rstrip("/")
         self.session = session
         self.calls = 0
+        self.metrics: Metrics | None = None
 
     @classmethod
     def open(cls, base_url: str) -> Upstream:
@@ -62,12 +65,17 @@ class Upstream:
         """A call of the gate's own (resolution, search pages): status and parsed JSON."""
         self.calls += 1
         headers = {"X-Forwarded-For": "127.0.0.1", "Accept-Encoding": "identity"}
+        start = time.perf_counter()
         try:
             async with self.session.request(method, self.base_url + path, params=params, json=body,
                                             headers=headers) as resp:
+                if self.metrics is not None:
+                    self.metrics.upstream.labels("lookup").observe(time.perf_counter() - start)
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, OSError) as exc:
+            if self.metrics is not None:
+                self.metrics.upstream_errors.inc()
             raise UpstreamUnavailable(f"The MLflow server is unreachable: {exc.__class__.__name__}. "
                                       "Try again shortly.") from exc
         try:
@@ -104,10 +112,16 @@ class Upstream:
         if strip:
             headers = [(k, v) for k, v in headers if k.lower() not in strip]
         self.calls += 1
+        start = time.perf_counter()
         try:
-            return await self.session.request(scope["method"], url, data=data, headers=headers,
+            resp = await self.session.request(scope["method"], url, data=data, headers=headers,
                                               allow_redirects=False, compress=None)
+            if self.metrics is not None:
+                self.metrics.upstream.labels("forward").observe(time.perf_counter() - start)
+            return resp
         except (aiohttp.ClientError, OSError) as exc:
+            if self.metrics is not None:
+                self.metrics.upstream_errors.inc()
             raise UpstreamUnavailable(f"The MLflow server is unreachable ({exc.__class__.__name__}); "
                                       "the gate will reconnect when it is back. Try again shortly.") from exc
 

@@ -11,8 +11,8 @@ import re
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from . import audit
 from .artifact_server import ArtifactServer, route_of
+from .audit import Audit
 from .authn import Authenticator
 from .decide import Decision, decide, is_admin, readable_prefixes
 from .errors import BadRequest, GateError, PayloadTooLarge, PermissionDenied, Unauthenticated, error_headers
@@ -83,8 +83,10 @@ def is_page_load(method: str, path: str, headers: dict[bytes, bytes]) -> bool:
 
 class Gate:
     def __init__(self, *, store: PolicyStore, authn: Authenticator, upstream: Upstream, resolver: Resolver,
-                 table: RouteTable, public_origin: str | None = None, artifacts: ArtifactServer | None = None) -> None:
+                 table: RouteTable, public_origin: str | None = None, artifacts: ArtifactServer | None = None,
+                 audit: Audit | None = None) -> None:
         self.artifacts = artifacts
+        self.audit = audit or Audit()
         self.store = store
         self.authn = authn
         self.upstream = upstream
@@ -118,7 +120,7 @@ class Gate:
                 return
             if isinstance(err, (PermissionDenied, Unauthenticated)):
                 decision = err.decision if isinstance(err, Denied) else None
-                audit.record(ident, method, path, False, err.message, [decision] if decision else None, err.status)
+                self.audit.record(ident, method, path, False, err.message, [decision] if decision else None, err.status)
             await send_bytes(send, err.status, error_headers(err), err.body())
 
     async def authorized(self, scope: dict[str, Any], receive: Receive, send: Send, route: Route,
@@ -141,10 +143,10 @@ class Gate:
             await self.graphql(scope, send, ident, policy, admin, params, body)
             return
         if route.filter and not admin:
-            audit.record(ident, method, path, True, "signed in; answer filtered")
+            self.audit.record(ident, method, path, True, "signed in; answer filtered")
             await self.search(scope, send, route.filter, ident, policy, params)
             return
-        audit.record(ident, method, path, True, "admin" if admin else
+        self.audit.record(ident, method, path, True, "admin" if admin else
                      ("signed in" if route.access == SIGNED_IN else "policy"), decisions)
         if route.rewrite and params.body is not None and route.rewrite in REWRITES:
             team = await self.team_of(route, params, policy)
@@ -334,7 +336,7 @@ class Gate:
                     decisions.append(d)
                     if not d.allowed:
                         raise Denied(f"Permission denied: read on {shown} is needed; you have {d.have}.", d)
-        audit.record(ident, method, path, True, "admin" if admin else "policy", decisions)
+        self.audit.record(ident, method, path, True, "admin" if admin else "policy", decisions)
         status, data = await self.upstream.get_json("/graphql", body=payload, method="POST")
         if needs is not None and needs.filter_model_versions:
             readable = {n for n in model_names(data)

@@ -187,6 +187,9 @@ def routes(rt: Runtime) -> list[Route]:
         }
         return JSONResponse(body, status_code=200 if upstream_ok else 503, headers={"cache-control": "no-store"})
 
+    async def metrics(request: Request) -> Response:
+        return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
     async def caller(request: Request) -> Identity | Response:
         try:
             ident = await rt.authn.identify({k.lower(): v for k, v in request.headers.raw}, rt.store.current)
@@ -209,6 +212,7 @@ def routes(rt: Runtime) -> list[Route]:
         Route("/_gate/tokens", tokens, methods=["GET", "POST"]),
         Route("/_gate/oidc", oidc_info, methods=["GET"]),
         Route("/_gate/health", health, methods=["GET"]),
+        Route("/_gate/metrics", metrics, methods=["GET"]),
     ]
 
 

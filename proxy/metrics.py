@@ -1,0 +1,57 @@
+"""Prometheus metrics for /_gate/metrics (prometheus-client): requests, decisions by reason,
+upstream latency, policy reloads and artifact bytes. One registry per app, so tests can run many."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .policy import PolicyStore
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _PolicyCollector(Collector):
+    def __init__(self, store: PolicyStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        reloads = CounterMetricFamily("mlflow_gate_policy_reloads", "Policy reloads by result", labels=["result"])
+        for result, count in self.store.reloads.items():
+            reloads.add_metric([result], count)
+        yield reloads
+        yield GaugeMetricFamily("mlflow_gate_policy_error", "1 while the last policy change failed validation",
+                                value=1 if self.store.error else 0)
+        yield GaugeMetricFamily("mlflow_gate_policy_teams", "Teams in the policy in force",
+                                value=len(self.store.current.teams))
+
+
+class Metrics:
+    def __init__(self, store: PolicyStore | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("mlflow_gate_requests", "Requests answered, by method and status class",
+                                ["method", "status"], registry=self.registry)
+        self.duration = Histogram("mlflow_gate_request_seconds", "Time to answer a request (to its last byte)",
+                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.decisions = Counter("mlflow_gate_decisions", "Authorization decisions by outcome and reason",
+                                 ["allowed", "reason"], registry=self.registry)
+        self.upstream = Histogram("mlflow_gate_upstream_seconds", "Upstream mlflow server time to response headers",
+                                  ["kind"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.upstream_errors = Counter("mlflow_gate_upstream_errors", "Upstream calls that failed to connect",
+                                       registry=self.registry)
+        self.artifact_bytes = Counter("mlflow_gate_artifact_bytes", "Artifact bytes served by the gate's stores",
+                                      ["direction", "store"], registry=self.registry)
+        if store is not None:
+            self.registry.register(_PolicyCollector(store))
+
+    def request(self, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, f"{status // 100}xx").inc()
+        self.duration.observe(seconds)
+
+    def decision(self, allowed: bool, reason: str) -> None:
+        self.decisions.labels("true" if allowed else "false", reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
