@@ -174,3 +174,30 @@ def test_the_embedded_server_stops_with_the_gate(tmp_path: Path, how: signal.Sig
         assert (tmp_path / "mlflow.db").exists()       # the quick start's default store, in the working folder
     finally:
         stop_process(proc)
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_count_requests_decisions_and_upstream_calls(gate) -> None:  # type: ignore[no-untyped-def]
+    before = httpx.get(gate.url + "/_gate/metrics", timeout=10).text
+    with gate.http("alice") as alice, gate.http() as anonymous:
+        assert alice.post(SEARCH, json={"max_results": 1}).status_code == 200
+        assert alice.post("/api/2.0/mlflow/experiments/create", json={"name": "beta/nope"}).status_code == 403
+        assert anonymous.post(SEARCH, json={"max_results": 1}).status_code == 401
+    after = httpx.get(gate.url + "/_gate/metrics", timeout=10).text
+    for name, labels, at_least in [
+        ("mlflow_gate_requests_total", {"method": "POST", "status": "2xx"}, 1),
+        ("mlflow_gate_requests_total", {"method": "POST", "status": "4xx"}, 2),
+        ("mlflow_gate_decisions_total", {"allowed": "false", "reason": "denied"}, 1),
+        ("mlflow_gate_decisions_total", {"allowed": "false", "reason": "unauthenticated"}, 1),
+        ("mlflow_gate_decisions_total", {"allowed": "true"}, 1),
+        ("mlflow_gate_upstream_seconds_count", {}, 1),
+    ]:
+        assert _metric(after, name, **labels) - _metric(before, name, **labels) >= at_least, (name, labels)
+    assert "mlflow_gate_policy_reloads_total" in after
