@@ -7,11 +7,11 @@ import json
 import logging
 import logging.handlers
 import os
-import queue
 import sys
 from pathlib import Path
 from typing import NoReturn
 
+from . import logs
 from .decide import decide, run_checks
 from .identity import Identity
 from .policy import Level, PolicyError, load_policy
@@ -192,34 +192,13 @@ def policy_explain(args: argparse.Namespace) -> int:
     return 0 if d.allowed else 1
 
 
-def _logging() -> logging.handlers.QueueListener:
-    """JSON log lines on stderr, written by a background thread so the event loop never waits on them."""
-    class Fmt(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            if record.name == "mlflow_gate.audit":
-                return record.getMessage()
-            return json.dumps({"ts": round(record.created, 3), "level": record.levelname.lower(),
-                               "logger": record.name, "message": record.getMessage()})
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Fmt())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, handler)
-    root = logging.getLogger("mlflow_gate")
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-    listener.start()
-    return listener
-
-
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
     from .embedded import EmbeddedMlflow
 
-    listener = _logging()
+    listener = logs.configure(env("AUDIT_LOG", "stderr") or "stderr")
     policy_path = args.policy or DEFAULT_POLICY
     if not Path(policy_path).exists():
         print(f"mlflow-gate serve: policy {policy_path!r} does not exist; pass --policy PATH "
@@ -253,7 +232,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings, upstream_url=upstream)
         trusted = args.forwarded_allow_ips
-        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
                                 loop="auto", http="auto", lifespan="on", timeout_graceful_shutdown=20,
                                 proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
                                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)

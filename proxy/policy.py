@@ -524,7 +524,8 @@ class PolicyStore:
 
     def _fingerprint(self) -> tuple:
         try:
-            return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in _files(self.path))
+            # stat() follows symlinks, so Kubernetes' atomic `..data` swap of a ConfigMap shows as new inodes
+            return tuple((str(f), s.st_ino, s.st_mtime_ns, s.st_size) for f in _files(self.path) for s in [f.stat()])
         except OSError:
             return ("missing",)
 

@@ -3,12 +3,14 @@ during hot reload, and the embedded mlflow server stopping with the gate (no orp
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -201,3 +203,66 @@ def test_metrics_count_requests_decisions_and_upstream_calls(gate) -> None:  # t
     ]:
         assert _metric(after, name, **labels) - _metric(before, name, **labels) >= at_least, (name, labels)
     assert "mlflow_gate_policy_reloads_total" in after
+
+
+class _SlowHealth(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/health"):
+            time.sleep(2 if "slow" in self.path else 0)
+        body = b"OK"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_graceful_shutdown_finishes_in_flight_requests_and_audit_is_its_own_stream(tmp_path: Path) -> None:
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _SlowHealth)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    audit_log = tmp_path / "audit.jsonl"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(TEST_POLICY)
+    port = free_port()
+    log = tmp_path / "gate.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "mlflow-gate"), "serve", "--policy", str(policy), "--port", str(port),
+             "--upstream", f"http://127.0.0.1:{upstream.server_port}"], cwd=tmp_path, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            env=child_env(MLFLOW_GATE_SECRET_KEY=SECRET_KEY, MLFLOW_GATE_AUDIT_LOG=str(audit_log)))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/_gate/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.post(url + SEARCH, json={"max_results": 1}, timeout=10).status_code == 401
+        result: dict[str, object] = {}
+
+        def slow() -> None:
+            result["response"] = httpx.get(url + "/health?slow=1", timeout=30)
+
+        worker = threading.Thread(target=slow)
+        worker.start()
+        time.sleep(0.7)                       # the request is in flight, waiting on the upstream
+        os.kill(proc.pid, signal.SIGTERM)
+        worker.join(30)
+        response = result.get("response")
+        assert isinstance(response, httpx.Response) and response.status_code == 200 and response.text == "OK"
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)   # uvicorn re-raises the signal after draining
+        audit = [json.loads(line) for line in audit_log.read_text().splitlines()]
+        assert any(a["allowed"] is False and a["status"] == 401 for a in audit)
+        operational = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        assert operational and all("level" in e and "allowed" not in e for e in operational)
+    finally:
+        stop_process(proc)
+        upstream.shutdown()
+        upstream.server_close()

@@ -104,3 +104,20 @@ def test_hot_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
     assert store.refresh() is False          # unchanged files are not reloaded
     path.unlink()
     assert store.refresh() is False and store.current is not first   # a deleted file keeps the policy too
+
+
+def test_hot_reload_follows_a_kubernetes_configmap_swap(tmp_path: Path) -> None:
+    """ConfigMap volumes: files are symlinks into `..data`, itself a symlink swapped atomically."""
+    def publish(version: str, text: str) -> None:
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "policy.yaml").write_text(text)
+        (tmp_path / "..data_tmp").symlink_to(version)
+        (tmp_path / "..data_tmp").rename(tmp_path / "..data")
+
+    publish("..2026_11_29_01", GOOD)
+    (tmp_path / "policy.yaml").symlink_to("..data/policy.yaml")
+    store = PolicyStore(tmp_path)
+    assert set(store.current.teams) == {"vision", "nlp"}
+    publish("..2026_11_29_02", GOOD.replace("nlp:", "speech:").replace("team:nlp", "team:speech"))
+    assert store.refresh() is True
+    assert set(store.current.teams) == {"vision", "speech"}
