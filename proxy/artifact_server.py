@@ -20,7 +20,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 
 from .artifacts import ArtifactMissing, Store, Stores, StoreUnavailable
 from .errors import BadRequest, GateError, NotFound, PermissionDenied, Unauthenticated, UpstreamUnavailable
-from .forward import Receive, Send, send_bytes
+from .forward import Receive, Send, send_bytes, stream_body
 from .metrics import Metrics
 from .params import parse_body, parse_query
 from .policy import PolicyStore
@@ -99,7 +99,7 @@ class ArtifactServer:
             if self.metrics is not None:
                 self.metrics.artifact_bytes.labels("out", store.label).inc(sent)
         elif op == "upload":
-            received = await store.write(path, _stream_in(receive))
+            received = await store.write(path, stream_body(receive))
             if self.metrics is not None:
                 self.metrics.artifact_bytes.labels("in", store.label).inc(received)
             await send_bytes(send, 200, _JSON, b"{}")
@@ -164,7 +164,7 @@ class ArtifactServer:
             store = await self.store_for(path)
             if store is None:
                 raise ArtifactNotFound("No artifact store serves this path.")
-            etag = await store.mpu_part(path, str(claim["u"]), int(claim["n"]), _stream_in(receive))
+            etag = await store.mpu_part(path, str(claim["u"]), int(claim["n"]), stream_body(receive))
         except ArtifactMissing as exc:
             raise ArtifactNotFound("The multipart upload does not exist (aborted or completed).") from exc
         except StoreUnavailable as exc:
@@ -214,20 +214,9 @@ def route_of(method: str, path: str, query: bytes) -> tuple[str | None, str]:
     return None, ""
 
 
-async def _stream_in(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionResetError("the client went away during the upload")
-        if chunk := message.get("body", b""):
-            yield chunk
-        if not message.get("more_body", False):
-            return
-
-
 async def _read_small(receive: Receive) -> bytes:
     out = b""
-    async for chunk in _stream_in(receive):
+    async for chunk in stream_body(receive):
         out += chunk
         if len(out) > 16 * 1024 * 1024:
             raise BadRequest("The request body is too large.")

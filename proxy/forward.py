@@ -107,7 +107,7 @@ class Upstream:
         else:
             length = _content_length(scope)
             chunked = any(k.lower() == b"transfer-encoding" for k, _ in scope["headers"])
-            data = _stream(receive) if (length or chunked) else None
+            data = stream_body(receive) if (length or chunked) else None
         headers = self._headers(scope, length if (body is not None or length is not None) else None)
         if strip:
             headers = [(k, v) for k, v in headers if k.lower() not in strip]
@@ -141,7 +141,7 @@ def _content_length(scope: dict[str, Any]) -> int | None:
     return None
 
 
-async def _stream(receive: Receive) -> AsyncIterator[bytes]:
+async def stream_body(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

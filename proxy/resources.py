@@ -98,25 +98,25 @@ class Resolver:
         return info
 
     async def trace(self, trace_id: str) -> str:
-        exp_id = self.traces.get(trace_id)
-        if exp_id is None:
-            data = await self._get("trace", trace_id, f"/api/3.0/mlflow/traces/{quote(trace_id, safe='')}")
-            exp_id = _dig(data, "trace", "trace_info", "trace_location", "mlflow_experiment", "experiment_id")
-            if not exp_id:
-                raise Unresolvable(f"Permission denied: trace {trace_id!r} is not stored in an MLflow experiment.")
-            exp_id = str(exp_id)
-            self.traces.put(trace_id, exp_id)
-        return exp_id
+        return await self._experiment_of(self.traces, "trace", trace_id,
+                                         f"/api/3.0/mlflow/traces/{quote(trace_id, safe='')}",
+                                         ("trace", "trace_info", "trace_location", "mlflow_experiment", "experiment_id"))
 
     async def logged_model(self, model_id: str) -> str:
-        exp_id = self.logged_models.get(model_id)
+        return await self._experiment_of(self.logged_models, "logged model", model_id,
+                                         f"/api/2.0/mlflow/logged-models/{quote(model_id, safe='')}",
+                                         ("model", "info", "experiment_id"))
+
+    async def _experiment_of(self, cache: LRU[str, str], what: str, ident: str, path: str,
+                             field: tuple[str, ...]) -> str:
+        """The experiment id a child object lives in: looked up once, then cached (it never moves)."""
+        exp_id = cache.get(ident)
         if exp_id is None:
-            data = await self._get("logged model", model_id, f"/api/2.0/mlflow/logged-models/{quote(model_id, safe='')}")
-            exp_id = _dig(data, "model", "info", "experiment_id")
-            if not exp_id:
-                raise Unresolvable(f"Permission denied: logged model {model_id!r} names no experiment.")
-            exp_id = str(exp_id)
-            self.logged_models.put(model_id, exp_id)
+            found = _dig(await self._get(what, ident, path), *field)
+            if not found:
+                raise Unresolvable(f"Permission denied: {what} {ident!r} is not stored in an MLflow experiment.")
+            exp_id = str(found)
+            cache.put(ident, exp_id)
         return exp_id
 
     async def dataset(self, dataset_id: str) -> tuple[str, ...]:
