@@ -1,0 +1,266 @@
+"""A real browser (Debian's Chromium via Playwright) signs in to the MLflow UI through mlflow-gate and the test OP.
+
+The browser may reach 127.0.0.1 only: every other request is aborted (the OP's dev pages and MLflow's UI would
+otherwise reach for fonts and telemetry). Screenshots of each step are saved under the test's tmp directory and copied
+to `test-output/browser/` in the repository (gitignored) so that a person can look at them.
+
+Never run `playwright install` here (it downloads browsers from the internet): the test uses /usr/bin/chromium,
+which `.ci/run` installs with apt.
+"""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+
+from tests.conftest import Gate, UserClient
+from tests.integration.gate_it import uid
+from tests.oidc.provider import OidcProvider
+
+# One mlflow server is enough (sign-in does not touch the store): reuse the session's sqlite one.
+pytestmark = [pytest.mark.integration, pytest.mark.parametrize("mlflow_server", ["sqlite"], indirect=True)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+ALICE, BOB = "alice@corp.test", "bob@corp.test"
+REPO = Path(__file__).resolve().parents[3]
+TIMEOUT_MS = 30_000
+
+
+@dataclass
+class Seeded:
+    alice_exp_id: str
+    alice_exp: str
+    alice_run_id: str
+    alice_run: str
+    bob_exp_id: str
+    bob_exp: str
+    bob_run: str
+
+
+@pytest.fixture(scope="module")
+def seeded(oidc_gate: Gate, oidc_provider: OidcProvider) -> Seeded:
+    """alice's experiment with a run (a metric over 10 steps, an image artifact) and bob's experiment with a run,
+    created with the mlflow client and each user's provider JWT."""
+    tag = uid()
+    alice = UserClient(oidc_gate.url, ALICE, oidc_provider.mint_jwt_access_token(ALICE))
+    bob = UserClient(oidc_gate.url, BOB, oidc_provider.mint_jwt_access_token(BOB))
+    alice_exp, bob_exp = f"alpha/browser-{tag}", f"beta/browser-secret-{tag}"
+    alice_run, bob_run = f"alice-run-{tag}", f"bob-secret-run-{tag}"
+
+    with alice.acting():
+        alice_exp_id = mlflow.create_experiment(alice_exp)
+        with mlflow.start_run(experiment_id=alice_exp_id, run_name=alice_run) as run:
+            mlflow.log_param("learning_rate", 0.01)
+            for step in range(10):
+                mlflow.log_metric("loss", round(1.0 / (step + 1), 4), step=step)
+                mlflow.log_metric("accuracy", round(0.5 + step * 0.05, 4), step=step)
+            y, x = np.mgrid[0:64, 0:64]
+            image = np.stack([x * 4, y * 4, np.full_like(x, 160)], axis=-1).astype(np.uint8)   # a colour gradient
+            mlflow.log_image(image, artifact_file="images/gradient.png")
+            alice_run_id = run.info.run_id
+    with bob.acting():
+        bob_exp_id = mlflow.create_experiment(bob_exp)
+        with mlflow.start_run(experiment_id=bob_exp_id, run_name=bob_run):
+            mlflow.log_metric("bob_secret_metric", 42.0)
+    return Seeded(alice_exp_id, alice_exp, alice_run_id, alice_run, bob_exp_id, bob_exp, bob_run)
+
+
+class Shots:
+    """Numbered screenshots in the test's tmp directory, copied to test-output/browser/ at the end."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.n = 0
+        self.paths: list[Path] = []
+
+    def take(self, page: Any, name: str) -> Path:
+        self.n += 1
+        path = self.root / f"{self.n:02d}-{name}.png"
+        page.screenshot(path=str(path), full_page=False)
+        self.paths.append(path)
+        return path
+
+    def publish(self) -> Path:
+        out = REPO / "test-output" / "browser"
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*.png"):
+            old.unlink()
+        for p in self.paths:
+            shutil.copy2(p, out / p.name)
+        return out
+
+
+@pytest.fixture
+def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[str], Shots]]:
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed (/usr/bin/chromium is missing); .ci/run installs it with "
+                    "`apt-get install chromium` (never `playwright install`: it needs the internet)")
+    from playwright.sync_api import sync_playwright
+
+    shots = Shots(tmp_path_factory.mktemp("browser-screenshots"))
+    blocked: list[str] = []
+
+    def only_loopback(route: Any) -> None:
+        url = route.request.url
+        if url.startswith(("http://127.0.0.1", "data:", "blob:")):
+            route.continue_()
+        else:
+            blocked.append(url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            context.set_default_timeout(TIMEOUT_MS)
+            context.route("**/*", only_loopback)
+            yield context, blocked, shots
+        finally:
+            browser.close()
+            out = shots.publish()
+            print(f"\nscreenshots: {shots.root} (copied to {out})")
+
+
+def body_text(page: Any) -> str:
+    return str(page.inner_text("body"))
+
+
+def settle(page: Any) -> None:
+    """The page loaded and had a moment to render (the MLflow UI keeps polling, so "networkidle" never comes)."""
+    page.wait_for_load_state("load")
+    page.wait_for_timeout(800)
+
+
+def wait_for_text(page: Any, text: str, timeout: float = TIMEOUT_MS) -> None:
+    page.get_by_text(text, exact=False).first.wait_for(state="visible", timeout=timeout)
+
+
+def test_sign_in_browse_and_sign_out_in_chromium(oidc_gate: Gate, oidc_provider: OidcProvider, seeded: Seeded,
+                                                 browser_context: tuple[Any, list[str], Shots]) -> None:
+    context, _, shots = browser_context
+    page = context.new_page()
+    try:
+        browse(page, oidc_gate, oidc_provider, seeded, browser_context)
+    except BaseException:
+        shots.take(page, "failure")
+        print(f"\nfailed at {page.url}; page text:\n{body_text(page)[:3000]}")
+        raise
+
+
+def browse(page: Any, oidc_gate: Gate, oidc_provider: OidcProvider, seeded: Seeded,
+           browser_context: tuple[Any, list[str], Shots]) -> None:
+    context, blocked, shots = browser_context
+    gate = oidc_gate.url
+    answers: list[tuple[int, str]] = []
+    page.on("response", lambda r: answers.append((r.status, r.url + " " + (r.request.post_data or ""))))
+
+    # 1. The MLflow UI without a session: the gate sends the browser to the OP's login page.
+    page.goto(gate + "/")
+    page.wait_for_selector("input[name=login]")
+    assert page.url.startswith(oidc_provider.issuer + "/"), page.url
+    shots.take(page, "op-login")
+
+    # 2. Sign in as alice: back on the gate, in the MLflow UI.
+    page.fill("input[name=login]", ALICE)
+    page.fill("input[name=password]", "alice-password")
+    page.click("button[type=submit]")
+    page.wait_for_url(gate + "/**")
+    settle(page)
+    wait_for_text(page, "Experiments")
+    assert page.url.startswith(gate + "/") and "/_gate/" not in page.url, page.url
+    assert "mlflow_gate_session" not in page.evaluate("document.cookie")      # HttpOnly: not for scripts
+    assert any(c["name"] == "mlflow_gate_session" and c["httpOnly"] for c in context.cookies(gate))
+    shots.take(page, "mlflow-home")
+
+    # 3. The experiment list shows alice's experiment and not bob's.
+    page.goto(gate + "/#/experiments")
+    wait_for_text(page, seeded.alice_exp)
+    settle(page)
+    text = body_text(page)
+    assert seeded.alice_exp in text
+    assert seeded.bob_exp not in text and "beta/" not in text
+    shots.take(page, "experiment-list")
+
+    # 4. The run page: overview, the model metrics charts, the artifacts with the image.
+    run_url = f"{gate}/#/experiments/{seeded.alice_exp_id}/runs/{seeded.alice_run_id}"
+    page.goto(run_url)
+    wait_for_text(page, seeded.alice_run)
+    settle(page)
+    text = body_text(page)
+    assert "learning_rate" in text and "loss" in text, text[:2000]
+    shots.take(page, "run-overview")
+
+    page.get_by_role("tab", name="Model metrics").first.click()
+    settle(page)
+    charts = page.locator(".js-plotly-plot")                      # one plotly chart per metric
+    charts.first.wait_for(state="visible")
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot svg.main-svg path.js-line').length >= 2")
+    page.wait_for_timeout(500)                                    # let the charts finish drawing
+    assert charts.count() == 2
+    text = body_text(page)
+    assert "accuracy" in text and "loss" in text
+    shots.take(page, "run-model-metrics")
+
+    page.get_by_role("tab", name="Artifacts").first.click()
+    page.get_by_text("images", exact=True).first.click()
+    page.get_by_text("gradient.png", exact=True).first.click()
+    # The preview is the 64x64 PNG itself, fetched through the gate and decoded by the browser.
+    page.wait_for_function("() => [...document.images].some(i => i.complete && i.naturalWidth === 64 "
+                           "&& i.naturalHeight === 64)")
+    fetched = [(status, url) for status, url in answers if "gradient.png" in url]
+    assert fetched and all(status == 200 for status, _ in fetched), fetched
+    shots.take(page, "run-artifact-image")
+
+    # 5. Bob's experiment by its URL: MLflow shows the gate's refusal; none of bob's data appears.
+    answers.clear()
+    page.goto(f"{gate}/#/experiments/{seeded.bob_exp_id}")
+
+    def about_bob() -> list[tuple[int, str]]:
+        bob = (f'"experimentId":"{seeded.bob_exp_id}"', f'"experiment_ids":["{seeded.bob_exp_id}"]',
+               f"experiment_id={seeded.bob_exp_id}&", f"experiment_id={seeded.bob_exp_id} ")
+        return [(status, what) for status, what in answers if any(b in what for b in bob)]
+
+    # MLflow renders the gate's 403 as its own error ("Experiment load error: ... status code 403").
+    page.wait_for_function("() => /load error|permission denied|status code 403/i.test(document.body.innerText)")
+    page.wait_for_timeout(300)
+    text = body_text(page)
+    shots.take(page, "bob-experiment-refused")
+    assert about_bob() and all(status == 403 for status, _ in about_bob()), about_bob()
+    assert seeded.bob_exp not in text and seeded.bob_run not in text and "bob_secret_metric" not in text
+    assert not [what for status, what in answers if status == 200 and (seeded.bob_exp in what or "bob-secret" in what)]
+    # The same refusal for a write from the UI's own origin (a same-origin fetch with the session cookie).
+    status = page.evaluate("""async (id) => (await fetch('/ajax-api/2.0/mlflow/runs/create', {method: 'POST',
+        headers: {'Content-Type': 'application/json'}, body: JSON.stringify({experiment_id: id})})).status""",
+                           seeded.bob_exp_id)
+    assert status == 403
+    status = page.evaluate("""async (name) => (await fetch('/ajax-api/2.0/mlflow/experiments/create', {method: 'POST',
+        headers: {'Content-Type': 'application/json'}, body: JSON.stringify({name})})).status""",
+                           f"alpha/from-ui-{uid()}")
+    assert status == 200, "a same-origin write of alice's own must pass the gate's Origin check"
+
+    # 6. Sign out: the gate sends the browser to the OP, which asks for confirmation; then back to the gate.
+    page.goto(gate + "/_gate/logout")
+    page.wait_for_selector("button[name=logout]")
+    assert page.url.startswith(oidc_provider.issuer + "/"), page.url
+    shots.take(page, "op-sign-out-confirm")
+    page.click("button[name=logout]")
+    page.wait_for_url(gate + "/_gate/signed-out**")
+    assert "signed out" in body_text(page).lower()
+    assert not any(c["name"] == "mlflow_gate_session" for c in context.cookies(gate))
+    shots.take(page, "signed-out")
+
+    # 7. The UI again: the OP's login page, not MLflow.
+    page.goto(gate + "/")
+    page.wait_for_selector("input[name=login]")
+    assert page.url.startswith(oidc_provider.issuer + "/"), page.url
+    shots.take(page, "op-login-again")
+
+    print(f"\nrequests off loopback aborted by the test: {len(blocked)} ({sorted({u.split('/')[2] for u in blocked})})")
