@@ -37,13 +37,15 @@ class JwtValidator:
         self.keys: KeySet | None = None
         self._fetched = 0.0
         self._lock = asyncio.Lock()
-        self._cache: LRU[str, Identity] = LRU(50_000)
+        self._cache: LRU[str, tuple[Identity, str]] = LRU(50_000)    # digest -> (identity, kid)
+        self._kids: frozenset[str] = frozenset()
 
     async def __call__(self, token: str) -> Identity:
         digest = hashlib.sha256(token.encode()).hexdigest()
-        ident = self._cache.get(digest)
-        if ident is not None and (ident.expires or 0) > time.time():
-            return ident
+        cached = self._cache.get(digest)
+        # a verified token stays good only while its key is still published
+        if cached is not None and (cached[0].expires or 0) > time.time() and (not cached[1] or cached[1] in self._kids):
+            return cached[0]
         header = _header(token)
         alg = header.get("alg")
         if alg not in ALGORITHMS:
@@ -57,7 +59,7 @@ class JwtValidator:
         claims = decoded.claims
         self._check_claims(claims)
         ident = self._identity(claims)
-        self._cache.put(digest, ident)
+        self._cache.put(digest, (ident, str(header.get("kid") or "")))
         return ident
 
     async def _keys(self, kid: str) -> KeySet:
@@ -67,6 +69,7 @@ class JwtValidator:
             if self.keys is None or (not known and stale):
                 self.keys = await self._fetch()
                 self._fetched = time.monotonic()
+                self._kids = frozenset(str(k.kid) for k in self.keys.keys if k.kid)
             if kid and not any(k.kid == kid for k in self.keys.keys):
                 raise Unauthenticated(f"Authentication failed: the JWT's key {kid!r} is not published by the "
                                       "identity provider.")
