@@ -1,0 +1,230 @@
+"""Helpers for the artifact suites (plain functions; fixtures live in conftest.py)."""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import mlflow
+import numpy as np
+
+from tests.conftest import Gate
+
+REGION = "us-east-1"
+BUCKETS = {"alpha": "team-alpha", "beta": "team-beta"}
+ALICE, BOB, CAROL, MO, ROOT = "alice@corp.test", "bob@corp.test", "carol@corp.test", "mo@corp.test", "root@corp.test"
+INTERNAL_PREFIX = "/_gate/internal/api/2.0/mlflow-artifacts/artifacts"
+
+UNSAFE_MARKERS = ("flavors:", "sklearn_version", '"spans"')  # bytes of an MLmodel file or of trace data
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Logged:
+    """What one user logged in one experiment through the gate."""
+
+    team: str  # alpha, beta, gamma, shared
+    user: str
+    exp_name: str
+    exp_id: str
+    run_id: str
+    model_id: str
+    model_uri: str
+    trace_id: str
+    attachment_id: str
+    attachment: bytes
+    marker: str  # a string in every file logged here, found nowhere else
+    files: dict[str, bytes] = field(default_factory=dict)  # run-relative path -> content
+    X: Any = None
+    predictions: list[int] = field(default_factory=list)
+
+    @property
+    def run_prefix(self) -> str:
+        return f"{self.exp_id}/{self.run_id}/artifacts"
+
+    @property
+    def model_prefix(self) -> str:
+        return f"{self.exp_id}/models/{self.model_id}/artifacts"
+
+    @property
+    def trace_attachment_path(self) -> str:
+        return f"{self.exp_id}/traces/{self.trace_id}/artifacts/attachments/{self.attachment_id}"
+
+    def expected_paths(self) -> dict[str, bytes | None]:
+        """Store-relative paths (under the root) this log must have produced; None: any content."""
+        out: dict[str, bytes | None] = {f"{self.run_prefix}/{p}": c for p, c in self.files.items()}
+        for name in ("MLmodel", "model.skops", "requirements.txt", "conda.yaml", "python_env.yaml"):
+            out[f"{self.model_prefix}/{name}"] = None
+        out[self.trace_attachment_path] = self.attachment
+        return out
+
+
+@mlflow.trace
+def traced_answer(question: str, blob: bytes) -> dict[str, Any]:
+    from mlflow.tracing.attachments import Attachment
+
+    return {"answer": question.upper(), "blob": Attachment(content_type="application/octet-stream",
+                                                           content_bytes=blob)}
+
+
+def log_everything(gate: Any, user: str, team: str, exp_name: str) -> Logged:
+    """As `user` through the gate with the real mlflow client: an experiment, a run with params, metrics, a file,
+    a directory, an sklearn model (a LoggedModel) and a trace with an attachment."""
+    import mlflow.sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    marker = f"{team}-secret-{uid()}"
+    rng = np.random.default_rng(abs(hash(marker)) % 2**32)
+    X = rng.random((40, 3))
+    y = (X[:, 0] > 0.5).astype(int)
+    files = {
+        "notes/hello.txt": f"hello from {marker}\n".encode(),
+        "dir/a.txt": f"a of {marker}\n".encode(),
+        "dir/sub/b.bin": marker.encode() + rng.bytes(200_000),
+    }
+    attachment = f"attachment of {marker}".encode() + rng.bytes(1000)
+    with gate.as_user(user) as c, tempfile.TemporaryDirectory() as tmp:
+        exp_id = c.create_experiment(exp_name)
+        mlflow.set_experiment(experiment_id=exp_id)
+        notes = Path(tmp, "notes")
+        notes.mkdir()
+        (notes / "hello.txt").write_bytes(files["notes/hello.txt"])
+        d = Path(tmp, "d")
+        (d / "sub").mkdir(parents=True)
+        (d / "a.txt").write_bytes(files["dir/a.txt"])
+        (d / "sub" / "b.bin").write_bytes(files["dir/sub/b.bin"])
+        with mlflow.start_run() as run:
+            mlflow.log_param("team", team)
+            mlflow.log_metric("loss", 0.25)
+            mlflow.log_artifact(str(notes / "hello.txt"), "notes")
+            mlflow.log_artifacts(str(d), "dir")
+            model = LogisticRegression().fit(X, y)
+            info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
+            traced_answer(f"question of {team}", attachment)
+            trace_id = mlflow.get_last_active_trace_id()
+        assert trace_id, "no trace was recorded"
+        trace = mlflow.get_trace(trace_id)
+        assert trace is not None, f"trace {trace_id} cannot be read back"
+        ref = trace.data.spans[0].outputs["blob"]
+        from mlflow.tracing.attachments import Attachment
+
+        parsed = Attachment.parse_ref(ref)
+        assert parsed, f"the trace output is not an attachment reference: {ref!r}"
+    return Logged(team=team, user=user, exp_name=exp_name, exp_id=exp_id, run_id=run.info.run_id,
+                  model_id=info.model_id, model_uri=info.model_uri, trace_id=trace_id,
+                  attachment_id=str(parsed["attachment_id"]), attachment=attachment, marker=marker, files=files, X=X,
+                  predictions=[int(v) for v in model.predict(X[:5])])
+
+
+def raw_request(base_url: str, method: str, raw_path: str, token: str | None = None, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, bytes]:
+    """Send `raw_path` exactly as given (no normalisation of `..`, `%2e`, `%2F` or backslashes)."""
+    u = urlsplit(base_url)
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout)
+    try:
+        hdrs = dict(headers or {})
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        if body is not None:
+            hdrs.setdefault("Content-Type", "application/json" if body[:1] in (b"{", b"[") else
+                            "application/octet-stream")
+        conn.request(method, raw_path, body=body, headers=hdrs)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the servers
+
+
+@dataclass
+class S3:
+    """The moto server: each team's key (allowed on its own bucket only) and an admin key for inspection."""
+
+    url: str
+    keys: dict[str, tuple[str, str]]  # alpha, beta, admin -> (access key id, secret)
+    log_path: Path
+
+    def client(self, who: str) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        key_id, secret = self.keys[who]
+        return boto3.client("s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=key_id,
+                            aws_secret_access_key=secret,
+                            config=Config(retries={"max_attempts": 1, "mode": "standard"},
+                                          s3={"addressing_style": "path"}))
+
+    def keys_in(self, bucket: str, prefix: str = "", who: str = "admin") -> list[str]:
+        c, out, token = self.client(who), [], None
+        while True:
+            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+            if token:
+                kw["ContinuationToken"] = token
+            r = c.list_objects_v2(**kw)
+            out += [o["Key"] for o in r.get("Contents", [])]
+            token = r.get("NextContinuationToken")
+            if not token:
+                return out
+
+    def get(self, bucket: str, key: str, who: str = "admin") -> bytes:
+        return self.client(who).get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def exists(self, bucket: str, key: str, who: str = "admin") -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client(who).head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
+                return False
+            raise
+
+
+@dataclass
+class ArtGate(Gate):
+    """The gate plus what the artifact tests need to look behind it."""
+
+    s3: S3 = None  # type: ignore[assignment]  # always set; a default only because Gate has defaults
+    root: Path = Path()
+    default_root: Path = Path()  # the gate's --artifacts-destination (file://)
+    gamma_root: Path = Path()  # team gamma's artifact_root (file://)
+    mlflow_log: Path = Path()
+    internal_token: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # the gate's environment (secrets included)
+
+    def health(self) -> dict[str, Any]:
+        return httpx.get(self.url + "/_gate/health", timeout=30).json()
+
+
+@dataclass
+class Version:
+    name: str
+    version: str
+    source: Logged
+
+
+@dataclass
+class BadGate:
+    """A second gate on the same upstream whose policy breaks two stores: beta's keys have the wrong secret,
+    delta's endpoint is a closed port."""
+
+    gate: ArtGate
+    wrong_secret: str
+    delta_secret: str
