@@ -109,3 +109,13 @@ def test_other_teams_keep_working(bad_gate: BadGate, alpha_log: Logged) -> None:
         assert r.status_code == 200, r.text
     key = f"mlflow/{alpha_log.exp_id}/{run_id}/artifacts/second-gate.txt"
     assert g.s3.get(BUCKETS["alpha"], key, who="alpha") == b"second gate"
+
+
+def test_logs_hold_no_secrets(bad_gate: BadGate) -> None:
+    """After all of the above (refused keys, a store that is down): no secret in the gates' or mlflow's logs."""
+    g = bad_gate.gate
+    logs = [g.log_path, g.root.parent / "gate" / "gate.log", g.mlflow_log]
+    for path in logs:
+        text = path.read_text(errors="replace")
+        for secret in secrets_of(bad_gate):
+            assert secret not in text, f"a secret is in {path}"

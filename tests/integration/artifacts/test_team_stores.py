@@ -335,3 +335,14 @@ def test_unusual_file_names_round_trip(gate: ArtGate, request: pytest.FixtureReq
     with gate.http(log.user) as h:
         r = h.get("/get-artifact", params={"run_uuid": run_id, "path": f"odd/{name}"})
     assert r.status_code == 200 and r.text == f"content of {name}", (r.status_code, r.text[:300])
+
+
+def test_admin_created_team_experiment_uses_team_store(gate: ArtGate) -> None:
+    root = gate.client(ROOT)
+    exp_id = root.create_experiment(f"alpha/by-admin-{uid()}")
+    assert store_of(gate, exp_id) == "alpha"
+    run_id = _log_note(root, exp_id, "by admin")
+    assert gate.s3.get(BUCKETS["alpha"], f"mlflow/{exp_id}/{run_id}/artifacts/note.txt", who="alpha") == b"by admin"
+    with gate.as_user(ALICE):
+        exp_id2 = mlflow.set_experiment(f"alpha/set-experiment-{uid()}").experiment_id  # the fluent way
+    assert store_of(gate, exp_id2) == "alpha"
