@@ -169,6 +169,14 @@ def test_model_loads_back(gate: ArtGate, request: pytest.FixtureRequest, team: s
 
 
 @pytest.mark.parametrize("team", TEAMS)
+def test_params_and_metrics_read_back(gate: ArtGate, request: pytest.FixtureRequest, team: str) -> None:
+    log = log_of(request, team)
+    run = gate.client(log.user).get_run(log.run_id)
+    assert run.data.params == {"team": team} and run.data.metrics == {"loss": 0.25}, run.data
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
+
+
+@pytest.mark.parametrize("team", TEAMS)
 def test_client_downloads_run_artifacts(gate: ArtGate, request: pytest.FixtureRequest, team: str) -> None:
     log = log_of(request, team)
     with gate.as_user(log.user) as c, tempfile.TemporaryDirectory() as tmp:
