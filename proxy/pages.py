@@ -187,6 +187,10 @@ def routes(rt: Runtime) -> list[Route]:
         }
         return JSONResponse(body, status_code=200 if upstream_ok else 503, headers={"cache-control": "no-store"})
 
+    async def live(request: Request) -> Response:
+        """Liveness: the gate's own loop answers (the upstream may be down; /_gate/health says so)."""
+        return JSONResponse({"status": "alive"}, headers={"cache-control": "no-store"})
+
     async def metrics(request: Request) -> Response:
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -213,6 +217,7 @@ def routes(rt: Runtime) -> list[Route]:
         Route("/_gate/oidc", oidc_info, methods=["GET"]),
         Route("/_gate/health", health, methods=["GET"]),
         Route("/_gate/metrics", metrics, methods=["GET"]),
+        Route("/_gate/live", live, methods=["GET"]),
     ]
 
 

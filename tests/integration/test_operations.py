@@ -266,3 +266,12 @@ def test_graceful_shutdown_finishes_in_flight_requests_and_audit_is_its_own_stre
         stop_process(proc)
         upstream.shutdown()
         upstream.server_close()
+
+
+def test_liveness_does_not_depend_on_the_upstream(relayed_gate) -> None:  # type: ignore[no-untyped-def]
+    gate, relay = relayed_gate
+    relay.stop()
+    time.sleep(2.1)                       # /_gate/health caches the upstream's answer for 2 s
+    assert httpx.get(gate.url + "/_gate/health", timeout=10).status_code == 503
+    assert httpx.get(gate.url + "/_gate/live", timeout=10).status_code == 200
+    relay.start()

@@ -244,9 +244,9 @@ def test_gate_pods_are_hardened_probed_and_drained(rendered: tuple[dict[str, Any
 
     port = {p["name"]: p["containerPort"] for p in gate["ports"]}
     assert port == {"http": GATE_PORT}
-    for probe in ("readinessProbe", "livenessProbe"):
+    for probe, path in (("readinessProbe", "/_gate/health"), ("livenessProbe", "/_gate/live")):
         get = gate[probe]["httpGet"]
-        assert get["path"] == "/_gate/health", probe
+        assert get["path"] == path, probe
         assert get["port"] in ("http", GATE_PORT), probe
 
     # drained: the preStop sleep and the gate's 20 s graceful shutdown fit in the grace period
