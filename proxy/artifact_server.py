@@ -112,6 +112,7 @@ class ArtifactServer:
             await send_bytes(send, 200, _JSON, json.dumps({"files": files} if files else {}).encode())
         elif op == "mpu_create":
             data = parse_body(body or b"")
+            path = _mpu_target(path, data)
             try:
                 count = int(data.get("num_parts") or data.get("numParts") or 1)
             except (TypeError, ValueError) as exc:
@@ -127,6 +128,7 @@ class ArtifactServer:
                                                            "credentials": credentials}).encode())
         elif op in ("mpu_complete", "mpu_abort"):
             data = parse_body(body or b"")
+            path = _mpu_target(path, data)
             upload_id = str(data.get("upload_id") or data.get("uploadId") or "")
             if not upload_id:
                 raise BadRequest("Missing value for required parameter 'upload_id'.")
@@ -193,6 +195,16 @@ class ArtifactServer:
         expected = "Bearer " + internal_token(self.secret_key)
         if not hmac.compare_digest(auth.encode(), expected.encode()):
             raise Unauthenticated("The internal artifact endpoint is for the upstream mlflow server only.")
+
+
+def _mpu_target(directory: str, data: dict[str, Any]) -> str:
+    """Where a multipart upload lands: the URL names the folder, the body's `path` the local file,
+    of which only the file name is kept (as MLflow's own artifact repositories do)."""
+    local = str(data.get("path") or "")
+    name = local.replace("\\", "/").rsplit("/", 1)[-1]
+    if not name or name in (".", "..") or "\x00" in name:
+        raise BadRequest("A multipart upload's body names the local file in 'path'.")
+    return f"{directory.rstrip('/')}/{name}" if directory else name
 
 
 def route_of(method: str, path: str, query: bytes) -> tuple[str | None, str]:

@@ -281,20 +281,29 @@ class FileStore:
 
     async def mpu_create(self, path: str) -> str:
         upload_id = secrets.token_hex(16)
-        self._mpu_dir(upload_id).mkdir(parents=True)
+        folder = self._mpu_dir(upload_id)
+        folder.mkdir(parents=True)
+        (folder / "target").write_text(path)       # an upload id serves the path it was created for only
         return upload_id
 
-    async def mpu_part(self, path: str, upload_id: str, number: int, chunks: AsyncIterator[bytes]) -> str:
+    def _upload(self, path: str, upload_id: str) -> Path:
         folder = self._mpu_dir(upload_id)
-        if not folder.is_dir():
-            raise ArtifactMissing(upload_id)
+        try:
+            if (folder / "target").read_text() == path:
+                return folder
+        except OSError:
+            pass
+        raise ArtifactMissing(upload_id)
+
+    async def mpu_part(self, path: str, upload_id: str, number: int, chunks: AsyncIterator[bytes]) -> str:
+        folder = self._upload(path, upload_id)
         with await asyncio.to_thread(open, folder / f"{number:06d}", "wb") as fh:
             async for chunk in chunks:
                 await asyncio.to_thread(fh.write, chunk)
         return f'"{upload_id}-{number}"'
 
     async def mpu_complete(self, path: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
-        folder = self._mpu_dir(upload_id)
+        folder = self._upload(path, upload_id)
 
         async def joined() -> AsyncIterator[bytes]:
             for number, _ in sorted(parts):
@@ -306,7 +315,7 @@ class FileStore:
         shutil.rmtree(folder, ignore_errors=True)
 
     async def mpu_abort(self, path: str, upload_id: str) -> None:
-        shutil.rmtree(self._mpu_dir(upload_id), ignore_errors=True)
+        shutil.rmtree(self._upload(path, upload_id), ignore_errors=True)
 
     async def check(self) -> tuple[bool, str]:
         try:

@@ -29,7 +29,8 @@ from .routes import ADMIN, CHECKED, PUBLIC, REFUSED, SIGNED_IN, Need, Route, Rou
 MAX_BODY = 64 * 1024 * 1024
 PROMPT_SOURCES = frozenset({"prompt-template", "dummy-source"})   # MLflow's placeholders for prompt versions
 UNKNOWN = Route(frozenset(), "(unknown route)", ADMIN)
-_BAD_RAW = re.compile(rb"%(2[eEfF]|5[cC]|00|25)")
+_BAD_RAW = re.compile(rb"%(2[eEfF]|5[cC]|00)")
+_DOUBLE_ENCODED = re.compile(r"%(2[eEfF]|5[cC]|00)")     # what would become '.', '/', '\' or NUL if decoded again
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 _JSON = [(b"content-type", b"application/json")]
 
@@ -54,8 +55,8 @@ class UpstreamAnswer(GateError):
 
 def check_path(path: str, raw_path: bytes) -> str:
     """Refuse paths that could mean one thing to the gate and another to MLflow."""
-    if _BAD_RAW.search(raw_path) or "\\" in path or "\x00" in path:
-        raise BadRequest("The path holds an encoded '.', '/', '\\', '%' or NUL; request the plain path.")
+    if _BAD_RAW.search(raw_path) or _DOUBLE_ENCODED.search(path) or "\\" in path or "\x00" in path:
+        raise BadRequest("The path holds an encoded '.', '/', '\\' or NUL; request the plain path.")
     segments = path.split("/")
     if "." in segments or ".." in segments or "//" in path:
         raise BadRequest("The path holds '.' or '..' segments or an empty segment; request the normalised path.")

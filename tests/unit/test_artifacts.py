@@ -105,3 +105,12 @@ def test_gate_tags_cannot_be_changed() -> None:
     with pytest.raises(PermissionDenied):
         experiment_tag({"experiment_id": "1", "key": STORE_TAG, "value": "nlp"}, Identity("root"), None)
     assert experiment_tag({"experiment_id": "1", "key": "note", "value": "x"}, Identity("b"), None)["key"] == "note"
+
+
+def test_a_folder_store_upload_id_serves_only_its_own_path(tmp_path: Path) -> None:
+    store = FileStore(str(tmp_path), "test store")
+    upload = asyncio.run(store.mpu_create("1/mine.bin"))
+    with pytest.raises(ArtifactMissing):
+        asyncio.run(store.mpu_part("2/theirs.bin", upload, 1, chunks(b"x")))
+    with pytest.raises(ArtifactMissing):
+        asyncio.run(store.mpu_complete("2/theirs.bin", upload, [(1, "e")]))

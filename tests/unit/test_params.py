@@ -97,3 +97,10 @@ def test_artifact_paths_with_dot_segments_are_refused(path: str) -> None:
 def test_artifact_path_names_its_experiment() -> None:
     assert artifact_experiment("12/0123abcd/artifacts/model/MLmodel") == "12"
     assert artifact_experiment("3") == "3"
+
+
+def test_a_percent_sign_in_a_file_name_passes_but_double_encoding_does_not() -> None:
+    assert check_path("/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/100% done.txt",
+                      b"/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/100%25%20done.txt")
+    with pytest.raises(BadRequest):
+        check_path("/api/2.0/mlflow-artifacts/artifacts/1/r/%2F..", b"/api/2.0/mlflow-artifacts/artifacts/1/r/%252F..")
