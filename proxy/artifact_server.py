@@ -77,6 +77,17 @@ class ArtifactServer:
     async def serves(self, path: str) -> bool:
         return path != "" and await self.store_for(path) is not None
 
+    async def listing(self, path: str) -> list[dict[str, Any]]:
+        """The folder `path` as MLflow's file infos (names relative to it)."""
+        store = await self.store_for(path)
+        if store is None:
+            return []
+        try:
+            found = await store.listdir(path)
+        except StoreUnavailable as exc:
+            raise UpstreamUnavailable(str(exc)) from exc
+        return [{"path": f.path, "is_dir": f.is_dir, **({} if f.is_dir else {"file_size": f.size})} for f in found]
+
     # --- the protocol ------------------------------------------------------------------------
 
     async def handle(self, scope: dict[str, Any], receive: Receive, send: Send, op: str, path: str,

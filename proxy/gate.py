@@ -152,6 +152,9 @@ class Gate:
         if route.rewrite and params.body is not None and route.rewrite in REWRITES:
             team = await self.team_of(route, params, policy)
             body = json.dumps(REWRITES[route.rewrite](params.body, ident, team)).encode()
+        if route.serve and self.artifacts is not None and await self.serve_view(scope, receive, send, route.serve,
+                                                                              params, path_params):
+            return
         if self.artifacts is not None and route.pattern.startswith("2.0/mlflow-artifacts/"):
             op, artifact_path = route_of(method, path, query)
             if op is not None and await self.artifacts.serves(artifact_path):
@@ -163,6 +166,39 @@ class Gate:
         if route.rewrite == "experiment_rename" and status == 200:
             for exp_id in params.values("experiment_id"):
                 self.resolver.forget_name(exp_id)
+
+    async def serve_view(self, scope: dict[str, Any], receive: Receive, send: Send, view: str, params: Params,
+                         path_params: dict[str, str]) -> bool:
+        """Answer one of the UI's artifact views from the gate's own stores, without a round trip through
+        the mlflow server (and so without depending on which replica it reads artifacts through).
+        False when the artifacts are not in a store the gate serves: the request is then forwarded."""
+        assert self.artifacts is not None
+        if view in ("run_file", "run_list"):
+            base = (await self.resolver.run(params.scalar("run_id") or params.scalar("run_uuid") or "")).artifact_uri
+            rel = params.scalar("path") or ""
+        elif view == "logged_model_file":
+            base = await self.resolver.logged_model_artifacts(path_params["model_id"])
+            rel = params.scalar("artifact_file_path") or ""
+        else:
+            base = await self.resolver.model_version_artifacts(params.scalar("name") or "", params.scalar("version") or "")
+            rel = params.scalar("path") or ""
+        root = store_path(base)
+        if root is None:
+            return False
+        rel = relative_artifact_path(rel)
+        target = f"{root}/{rel}" if rel else root
+        if not await self.artifacts.serves(target):
+            return False
+        if view == "run_list":
+            files = await self.artifacts.listing(target)
+            listed = [{**f, "path": f"{rel}/{f['path']}" if rel else f["path"]} for f in files]
+            answer = {"root_uri": base, **({"files": listed} if listed else {})}
+            await send_bytes(send, 200, _JSON, json.dumps(answer).encode())
+        else:
+            if not rel:
+                raise BadRequest("Name the artifact to download with 'path'.")
+            await self.artifacts.handle(scope, receive, send, "download", target)
+        return True
 
     @staticmethod
     def needs_body(route: Route, method: str, query: bytes) -> bool:
@@ -382,6 +418,24 @@ def artifact_experiment(path: str) -> str:
         raise Denied(f"Permission denied: artifact path {path!r} is not under an experiment; only admins "
                      "may reach the artifact store's root.")
     return parts[0]
+
+
+def store_path(uri: str) -> str | None:
+    """`mlflow-artifacts:/1/abc/artifacts` -> `1/abc/artifacts`; None for anything the gate does not store."""
+    if not uri.startswith("mlflow-artifacts:"):
+        return None
+    rest = uri[len("mlflow-artifacts:"):]
+    if rest.startswith("//"):
+        rest = "/" + rest[2:].partition("/")[2]
+    return rest.strip("/") or None
+
+
+def relative_artifact_path(path: str) -> str:
+    """A path inside an artifact root, as given by a client: no way out of the root."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
+    if path.startswith("/") or "\\" in path or any(p in (".", "..") for p in parts) or "\x00" in path:
+        raise BadRequest(f"Invalid artifact path {path!r}: use a relative path without '.', '..' or backslashes.")
+    return "/".join(parts)
 
 
 async def read_body(receive: Receive) -> bytes:

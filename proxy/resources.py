@@ -58,6 +58,7 @@ class LRU(Generic[K, V]):
 class RunInfo:
     experiment_id: str
     user_id: str
+    artifact_uri: str = ""
 
 
 def _dig(data: Any, *keys: str) -> Any:
@@ -74,6 +75,7 @@ class Resolver:
         self.runs: LRU[str, RunInfo] = LRU(size)
         self.traces: LRU[str, str] = LRU(size)
         self.logged_models: LRU[str, str] = LRU(size)
+        self.model_artifacts: LRU[str, str] = LRU(size)
         self.names: LRU[str, tuple[str, str | None]] = LRU(size, ttl=name_ttl)   # id -> (name, store team)
         self.datasets: LRU[str, tuple[str, ...]] = LRU(size // 10, ttl=name_ttl)
 
@@ -93,7 +95,8 @@ class Resolver:
             exp_id = _dig(data, "run", "info", "experiment_id")
             if not exp_id:
                 raise Unresolvable(f"Permission denied: run {run_id!r} names no experiment.")
-            info = RunInfo(str(exp_id), str(_dig(data, "run", "info", "user_id") or ""))
+            info = RunInfo(str(exp_id), str(_dig(data, "run", "info", "user_id") or ""),
+                           str(_dig(data, "run", "info", "artifact_uri") or ""))
             self.runs.put(run_id, info)
         return info
 
@@ -106,6 +109,21 @@ class Resolver:
         return await self._experiment_of(self.logged_models, "logged model", model_id,
                                          f"/api/2.0/mlflow/logged-models/{quote(model_id, safe='')}",
                                          ("model", "info", "experiment_id"))
+
+    async def logged_model_artifacts(self, model_id: str) -> str:
+        """A logged model's artifact location (it never changes)."""
+        uri = self.model_artifacts.get(model_id)
+        if uri is None:
+            data = await self._get("logged model", model_id, f"/api/2.0/mlflow/logged-models/{quote(model_id, safe='')}")
+            uri = str(_dig(data, "model", "info", "artifact_uri") or "")
+            self.model_artifacts.put(model_id, uri)
+        return uri
+
+    async def model_version_artifacts(self, name: str, version: str) -> str:
+        """Where a model version's files are (its download URI)."""
+        data = await self._get("model version", f"{name}/{version}", "/api/2.0/mlflow/model-versions/get-download-uri",
+                               {"name": name, "version": version})
+        return str(data.get("artifact_uri") or "")
 
     async def _experiment_of(self, cache: LRU[str, str], what: str, ident: str, path: str,
                              field: tuple[str, ...]) -> str:

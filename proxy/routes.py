@@ -49,6 +49,7 @@ class Route:
     source: str = "proto"      # proto: as MLflow's _get_request_message | query: request.args only | none
     rewrite: str | None = None
     filter: str | None = None
+    serve: str | None = None   # an artifact view the gate answers from its stores (run_file, run_list, ...)
 
 
 def need(what: str, *fields: str, level: Level, optional: bool = False) -> Need:
@@ -137,9 +138,9 @@ ROUTES: tuple[Route, ...] = (
     checked("GET", "2.0/mlflow/metrics/get-history-bulk", run("run_id", level=R), source="query"),
     checked("GET", "2.0/mlflow/metrics/get-history-bulk-interval", run("run_ids", level=R)),
     # --- run artifacts (served by the tracking server from a run id) --------------------------
-    checked("GET", "/get-artifact", run(level=R), source="query"),
+    checked("GET", "/get-artifact", run(level=R), source="query", serve="run_file"),
     checked("POST", "2.0/mlflow/upload-artifact", run(level=E), source="query"),
-    checked("GET", "2.0/mlflow/artifacts/list", run(level=R)),
+    checked("GET", "2.0/mlflow/artifacts/list", run(level=R), serve="run_list"),
     checked("POST", "2.0/mlflow/artifacts/presigned-download-url", run(level=R)),
     checked("POST", "2.0/mlflow/artifacts/presigned-upload-url", run("run_id", level=E, optional=True),
             lm("model_id", level=E, optional=True)),
@@ -190,7 +191,8 @@ ROUTES: tuple[Route, ...] = (
     checked("PATCH", "2.0/mlflow/logged-models/{model_id}", lm(level=E)),
     checked("DELETE", "2.0/mlflow/logged-models/{model_id}", lm(level=M)),
     checked("GET", "2.0/mlflow/logged-models/{model_id}/artifacts/directories", lm(level=R)),
-    checked("GET", "2.0/mlflow/logged-models/{model_id}/artifacts/files", lm(level=R), source="query"),
+    checked("GET", "2.0/mlflow/logged-models/{model_id}/artifacts/files", lm(level=R), source="query",
+            serve="logged_model_file"),
     checked("POST", "2.0/mlflow/logged-models/{model_id}/params", lm(level=E)),
     checked("PATCH", "2.0/mlflow/logged-models/{model_id}/tags", lm(level=E)),
     checked("DELETE", "2.0/mlflow/logged-models/{model_id}/tags/{tag_key}", lm(level=E)),
@@ -211,7 +213,7 @@ ROUTES: tuple[Route, ...] = (
             lm("model_id", level=R, optional=True), Need("source_uri", ("source",), R, optional=True)),
     checked("GET", "2.0/mlflow/model-versions/get", model(level=R)),
     checked("GET", "2.0/mlflow/model-versions/get-download-uri", model(level=R)),
-    checked("GET", "/model-versions/get-artifact", model(level=R), source="query"),
+    checked("GET", "/model-versions/get-artifact", model(level=R), source="query", serve="model_version_file"),
     checked("PATCH", "2.0/mlflow/model-versions/update", model(level=E)),
     checked("POST", "2.0/mlflow/model-versions/set-tag", model(level=E)),
     checked("DELETE", "2.0/mlflow/model-versions/delete-tag", model(level=E)),
