@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 from .policy import Policy, Storage
 
 CHUNK = 1024 * 1024
-PART = 8 * 1024 * 1024          # S3 parts of the gate's own uploads (the minimum is 5 MiB)
-SPOOL = 16 * 1024 * 1024        # a client's multipart part above this size is spooled to disk
+PART = 16 * 1024 * 1024         # S3 parts of the gate's own uploads (the minimum is 5 MiB)
+SPOOL = 1024 * 1024             # a client's multipart part beyond this is spooled to disk, not held in memory
 
 
 class StoreUnavailable(Exception):
@@ -78,7 +78,10 @@ class S3Store:
         self.client: Any = session.client(
             "s3", endpoint_url=storage.endpoint_url,
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
-                          max_pool_connections=32, s3={"addressing_style": "path"}))
+                          max_pool_connections=32, s3={"addressing_style": "path"},
+                          # no extra CRC32 pass over every byte where S3 does not require one
+                          request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"))
 
     def _key(self, path: str) -> str:
         return _join(self.prefix, path)
@@ -111,37 +114,30 @@ class S3Store:
         return resp.get("ContentLength"), chunks()
 
     async def write(self, path: str, chunks: AsyncIterator[bytes]) -> int:
-        key, buf, total = self._key(path), bytearray(), 0
-        upload_id: str | None = None
-        parts: list[dict[str, Any]] = []
+        """Stream to S3: one PUT for small bodies, else parts of PART bytes, each sent while the next
+        is being received (at most two parts in memory). A failure aborts the multipart upload, so
+        an interrupted upload leaves no object behind."""
+        key = self._key(path)
+        upload = _PartSender(self, key)
+        pending: list[bytes] = []
+        size = total = 0
         try:
             async for chunk in chunks:
-                buf += chunk
+                pending.append(chunk)
+                size += len(chunk)
                 total += len(chunk)
-                while len(buf) >= PART:
-                    if upload_id is None:
-                        upload_id = (await self._call("create_multipart_upload", Bucket=self.bucket,
-                                                      Key=key))["UploadId"]
-                    part, buf = bytes(buf[:PART]), buf[PART:]
-                    resp = await self._call("upload_part", Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                            PartNumber=len(parts) + 1, Body=part)
-                    parts.append({"PartNumber": len(parts) + 1, "ETag": resp["ETag"]})
-            if upload_id is None:
-                await self._call("put_object", Bucket=self.bucket, Key=key, Body=bytes(buf))
+                if size >= PART:
+                    await upload.send(b"".join(pending))
+                    pending, size = [], 0
+            if upload.upload_id is None:
+                await self._call("put_object", Bucket=self.bucket, Key=key, Body=b"".join(pending))
                 return total
-            if buf:
-                resp = await self._call("upload_part", Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                        PartNumber=len(parts) + 1, Body=bytes(buf))
-                parts.append({"PartNumber": len(parts) + 1, "ETag": resp["ETag"]})
-            await self._call("complete_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id,
-                             MultipartUpload={"Parts": parts})
+            if pending:
+                await upload.send(b"".join(pending))
+            await upload.complete()
             return total
         except BaseException:
-            if upload_id is not None:      # an interrupted upload leaves no object behind
-                try:
-                    await self._call("abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id)
-                except (StoreUnavailable, ArtifactMissing):
-                    pass
+            await upload.abort()
             raise
 
     async def listdir(self, path: str) -> list[FileInfo]:
@@ -204,6 +200,46 @@ class S3Store:
         except (StoreUnavailable, ArtifactMissing) as exc:
             return False, str(exc)
         return True, f"{self.label} reachable"
+
+
+class _PartSender:
+    """The parts of one multipart upload to S3, sent one at a time in the background."""
+
+    def __init__(self, store: S3Store, key: str) -> None:
+        self.store, self.key = store, key
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+        self.in_flight: asyncio.Task[None] | None = None
+
+    async def send(self, body: bytes) -> None:
+        if self.upload_id is None:
+            created = await self.store._call("create_multipart_upload", Bucket=self.store.bucket, Key=self.key)
+            self.upload_id = str(created["UploadId"])
+        if self.in_flight is not None:
+            await self.in_flight                     # at most one part travels while the next one fills
+        self.in_flight = asyncio.create_task(self._part(len(self.parts) + 1, body))
+
+    async def _part(self, number: int, body: bytes) -> None:
+        self.parts.append({"PartNumber": number, "ETag": None})
+        resp = await self.store._call("upload_part", Bucket=self.store.bucket, Key=self.key,
+                                      UploadId=self.upload_id, PartNumber=number, Body=body)
+        self.parts[number - 1]["ETag"] = resp["ETag"]
+
+    async def complete(self) -> None:
+        if self.in_flight is not None:
+            await self.in_flight
+        await self.store._call("complete_multipart_upload", Bucket=self.store.bucket, Key=self.key,
+                               UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+
+    async def abort(self) -> None:
+        if self.in_flight is not None and not self.in_flight.done():
+            self.in_flight.cancel()
+        if self.upload_id is not None:               # an interrupted upload leaves no object behind
+            try:
+                await self.store._call("abort_multipart_upload", Bucket=self.store.bucket, Key=self.key,
+                                       UploadId=self.upload_id)
+            except (StoreUnavailable, ArtifactMissing):
+                pass
 
 
 # ---------------------------------------------------------------------------------------------
