@@ -1,16 +1,65 @@
-"""One JSON line per decision on its own logger (`mlflow_gate.audit`), so operators can ship it apart."""
+"""One JSON line per decision, as its own stream so operators can ship it apart.
+
+The lines go to a writer thread through a queue (`AuditWriter`), not through `logging`: the
+logging machinery cost a third of the gate's own CPU per request. Without a writer (library use,
+tests) they go to the `mlflow_gate.audit` logger.
+"""
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
-from typing import Any
+from typing import IO, Any
 
 from .decide import Decision
 from .identity import Identity
 from .metrics import Metrics
 
 log = logging.getLogger("mlflow_gate.audit")
+
+
+class AuditWriter:
+    """Writes queued lines to a stream from a background thread; `close()` drains the queue."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self.thread.start()
+
+    def __call__(self, line: str) -> None:
+        self.lines.put(line)
+
+    def _run(self) -> None:
+        """Batches: whatever is queued goes out in one write, at the latest 50 ms after it was queued."""
+        batch: list[str] = []
+        while True:
+            try:
+                line = self.lines.get(timeout=0.05) if batch else self.lines.get()
+            except queue.Empty:
+                line = ""
+            if line:
+                batch.append(line + "\n")
+            if batch and (line == "" or line is None or len(batch) >= 500):
+                self.stream.write("".join(batch))
+                self.stream.flush()
+                batch = []
+            if line is None:
+                return
+
+    def close(self) -> None:
+        self.lines.put(None)
+        self.thread.join(5)
+
+
+_writer: AuditWriter | None = None
+
+
+def use_writer(writer: AuditWriter | None) -> None:
+    global _writer
+    _writer = writer
 
 
 class Audit:
@@ -29,7 +78,8 @@ class Audit:
 
 def record(ident: Identity | None, method: str, path: str, allowed: bool, reason: str,
            decisions: list[Decision] | None = None, status: int | None = None) -> None:
-    if not log.isEnabledFor(logging.INFO):
+    writer = _writer
+    if writer is None and not log.isEnabledFor(logging.INFO):
         return
     entry: dict[str, Any] = {
         "ts": round(time.time(), 3), "who": ident.id if ident else None, "via": ident.via if ident else None,
@@ -40,4 +90,8 @@ def record(ident: Identity | None, method: str, path: str, allowed: bool, reason
                                "rule": d.reason} for d in decisions]
     if status is not None:
         entry["status"] = status
-    log.info(json.dumps(entry, separators=(",", ":")))
+    line = json.dumps(entry, separators=(",", ":"))
+    if writer is not None:
+        writer(line)
+    else:
+        log.info(line)

@@ -198,7 +198,7 @@ def serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .embedded import EmbeddedMlflow
 
-    listener = logs.configure(env("AUDIT_LOG", "stderr") or "stderr")
+    logging_setup = logs.configure(env("AUDIT_LOG", "stderr") or "stderr")
     policy_path = args.policy or DEFAULT_POLICY
     if not Path(policy_path).exists():
         print(f"mlflow-gate serve: policy {policy_path!r} does not exist; pass --policy PATH "
@@ -241,7 +241,7 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-        listener.stop()
+        logging_setup.close()
     return 0
 
 

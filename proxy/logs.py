@@ -8,6 +8,9 @@ import logging
 import logging.handlers
 import queue
 import sys
+from typing import IO
+
+from . import audit
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,32 +22,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-class AuditFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return record.getMessage()      # already one JSON object
-
-
-def _stream(target: str) -> logging.Handler:
+def _stream(target: str) -> IO[str]:
     if target == "stdout":
-        return logging.StreamHandler(sys.stdout)
+        return sys.stdout
     if target in ("", "stderr"):
-        return logging.StreamHandler(sys.stderr)
-    return logging.FileHandler(target, encoding="utf-8")
+        return sys.stderr
+    return open(target, "a", encoding="utf-8")
 
 
-def configure(audit_target: str = "stderr") -> logging.handlers.QueueListener:
+class Logs:
+    """What `configure` started; `close()` flushes and stops it."""
+
+    def __init__(self, listener: logging.handlers.QueueListener, writer: audit.AuditWriter | None) -> None:
+        self.listener, self.writer = listener, writer
+
+    def close(self) -> None:
+        self.listener.stop()
+        if self.writer is not None:
+            self.writer.close()
+            audit.use_writer(None)
+
+
+def configure(audit_target: str = "stderr") -> Logs:
     """Route mlflow_gate.* and uvicorn.* to JSON on stderr and the audit log to `audit_target`."""
     ops = logging.StreamHandler(sys.stderr)
     ops.setFormatter(JsonFormatter())
     ops.addFilter(lambda r: r.name != "mlflow_gate.audit")
-    handlers: list[logging.Handler] = [ops]
+    writer = None
     if audit_target != "off":
-        audit = _stream(audit_target)
-        audit.setFormatter(AuditFormatter())
-        audit.addFilter(lambda r: r.name == "mlflow_gate.audit")
-        handlers.append(audit)
+        writer = audit.AuditWriter(_stream(audit_target))
+        audit.use_writer(writer)
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+    listener = logging.handlers.QueueListener(records, ops, respect_handler_level=True)
     for name, level in (("mlflow_gate", logging.INFO), ("uvicorn", logging.WARNING)):
         logger = logging.getLogger(name)
         logger.handlers[:] = [logging.handlers.QueueHandler(records)]
@@ -54,4 +63,4 @@ def configure(audit_target: str = "stderr") -> logging.handlers.QueueListener:
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("mlflow_gate.audit").disabled = audit_target == "off"
     listener.start()
-    return listener
+    return Logs(listener, writer)
