@@ -55,20 +55,24 @@ from types import SimpleNamespace
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_gate import (  # the shared harness of the benchmarks
+from benchlib import (  # the shared harness of the benchmarks
     ROOT,
-    USER,
     VENV_BIN,
     Proc,
-    _git_head,
     base_env,
-    fmt,
     free_port,
+    gate_argv,
+    gate_cli,
+    git_head,
     group_cpu_seconds,
+    group_pids,
     log,
+    print_table,
+    raise_on_sigterm,
+    rss_kib,
     start_py_spy,
     stop_py_spy,
-    verdict,
+    table_row,
     wait_http_ok,
 )
 
@@ -77,38 +81,12 @@ CHUNK = MiB
 GATE_PART = 8 * MiB          # proxy.artifacts.PART: the part size of the gate's own S3 uploads
 BUCKET = "team-a"
 DIRECT_KEY = "direct/big.bin"
+USER = "alice@corp.test"
 TARGETS = {"throughput_ratio_min": 0.7, "gate_rss_growth_mib_max": 100.0}
 
 
 # --------------------------------------------------------------------------------------------
 # /proc: RSS of a process group, sampled in a thread
-
-
-def group_pids(pgid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read().decode()
-        except OSError:
-            continue
-        rest = data[data.rfind(")") + 2:].split()
-        if rest[0] != "Z" and int(rest[2]) == pgid:
-            out.append(int(entry))
-    return out
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 class RssSampler(threading.Thread):
@@ -164,17 +142,12 @@ def self_cpu() -> float:
 # servers
 
 
-def gate_argv() -> list[str]:
-    exe = VENV_BIN / "mlflow-gate"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
-
-
-def gate_cli(*args: str) -> str:
-    r = subprocess.run(gate_argv() + list(args), check=False, env=base_env(), cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"mlflow-gate {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()[-500:]}")
-    return r.stdout.strip().splitlines()[-1].strip()
+def scrubbed_env() -> dict[str, str]:
+    """base_env() without a developer's cloud or tracking settings: no server and no client here may use them."""
+    env = base_env()
+    for k in [k for k in env if k.startswith(("AWS_", "MLFLOW_TRACKING_", "MLFLOW_S3_"))]:
+        del env[k]
+    return env
 
 
 def policy_yaml(moto_port: int) -> str:
@@ -197,9 +170,7 @@ class Servers:
         self.ports: dict[str, int] = {}
 
     def start_all(self) -> None:
-        env = base_env()
-        for k in [k for k in env if k.startswith(("AWS_", "MLFLOW_TRACKING_", "MLFLOW_S3_"))]:
-            del env[k]          # neither server may use a developer's cloud or tracking settings
+        env = scrubbed_env()
         self.ports = {"moto": free_port(), "mlflow": free_port(), "gate": free_port()}
         moto_env = dict(env, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_DEFAULT_REGION="us-east-1")
         self.procs["moto"] = Proc("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p",
@@ -431,9 +402,8 @@ def summarize(size: int, times: list[float]) -> dict:
 def build_table(res: dict) -> list[dict]:
     rows: list[dict] = []
 
-    def add(metric: str, gate: object, direct: object, value: object, target: str, ok: bool | None) -> None:
-        rows.append({"metric": metric, "gate": gate, "direct": direct, "value": value, "target": target,
-                     "verdict": verdict(ok)})
+    def add(*cells: object) -> None:
+        rows.append(table_row(*cells))
 
     tr = TARGETS["throughput_ratio_min"]
     for way in ("up", "down"):
@@ -482,19 +452,7 @@ def build_table(res: dict) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
-    cols = [("metric", 46), ("gate", 10), ("direct", 10), ("value", 11), ("target", 13), ("verdict", 7)]
-    print()
-    print("  ".join(name.ljust(w) for name, w in cols))
-    print("  ".join("-" * w for _, w in cols))
-    for r in rows:
-        cells = []
-        for name, w in cols:
-            v = r[name]
-            s = fmt(v, ".1f" if name in ("gate", "direct") else ".3f") if not isinstance(v, bool) else str(v)
-            cells.append(s.ljust(w) if name in ("metric", "target") else s.rjust(w))
-        print("  ".join(cells))
-    print()
+TABLE_COLS = [("metric", 46), ("gate", 10), ("direct", 10), ("value", 11), ("target", 13), ("verdict", 7)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,7 +493,7 @@ def main() -> int:
                    "budget_s": budget, "rss_interval_s": 0.05},
         "targets": TARGETS,
         "env": {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
-                "git_head": _git_head()},
+                "git_head": git_head()},
         "notes": [],
     }
     try:
@@ -545,11 +503,7 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001
         res["env"]["versions"] = repr(exc)
 
-    def on_term(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # also when started in the background
+    raise_on_sigterm(sigint_too=True)   # SIGINT also when started in the background
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-artifacts-"))
     s = Servers(tmp)
@@ -727,9 +681,7 @@ def main() -> int:
             script = tmp / "client.py"
             script.write_text(CLIENT_SCRIPT)
             (tmp / "client-dl").mkdir()
-            env = base_env()
-            for k in [k for k in env if k.startswith(("AWS_", "MLFLOW_TRACKING_", "MLFLOW_S3_"))]:
-                del env[k]
+            env = scrubbed_env()
             # multipart for any size here (mlflow's default minimum is 500 MB, above the --quick file)
             env.update(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{s.ports['gate']}", MLFLOW_TRACKING_TOKEN=token,
                        MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD="true",
@@ -820,7 +772,7 @@ def main() -> int:
     for r in res.get("transfers", []):
         r.pop("t0", None), r.pop("t1", None)
     res["summary"] = build_table(res)
-    print_table(res["summary"])
+    print_table(res["summary"], TABLE_COLS, ".1f")
     for note in res["notes"]:
         log(f"note: {note}")
     Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n")

@@ -30,8 +30,6 @@ import http.client
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,10 +42,28 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-VENV_BIN = Path(sys.executable).parent
-SECRET = "bench-secret-key-0123456789abcdef0123456789abcdef"
+sys.path.insert(0, str(HERE))
+
+from benchlib import (  # the shared harness of the benchmarks
+    ROOT,
+    VENV_BIN,
+    Proc,
+    base_env,
+    free_port,
+    gate_argv,
+    gate_cli,
+    git_head,
+    log,
+    pct,
+    print_table,
+    raise_on_sigterm,
+    start_py_spy,
+    stop_py_spy,
+    table_row,
+    wait_http_ok,
+)
+
 USER = "alice@corp.test"
 TEAM = "t00"
 N_TEAMS = 20
@@ -64,134 +80,10 @@ TARGETS = {
 # small helpers
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    """q-th percentile (0..100), linear interpolation."""
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    k = (len(v) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
-
-
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return a / b
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """utime + stime of every live process in process group `pgid` (children that exited and
-    were reaped are included in their parent's cutime/cstime, which we add too)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read().decode()
-        except OSError:
-            continue
-        rest = data[data.rfind(")") + 2:].split()
-        # rest[0] = state (field 3); pgrp is field 5 -> rest[2]; utime 14 -> rest[11] ...
-        if int(rest[2]) != pgid:
-            continue
-        total += int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
-    return total / tick
-
-
-class Proc:
-    """A server in its own session/process group, logging to a file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], logfile: Path, cwd: Path) -> None:
-        self.name = name
-        self.logfile = logfile
-        self._log = open(logfile, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.pgid = self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def cpu(self) -> float:
-        return group_cpu_seconds(self.pgid)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None and not self._group_members():
-                break
-            time.sleep(0.1)
-        if self._group_members():
-            try:
-                os.killpg(self.pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        self._log.close()
-
-    def _group_members(self) -> list[int]:
-        out = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    data = f.read().decode()
-            except OSError:
-                continue
-            rest = data[data.rfind(")") + 2:].split()
-            if rest[0] != "Z" and int(rest[2]) == self.pgid:
-                out.append(int(entry))
-        return out
-
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-
-def wait_http_ok(port: int, path: str, proc: Proc, timeout: float) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", path)
-            r = c.getresponse()
-            r.read()
-            c.close()
-            if r.status == 200:
-                return time.monotonic() - t0
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{proc.name} not ready on :{port}{path} after {timeout:.0f}s:\n{proc.tail()}")
 
 
 class Client:
@@ -365,21 +257,6 @@ class Servers:
                     traceback.print_exc()
 
 
-def base_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        DO_NOT_TRACK="true",
-        MLFLOW_GATE_SECRET_KEY=SECRET,
-        PYTHONUNBUFFERED="1",
-    )
-    for k in list(env):  # never let the benchmark pick up a developer's gate configuration
-        if k.startswith("MLFLOW_GATE_") and k != "MLFLOW_GATE_SECRET_KEY":
-            del env[k]
-    return env
-
-
 def start_mlflow(s: Servers) -> None:
     s.mlflow_port = free_port()
     argv = [
@@ -468,9 +345,7 @@ def start_gate(s: Servers, stub: bool) -> None:
     s.gate_port = free_port()
     policy = s.tmp / "policy.yaml"
     policy.write_text(bench_policy_yaml())
-    exe = VENV_BIN / "mlflow-gate"
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
-    argv += ["serve", "--policy", str(policy), "--host", "127.0.0.1", "--port", str(s.gate_port),
+    argv = gate_argv() + ["serve", "--policy", str(policy), "--host", "127.0.0.1", "--port", str(s.gate_port),
              "--upstream", f"http://127.0.0.1:{s.mlflow_port}"]
     s.gate = Proc("gate", argv, base_env(), s.tmp / "gate.log", ROOT)
 
@@ -478,13 +353,7 @@ def start_gate(s: Servers, stub: bool) -> None:
 def mint_token(stub: bool) -> str:
     if stub:
         return "stub-token"
-    exe = VENV_BIN / "mlflow-gate"
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
-    r = subprocess.run(argv + ["token", "create", "--user", USER, "--group", TEAM, "--name", "bench"],
-                       check=False, env=base_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"token create failed ({r.returncode}): {r.stderr.strip()[-500:]}")
-    return r.stdout.strip().splitlines()[-1].strip()
+    return gate_cli("token", "create", "--user", USER, "--group", TEAM, "--name", "bench")
 
 
 # --------------------------------------------------------------------------------------------
@@ -836,86 +705,15 @@ def bench_search(s: Servers, per_team: int, n: int) -> dict:
 # optional: where the gate's CPU goes (py-spy)
 
 
-def start_py_spy(binary: str, s: Servers) -> tuple[subprocess.Popen, Path]:
-    out = s.tmp / "gate.pyspy.txt"
-    argv = [binary, "record", "--pid", str(s.gate.popen.pid), "--subprocesses", "--format", "raw",
-            "--rate", "250", "--output", str(out), "--nonblocking", "--full-filenames"]
-    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(s.tmp / "py-spy.log", "wb"),  # noqa: SIM115
-                         start_new_session=True)
-    time.sleep(1.0)
-    return p, out
-
-
-def _short_frame(frame: str) -> str:
-    """'fn (/abs/.../site-packages/pkg/mod.py:12)' -> 'fn (pkg/mod.py:12)'."""
-    for marker in ("site-packages/", "/lib/python3.11/", str(ROOT) + "/"):
-        i = frame.find(marker)
-        if i != -1:
-            j = frame.rfind("(", 0, i)
-            return frame[:j + 1] + frame[i + len(marker):]
-    return frame
-
-
-def stop_py_spy(spy: tuple[subprocess.Popen, Path], s: Servers) -> dict:
-    p, out = spy
-    p.send_signal(signal.SIGINT)
-    try:
-        p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-    if not out.exists():
-        return {"error": (s.tmp / "py-spy.log").read_text(errors="replace")[-500:]}
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    total = idle = 0
-    for line in out.read_text(errors="replace").splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        k = int(n)
-        frames = [_short_frame(f) for f in stack.split(";")]
-        if frames and (".select (" in frames[-1] or frames[-1].startswith(("select (", "Runner.run ("))):
-            idle += k  # the event loop waiting (uvloop's loop is native: its frame is Runner.run)
-            continue
-        total += k
-        if frames:
-            own[frames[-1]] = own.get(frames[-1], 0) + k
-        for f in set(frames):
-            inclusive[f] = inclusive.get(f, 0) + k
-    top_own = sorted(own.items(), key=lambda kv: -kv[1])[:20]
-    top_incl = sorted(((f, n) for f, n in inclusive.items() if "proxy/" in f), key=lambda kv: -kv[1])[:20]
-    log(f"  py-spy: {total} busy samples of the gate; collapsed stacks in {out}")
-    for f, n in top_own[:12]:
-        log(f"    own {100 * n / max(total, 1):5.1f}%  {f[:150]}")
-    for f, n in top_incl[:12]:
-        log(f"    incl {100 * n / max(total, 1):5.1f}%  {f[:150]}")
-    return {"samples": total, "idle_samples": idle, "file": str(out),
-            "top_own": [(f, round(100 * n / max(total, 1), 1)) for f, n in top_own],
-            "top_inclusive_proxy": [(f, round(100 * n / max(total, 1), 1)) for f, n in top_incl]}
-
-
 # --------------------------------------------------------------------------------------------
 # reporting
-
-
-def fmt(v: object, spec: str = ".3f") -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, (int, float)):
-        return format(v, spec)
-    return str(v)
-
-
-def verdict(ok: bool | None) -> str:
-    return "-" if ok is None else ("PASS" if ok else "MISS")
 
 
 def build_table(res: dict) -> list[dict]:
     rows: list[dict] = []
 
-    def add(metric: str, gate: object, direct: object, value: object, target: str, ok: bool | None) -> None:
-        rows.append({"metric": metric, "gate": gate, "direct": direct, "value": value, "target": target,
-                     "verdict": verdict(ok)})
+    def add(*cells: object) -> None:
+        rows.append(table_row(*cells))
 
     lr, tr = TARGETS["latency_ratio_max"], TARGETS["throughput_ratio_min"]
     for mode, key in (("seq", "sequential"), ("8c", "concurrent")):
@@ -965,19 +763,7 @@ def build_table(res: dict) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
-    cols = [("metric", 48), ("gate", 10), ("direct", 10), ("value", 9), ("target", 14), ("verdict", 7)]
-    print()
-    print("  ".join(name.ljust(w) for name, w in cols))
-    print("  ".join("-" * w for _, w in cols))
-    for r in rows:
-        cells = []
-        for name, w in cols:
-            v = r[name]
-            s = fmt(v, ".2f" if name in ("gate", "direct") else ".3f") if not isinstance(v, bool) else str(v)
-            cells.append(s.ljust(w) if name in ("metric", "target") else s.rjust(w))
-        print("  ".join(cells))
-    print()
+TABLE_COLS = [("metric", 48), ("gate", 10), ("direct", 10), ("value", 9), ("target", 14), ("verdict", 7)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1014,7 +800,7 @@ def main() -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": "quick" if quick else "full", "config": cfg,
         "targets": TARGETS,
         "env": {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
-                "git_head": _git_head()},
+                "git_head": git_head()},
     }
     try:
         from importlib.metadata import version
@@ -1024,10 +810,7 @@ def main() -> int:
         res["env"]["mlflow"] = repr(exc)
 
     # Ctrl-C and SIGTERM both unwind through the finally below
-    def on_term(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    raise_on_sigterm()
 
     if not args.skip_decision:
         log("decision time, 1,000-team policy (in-process)")
@@ -1124,18 +907,10 @@ def main() -> int:
     res["elapsed_s"] = round(time.time() - started, 1)
     res["env"]["loadavg_end"] = os.getloadavg()
     res["summary"] = build_table(res)
-    print_table(res["summary"])
+    print_table(res["summary"], TABLE_COLS, ".2f")
     Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n")
     log(f"wrote {args.out} (elapsed {res['elapsed_s']} s)")
     return rc
-
-
-def _git_head() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
-    except Exception:  # noqa: BLE001
-        return None
 
 
 if __name__ == "__main__":

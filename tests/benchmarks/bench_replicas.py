@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -46,7 +45,9 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "production"))
+sys.path.insert(0, str(HERE))
 
+from benchlib import log, pct, raise_on_sigterm  # the shared harness of the benchmarks
 from prod_it import (
     ALICE,
     SharedSetup,
@@ -62,19 +63,6 @@ from tests.conftest import PgCluster, mint_token, pg_bindir
 CLIENTS = 16
 TARGETS = ("one", "both", "direct")
 OPS = ("runs_get", "log_metric")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 class Client:
@@ -239,10 +227,7 @@ def main() -> int:
     setup: SharedSetup | None = None
     ok = False
 
-    def on_signal(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
+    raise_on_sigterm()
     load_start = os.getloadavg()
     try:
         t = time.monotonic()
