@@ -92,6 +92,23 @@ def log_tail(path: Path, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def log_since(path: Path, offset: int) -> str:
+    """What a server logged from byte `offset` on ("" when the file cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_", "AWS_"))}
     env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true",
@@ -251,10 +268,14 @@ def user_id(user: str) -> str:
     return user if "@" in user else f"{user}@{DOMAIN}"
 
 
-def gate_cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def gate_base_cmd() -> list[str]:
+    """The `mlflow-gate` command of this environment (its console script, else `python -m proxy`)."""
     exe = BIN / "mlflow-gate"
-    cmd = [str(exe), *args] if exe.exists() else [sys.executable, "-m", "proxy", *args]
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
+
+
+def gate_cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*gate_base_cmd(), *args], check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           stdin=subprocess.DEVNULL, env=child_env(MLFLOW_GATE_SECRET_KEY=SECRET_KEY))
 
 
@@ -266,6 +287,16 @@ def mint_token(user: str, groups: tuple[str, ...] = (), expires_in: str | None =
         args += ["--expires-in", expires_in]
     if name:
         args += ["--name", name]
+    return gate_cli_line(*args)
+
+
+def internal_token() -> str:
+    """The token the mlflow server sends to the gate's internal artifact endpoint."""
+    return gate_cli_line("internal-token")
+
+
+def gate_cli_line(*args: str) -> str:
+    """The last line `mlflow-gate ARGS` printed; RuntimeError when it failed or printed nothing."""
     r = gate_cli(*args)
     lines = r.stdout.strip().splitlines()
     if r.returncode != 0 or not lines:
@@ -386,18 +417,10 @@ class Gate:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
 
     def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
+        return log_size(self.log_path)
 
     def log_since(self, offset: int) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return log_since(self.log_path, offset)
 
 
 def start_gate(upstream: str, root: Path, policy: str = TEST_POLICY, backend: str = "") -> tuple[Gate, Callable[[], None]]:
@@ -406,9 +429,7 @@ def start_gate(upstream: str, root: Path, policy: str = TEST_POLICY, backend: st
     policy_path.write_text(policy)
     port = free_port()
     log_path = root / "gate.log"
-    exe = BIN / "mlflow-gate"
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
-    cmd = [*base, "serve", "--policy", str(policy_path), "--host", "127.0.0.1", "--port", str(port),
+    cmd = [*gate_base_cmd(), "serve", "--policy", str(policy_path), "--host", "127.0.0.1", "--port", str(port),
            "--upstream", upstream]
     proc = start_process(cmd, log_path, child_env(MLFLOW_GATE_SECRET_KEY=SECRET_KEY), cwd=root)
     gate = Gate(f"http://127.0.0.1:{port}", policy_path, log_path, upstream, backend, proc)

@@ -15,8 +15,8 @@ import mlflow
 import numpy as np
 
 from tests.conftest import Gate
+from tests.support.moto import list_keys, s3_client
 
-REGION = "us-east-1"
 BUCKETS = {"alpha": "team-alpha", "beta": "team-beta"}
 ALICE, BOB, CAROL, MO, ROOT = "alice@corp.test", "bob@corp.test", "carol@corp.test", "mo@corp.test", "root@corp.test"
 INTERNAL_PREFIX = "/_gate/internal/api/2.0/mlflow-artifacts/artifacts"
@@ -161,26 +161,10 @@ class S3:
     log_path: Path
 
     def client(self, who: str) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        key_id, secret = self.keys[who]
-        return boto3.client("s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=key_id,
-                            aws_secret_access_key=secret,
-                            config=Config(retries={"max_attempts": 1, "mode": "standard"},
-                                          s3={"addressing_style": "path"}))
+        return s3_client(self.url, *self.keys[who])
 
     def keys_in(self, bucket: str, prefix: str = "", who: str = "admin") -> list[str]:
-        c, out, token = self.client(who), [], None
-        while True:
-            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-            if token:
-                kw["ContinuationToken"] = token
-            r = c.list_objects_v2(**kw)
-            out += [o["Key"] for o in r.get("Contents", [])]
-            token = r.get("NextContinuationToken")
-            if not token:
-                return out
+        return list_keys(self.client(who), bucket, prefix)
 
     def get(self, bucket: str, key: str, who: str = "admin") -> bytes:
         return self.client(who).get_object(Bucket=bucket, Key=key)["Body"].read()

@@ -13,7 +13,6 @@ shared report hook appends the gate's log to every failing test.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import subprocess
@@ -29,7 +28,6 @@ from art_it import (
     BUCKETS,
     CAROL,
     INTERNAL_PREFIX,
-    REGION,
     S3,
     ArtGate,
     BadGate,
@@ -44,13 +42,15 @@ from tests.conftest import (
     SECRET_KEY,
     child_env,
     free_port,
-    gate_cli,
+    gate_base_cmd,
     import_mlflow_client_modules,
+    internal_token,
     log_tail,
     start_process,
     stop_process,
     wait_http,
 )
+from tests.support.moto import create_buckets_and_users, moto_cmd, setup_requests
 
 # The client (this process) must not hold or find any AWS credentials: everything goes through the gate.
 for _var in [v for v in os.environ if v.startswith("AWS_")] + ["MLFLOW_S3_ENDPOINT_URL"]:
@@ -64,7 +64,7 @@ HERE = Path(__file__).parent
 # session fixtures would otherwise live on while the other integration suites start their own mlflow servers.
 _RUNNING: list[subprocess.Popen[bytes]] = []
 
-MOTO_SETUP_REQUESTS = 2 + 3 * 3
+MOTO_SETUP_REQUESTS = setup_requests(len(BUCKETS))
 
 POLICY = """\
 admins: [root@corp.test]
@@ -102,41 +102,24 @@ teams:
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
-    import boto3
-    from botocore.config import Config
     from botocore.exceptions import ClientError
 
     root = tmp_path_factory.mktemp("moto")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = root / "moto.log"
-    proc = start_process([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_path,
+    proc = start_process(moto_cmd(BIN, port), log_path,
                          child_env(INITIAL_NO_AUTH_ACTION_COUNT=str(MOTO_SETUP_REQUESTS)), cwd=root)
     _RUNNING.append(proc)
     try:
         wait_http(url + "/moto-api/", proc, log_path, "moto_server", timeout=30)
-        cfg = Config(retries={"max_attempts": 1, "mode": "standard"}, s3={"addressing_style": "path"})
-        setup = {svc: boto3.client(svc, endpoint_url=url, region_name=REGION, aws_access_key_id="setup",
-                                   aws_secret_access_key="setup", config=cfg) for svc in ("s3", "iam")}
-        for bucket in BUCKETS.values():
-            setup["s3"].create_bucket(Bucket=bucket)
-        keys: dict[str, tuple[str, str]] = {}
-        for who, resources in [("alpha", [f"arn:aws:s3:::{BUCKETS['alpha']}", f"arn:aws:s3:::{BUCKETS['alpha']}/*"]),
-                               ("beta", [f"arn:aws:s3:::{BUCKETS['beta']}", f"arn:aws:s3:::{BUCKETS['beta']}/*"]),
-                               ("admin", ["*"])]:
-            setup["iam"].create_user(UserName=f"{who}-user")
-            k = setup["iam"].create_access_key(UserName=f"{who}-user")["AccessKey"]
-            keys[who] = (k["AccessKeyId"], k["SecretAccessKey"])
-            setup["iam"].put_user_policy(UserName=f"{who}-user", PolicyName=f"{who}-s3", PolicyDocument=json.dumps({
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "*" if who == "admin" else "s3:*",
-                               "Resource": resources}]}))
+        setup_s3, keys = create_buckets_and_users(url, BUCKETS)  # alpha, beta, then admin
         s3 = S3(url, keys, log_path)
         # IAM must be enforced from here on: the setup key is unknown to IAM, alpha's key is refused on beta's bucket.
         for who, bucket, code in [("setup", BUCKETS["alpha"], "InvalidAccessKeyId"),
                                   ("alpha", BUCKETS["beta"], "AccessDenied"),
                                   ("beta", BUCKETS["alpha"], "AccessDenied")]:
-            c = setup["s3"] if who == "setup" else s3.client(who)
+            c = setup_s3 if who == "setup" else s3.client(who)
             try:
                 c.list_objects_v2(Bucket=bucket)
             except ClientError as exc:
@@ -150,14 +133,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
 
 # --------------------------------------------------------------------------------------------------------------
 # mlflow server + gate
-
-
-def internal_token() -> str:
-    r = gate_cli("internal-token")
-    lines = r.stdout.strip().splitlines()
-    if r.returncode != 0 or not lines:
-        raise RuntimeError(f"mlflow-gate internal-token failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return lines[-1].strip()
 
 
 def gate_env(s3: S3, **extra: str) -> dict[str, str]:
@@ -177,9 +152,7 @@ def launch_gate(root: Path, upstream: str, port: int, policy: str, env: dict[str
                 default_root: Path) -> subprocess.Popen[bytes]:
     root.mkdir(parents=True, exist_ok=True)
     (root / "policy.yaml").write_text(policy)
-    exe = BIN / "mlflow-gate"
-    base = [str(exe)] if exe.exists() else [str(BIN / "python"), "-m", "proxy"]
-    cmd = [*base, "serve", "--policy", str(root / "policy.yaml"), "--host", "127.0.0.1", "--port", str(port),
+    cmd = [*gate_base_cmd(), "serve", "--policy", str(root / "policy.yaml"), "--host", "127.0.0.1", "--port", str(port),
            "--upstream", upstream, "--artifacts-destination", default_root.as_uri()]
     return start_process(cmd, root / "gate.log", env, cwd=root)
 

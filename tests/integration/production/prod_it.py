@@ -18,7 +18,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,20 +33,23 @@ from tests.conftest import (
     PgCluster,
     child_env,
     free_port,
-    gate_cli,
+    gate_base_cmd,
+    internal_token,
+    log_since,
+    log_size,
     log_tail,
     start_process,
     stop_process,
     wait_http,
 )
+from tests.support.moto import REGION, create_buckets_and_users, list_keys, moto_cmd, s3_client, setup_requests
 
-REGION = "us-east-1"
 ALPHA_BUCKET = "team-alpha"
 ALICE, BOB, ROOT = "alice@corp.test", "bob@corp.test", "root@corp.test"
 INTERNAL_DESTINATION = "/_gate/internal/api/2.0/mlflow-artifacts/artifacts"
 # moto answers this many requests without checking credentials (create_bucket + 2 users x (user, key, policy)); IAM is
 # enforced from then on, so the gates really reach the bucket with alpha's own keys.
-MOTO_SETUP_REQUESTS = 1 + 2 * 3
+MOTO_SETUP_REQUESTS = setup_requests(1)
 # Figures the tests measured (title, data), printed in pytest's terminal summary by conftest.py.
 FIGURES: list[tuple[str, dict[str, Any]]] = []
 # Groups the test OP puts in ID tokens and access tokens.
@@ -81,19 +83,6 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")  # not *.yaml: the gates ignore it
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def gate_base_cmd() -> list[str]:
-    exe = BIN / "mlflow-gate"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
-
-
-def internal_token() -> str:
-    r = gate_cli("internal-token")
-    lines = r.stdout.strip().splitlines()
-    if r.returncode != 0 or not lines:
-        raise RuntimeError(f"mlflow-gate internal-token failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return lines[-1].strip()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -150,18 +139,10 @@ class Service:
             self.proc.wait(timeout=10)
 
     def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
+        return log_size(self.log_path)
 
     def log_since(self, offset: int) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return log_since(self.log_path, offset)
 
     def tail(self, lines: int = 60) -> str:
         return log_tail(self.log_path, lines)
@@ -205,26 +186,10 @@ class Moto:
         return self.service.url
 
     def client(self, who: str = "admin") -> Any:
-        import boto3
-        from botocore.config import Config
-
-        key_id, secret = self.keys[who]
-        return boto3.client("s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=key_id,
-                            aws_secret_access_key=secret,
-                            config=Config(retries={"max_attempts": 1, "mode": "standard"},
-                                          s3={"addressing_style": "path"}))
+        return s3_client(self.url, *self.keys[who])
 
     def keys_in(self, bucket: str, prefix: str = "") -> list[str]:
-        c, out, token = self.client(), [], None
-        while True:
-            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-            if token:
-                kw["ContinuationToken"] = token
-            r = c.list_objects_v2(**kw)
-            out += [o["Key"] for o in r.get("Contents", [])]
-            token = r.get("NextContinuationToken")
-            if not token:
-                return out
+        return list_keys(self.client(), bucket, prefix)
 
     def get(self, bucket: str, key: str) -> bytes:
         return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
@@ -232,30 +197,14 @@ class Moto:
 
 def start_moto(root: Path) -> Moto:
     """moto_server with one bucket (team-alpha), an IAM user allowed on it only, and an admin user for inspection."""
-    import boto3
-    from botocore.config import Config
-
     port = free_port()
-    svc = Service("moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+    svc = Service("moto_server", moto_cmd(BIN, port),
                   child_env(INITIAL_NO_AUTH_ACTION_COUNT=str(MOTO_SETUP_REQUESTS)), root, root / "moto.log",
                   f"http://127.0.0.1:{port}", "/moto-api/")
     svc.start()
     try:
         svc.wait_ready(timeout=30)
-        cfg = Config(retries={"max_attempts": 1, "mode": "standard"}, s3={"addressing_style": "path"})
-        setup = {name: boto3.client(name, endpoint_url=svc.url, region_name=REGION, aws_access_key_id="setup",
-                                    aws_secret_access_key="setup", config=cfg) for name in ("s3", "iam")}
-        setup["s3"].create_bucket(Bucket=ALPHA_BUCKET)
-        keys: dict[str, tuple[str, str]] = {}
-        for who, resources in [("alpha", [f"arn:aws:s3:::{ALPHA_BUCKET}", f"arn:aws:s3:::{ALPHA_BUCKET}/*"]),
-                               ("admin", ["*"])]:
-            setup["iam"].create_user(UserName=f"{who}-user")
-            k = setup["iam"].create_access_key(UserName=f"{who}-user")["AccessKey"]
-            keys[who] = (k["AccessKeyId"], k["SecretAccessKey"])
-            setup["iam"].put_user_policy(UserName=f"{who}-user", PolicyName=f"{who}-s3", PolicyDocument=json.dumps({
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "*" if who == "admin" else "s3:*",
-                               "Resource": resources}]}))
+        _, keys = create_buckets_and_users(svc.url, {"alpha": ALPHA_BUCKET})
         return Moto(svc, keys)
     except BaseException:
         svc.stop()
