@@ -20,7 +20,8 @@ from urllib.parse import unquote, urlsplit
 from .policy import Policy, Storage
 
 CHUNK = 1024 * 1024
-PART = 16 * 1024 * 1024         # S3 parts of the gate's own uploads (the minimum is 5 MiB)
+PART = 8 * 1024 * 1024          # S3 parts of the gate's own uploads (the minimum is 5 MiB)
+IN_FLIGHT = 4                   # parts of one upload sent at the same time (memory: about PART x (IN_FLIGHT + 1))
 SPOOL = 1024 * 1024             # a client's multipart part beyond this is spooled to disk, not held in memory
 
 
@@ -203,37 +204,43 @@ class S3Store:
 
 
 class _PartSender:
-    """The parts of one multipart upload to S3, sent one at a time in the background."""
+    """The parts of one multipart upload to S3, up to IN_FLIGHT of them sent at once in the background
+    while the next ones are received."""
 
     def __init__(self, store: S3Store, key: str) -> None:
         self.store, self.key = store, key
         self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
-        self.in_flight: asyncio.Task[None] | None = None
+        self.etags: dict[int, str] = {}
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.count = 0
 
     async def send(self, body: bytes) -> None:
         if self.upload_id is None:
             created = await self.store._call("create_multipart_upload", Bucket=self.store.bucket, Key=self.key)
             self.upload_id = str(created["UploadId"])
-        if self.in_flight is not None:
-            await self.in_flight                     # at most one part travels while the next one fills
-        self.in_flight = asyncio.create_task(self._part(len(self.parts) + 1, body))
+        while len(self.in_flight) >= IN_FLIGHT:
+            done, self.in_flight = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()                        # a failed part fails the upload now
+        self.count += 1
+        self.in_flight.add(asyncio.create_task(self._part(self.count, body)))
 
     async def _part(self, number: int, body: bytes) -> None:
-        self.parts.append({"PartNumber": number, "ETag": None})
         resp = await self.store._call("upload_part", Bucket=self.store.bucket, Key=self.key,
                                       UploadId=self.upload_id, PartNumber=number, Body=body)
-        self.parts[number - 1]["ETag"] = resp["ETag"]
+        self.etags[number] = resp["ETag"]
 
     async def complete(self) -> None:
-        if self.in_flight is not None:
-            await self.in_flight
+        if self.in_flight:
+            await asyncio.gather(*self.in_flight)
+            self.in_flight = set()
+        parts = [{"PartNumber": n, "ETag": self.etags[n]} for n in range(1, self.count + 1)]
         await self.store._call("complete_multipart_upload", Bucket=self.store.bucket, Key=self.key,
-                               UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+                               UploadId=self.upload_id, MultipartUpload={"Parts": parts})
 
     async def abort(self) -> None:
-        if self.in_flight is not None and not self.in_flight.done():
-            self.in_flight.cancel()
+        # parts already travelling finish first (a thread cannot be cancelled), so the abort is final
+        await asyncio.gather(*self.in_flight, return_exceptions=True)
         if self.upload_id is not None:               # an interrupted upload leaves no object behind
             try:
                 await self.store._call("abort_multipart_upload", Bucket=self.store.bucket, Key=self.key,
