@@ -26,7 +26,7 @@ from .params import parse_body, parse_query
 from .policy import PolicyStore
 from .resources import STORE_TAG, Resolver
 
-__all__ = ["STORE_TAG", "ArtifactServer", "internal_token", "route_of"]
+__all__ = ["STORE_TAG", "ArtifactServer", "artifact_experiment", "internal_token", "route_of"]
 
 INTERNAL_PREFIX = "/_gate/internal"
 PART_PATH = "/_gate/artifact-part/"
@@ -43,11 +43,17 @@ def internal_token(secret_key: str) -> str:
     return "mgi_" + hmac.new(secret_key.encode(), b"mlflow-gate internal artifacts", hashlib.sha256).hexdigest()
 
 
-def experiment_of(path: str) -> str:
-    head = path.split("/", 1)[0]
-    if not head.isdigit() or not head.isascii():
-        raise PermissionDenied(f"Permission denied: artifact path {path!r} is not under an experiment.")
-    return head
+def artifact_experiment(path: str) -> str:
+    """The experiment id an mlflow-artifacts path lives under: its first segment, digits only."""
+    if not path or path.startswith("/") or "\\" in path:
+        raise PermissionDenied(f"Permission denied: artifact path {path!r} must start with an experiment id.")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+        raise BadRequest(f"Artifact path {path!r} holds '.', '..' or empty segments.")
+    if not parts[0].isdigit() or not parts[0].isascii():
+        raise PermissionDenied(f"Permission denied: artifact path {path!r} is not under an experiment; only "
+                               "admins may reach the artifact store's root.")
+    return parts[0]
 
 
 class ArtifactServer:
@@ -65,7 +71,7 @@ class ArtifactServer:
 
     async def store_for(self, path: str) -> Store | None:
         """The store holding `path` (`<experiment id>/...`): the team's, else the default (None: the upstream's)."""
-        team = await self.resolver.experiment_store(experiment_of(path))
+        team = await self.resolver.experiment_store(artifact_experiment(path))
         if team:
             store = self.stores.team(self.policy.current, team)
             if store is None:

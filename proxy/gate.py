@@ -11,7 +11,7 @@ import re
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .artifact_server import ArtifactServer, route_of
+from .artifact_server import ArtifactServer, artifact_experiment, route_of
 from .audit import Audit
 from .authn import Authenticator
 from .decide import Decision, decide, is_admin, readable_prefixes
@@ -22,7 +22,7 @@ from .graphql import analyse, filter_model_versions, model_names
 from .identity import Identity
 from .params import Params, parse_body, parse_query, read_params
 from .policy import Level, Policy, PolicyStore, Team
-from .resources import Resolver, Unresolvable
+from .resources import Resolver
 from .rewrite import REWRITES
 from .routes import ADMIN, CHECKED, PUBLIC, REFUSED, SIGNED_IN, Need, Route, RouteTable
 
@@ -407,19 +407,6 @@ def _ids(need: Need, params: Params, path_params: dict[str, str], headers: dict[
     return out
 
 
-def artifact_experiment(path: str) -> str:
-    """The experiment id an mlflow-artifacts path lives under: its first segment, digits only."""
-    if not path or path.startswith("/") or "\\" in path:
-        raise Denied(f"Permission denied: artifact path {path!r} must start with an experiment id.")
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
-        raise BadRequest(f"Artifact path {path!r} holds '.', '..' or empty segments.")
-    if not parts[0].isdigit() or not parts[0].isascii():
-        raise Denied(f"Permission denied: artifact path {path!r} is not under an experiment; only admins "
-                     "may reach the artifact store's root.")
-    return parts[0]
-
-
 def store_path(uri: str) -> str | None:
     """`mlflow-artifacts:/1/abc/artifacts` -> `1/abc/artifacts`; None for anything the gate does not store."""
     if not uri.startswith("mlflow-artifacts:"):
@@ -454,4 +441,4 @@ async def read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-__all__ = ["Gate", "Unresolvable", "artifact_experiment", "check_path"]
+__all__ = ["Gate", "check_path"]

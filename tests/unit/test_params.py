@@ -5,8 +5,9 @@ import json
 
 import pytest
 
+from proxy.artifact_server import artifact_experiment
 from proxy.errors import BadRequest, PermissionDenied
-from proxy.gate import artifact_experiment, check_path
+from proxy.gate import check_path
 from proxy.params import read_params
 
 
