@@ -5,9 +5,10 @@ from __future__ import annotations
 import html
 import json
 import re
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import Request
@@ -69,6 +70,22 @@ def _login_form(next_path: str, error: str = "", *, accounts: bool, provider: bo
             '<button type="submit">Sign in</button></form>')
 
 
+def keep_fragment(next_path: str) -> HTMLResponse:
+    """A browser's URL fragment (the MLflow UI's route, `#/experiments/5`) never reaches the server and
+    does not survive the provider's login form: this page adds it to `next` before signing in."""
+    nonce = secrets.token_urlsafe(16)
+    target = "/_gate/login?go=1&next="
+    script = (f"location.replace({json.dumps(target)} + encodeURIComponent({json.dumps(next_path)} + "
+              "(location.hash || '')));")
+    fallback = html.escape(target + quote(next_path, safe=""))
+    body = (f'<!doctype html><html><head><meta charset="utf-8"><title>Signing in - mlflow-gate</title>'
+            f'<noscript><meta http-equiv="refresh" content="0;url={fallback}"></noscript>'
+            f'<script nonce="{nonce}">{script}</script></head>'
+            f'<body><p><a href="{fallback}">Sign in</a></p></body></html>')
+    return HTMLResponse(body, headers={"cache-control": "no-store", "x-frame-options": "DENY",
+                                       "content-security-policy": f"default-src 'none'; script-src 'nonce-{nonce}'"})
+
+
 def wants_json(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "application/json" in accept or "text/html" not in accept
@@ -80,6 +97,9 @@ def routes(rt: Runtime) -> list[Route]:
         accounts = bool(policy.users)
         if request.method == "GET":
             next_path = safe_next(request.query_params.get("next"))
+            if (rt.oidc is not None and not request.query_params.get("local") and not request.query_params.get("go")
+                    and request.headers.get("sec-fetch-mode") == "navigate"):
+                return keep_fragment(next_path)
             if rt.oidc is not None and not request.query_params.get("local"):
                 try:
                     return await rt.oidc.start(request, next_path)

@@ -264,3 +264,21 @@ def browse(page: Any, oidc_gate: Gate, oidc_provider: OidcProvider, seeded: Seed
     shots.take(page, "op-login-again")
 
     print(f"\nrequests off loopback aborted by the test: {len(blocked)} ({sorted({u.split('/')[2] for u in blocked})})")
+
+
+def test_a_deep_link_survives_sign_in(oidc_gate: Gate, oidc_provider: OidcProvider, seeded: Seeded,
+                                      browser_context: tuple[Any, list[str], Shots]) -> None:
+    """The MLflow UI routes in the URL fragment, which the server never sees: after signing in at the
+    provider the browser comes back to the run it was asked for, not to the home page."""
+    context, _, shots = browser_context
+    page = context.new_page()
+    run_url = f"{oidc_gate.url}/#/experiments/{seeded.alice_exp_id}/runs/{seeded.alice_run_id}"
+    page.goto(run_url)
+    page.wait_for_selector("input[name=login]")
+    page.fill("input[name=login]", ALICE)
+    page.fill("input[name=password]", "alice-password")
+    page.click("button[type=submit]")
+    page.wait_for_url(oidc_gate.url + "/**")
+    wait_for_text(page, seeded.alice_run)
+    assert page.url == run_url, page.url
+    shots.take(page, "deep-link-after-sign-in")
