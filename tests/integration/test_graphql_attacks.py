@@ -1,9 +1,10 @@
 """GraphQL through the gate as an attacker with a team member's token sends it (issue 8, item 1).
 
 MLflow's `/graphql` executes a document with graphql-core against its own schema. Every way a document can name an
-object (a literal, a variable, a variable's default, a fragment, an alias, a directive, one of several operations, a
-GET query string) must reach the gate's decision: another team's object is refused, a missing one is refused with
-the same status and message, and the caller's own objects keep working, including the MLflow UI's own queries.
+object (a literal, a variable, a variable's default, a fragment, an alias, one of several operations, a GET query
+string; the ways of tests/support/graphql_cases.py) must reach the gate's decision: another team's object is refused,
+a missing one is refused with the same status and message, and the caller's own objects keep working, including the
+MLflow UI's own documents. What MLflow would not run (@skip/@include, unknown fields) or what names nothing is a 400.
 """
 from __future__ import annotations
 
