@@ -8,11 +8,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from gate_it import ALICE, BOB, MO, ROOT, World, denied, uid
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
+
+from tests.integration.gate_it import ALICE, BOB, MO, ROOT, World, denied, uid
 
 pytestmark = pytest.mark.integration
 
@@ -250,7 +251,7 @@ def assert_denied_or_without(call, forbidden: set[str]) -> None:  # type: ignore
     try:
         results = call()
     except Exception as exc:  # noqa: BLE001 - checked below
-        from gate_it import is_denied
+        from tests.integration.gate_it import is_denied
 
         assert is_denied(exc), f"unexpected error: {exc!r}"
         return

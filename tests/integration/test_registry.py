@@ -5,7 +5,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from gate_it import ALICE, BOB, MO, ROOT, World, denied, is_denied, uid
+
+from tests.integration.gate_it import ALICE, BOB, MO, ROOT, World, denied, is_denied, uid
 
 pytestmark = pytest.mark.integration
 

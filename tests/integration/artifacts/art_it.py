@@ -14,8 +14,9 @@ import httpx
 import mlflow
 import numpy as np
 
-from tests.conftest import Gate
-from tests.support.moto import list_keys, s3_client
+from tests.support.gate import Gate
+from tests.support.moto import Moto
+from tests.support.process import LogSource
 
 BUCKETS = {"alpha": "team-alpha", "beta": "team-beta"}
 ALICE, BOB, CAROL, MO, ROOT = "alice@corp.test", "bob@corp.test", "carol@corp.test", "mo@corp.test", "root@corp.test"
@@ -153,48 +154,26 @@ def raw_request(base_url: str, method: str, raw_path: str, token: str | None = N
 
 
 @dataclass
-class S3:
-    """The moto server: each team's key (allowed on its own bucket only) and an admin key for inspection."""
-
-    url: str
-    keys: dict[str, tuple[str, str]]  # alpha, beta, admin -> (access key id, secret)
-    log_path: Path
-
-    def client(self, who: str) -> Any:
-        return s3_client(self.url, *self.keys[who])
-
-    def keys_in(self, bucket: str, prefix: str = "", who: str = "admin") -> list[str]:
-        return list_keys(self.client(who), bucket, prefix)
-
-    def get(self, bucket: str, key: str, who: str = "admin") -> bytes:
-        return self.client(who).get_object(Bucket=bucket, Key=key)["Body"].read()
-
-    def exists(self, bucket: str, key: str, who: str = "admin") -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client(who).head_object(Bucket=bucket, Key=key)
-            return True
-        except ClientError as exc:
-            if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
-                return False
-            raise
-
-
-@dataclass
 class ArtGate(Gate):
     """The gate plus what the artifact tests need to look behind it."""
 
-    s3: S3 = None  # type: ignore[assignment]  # always set; a default only because Gate has defaults
-    root: Path = Path()
-    default_root: Path = Path()  # the gate's --artifacts-destination (file://)
-    gamma_root: Path = Path()  # team gamma's artifact_root (file://)
-    mlflow_log: Path = Path()
-    internal_token: str = ""
-    env: dict[str, str] = field(default_factory=dict)  # the gate's environment (secrets included)
+    s3: Moto
+    root: Path
+    default_root: Path  # the gate's --artifacts-destination (file://)
+    gamma_root: Path  # team gamma's artifact_root (file://)
+    mlflow_log: Path
+    internal_token: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The gate's environment (secrets included)."""
+        return self.process.env
+
+    def logs(self) -> dict[str, Path]:
+        return {**super().logs(), "mlflow server": self.mlflow_log}
 
     def health(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/_gate/health", timeout=30).json()
+        return httpx.get(self.url + "/_gate/health", timeout=30).json()  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -205,10 +184,13 @@ class Version:
 
 
 @dataclass
-class BadGate:
+class BadGate(LogSource):
     """A second gate on the same upstream whose policy breaks two stores: beta's keys have the wrong secret,
     delta's endpoint is a closed port."""
 
     gate: ArtGate
     wrong_secret: str
     delta_secret: str
+
+    def logs(self) -> dict[str, Path]:
+        return {"second gate (broken stores)": self.gate.log_path}

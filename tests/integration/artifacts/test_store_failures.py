@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from art_it import ALICE, BOB, BUCKETS, BadGate, Logged, uid
 from mlflow.exceptions import MlflowException
+
+from tests.integration.artifacts.art_it import ALICE, BOB, BUCKETS, BadGate, Logged, uid
 
 pytestmark = pytest.mark.integration
 

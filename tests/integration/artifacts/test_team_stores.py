@@ -12,10 +12,11 @@ from typing import Any
 import httpx
 import mlflow
 import pytest
-from art_it import ALICE, BOB, BUCKETS, MO, ROOT, ArtGate, Logged, Version, uid
 from botocore.exceptions import ClientError
-from gate_it import is_denied
 from mlflow.exceptions import MlflowException
+
+from tests.integration.artifacts.art_it import ALICE, BOB, BUCKETS, MO, ROOT, ArtGate, Logged, Version, uid
+from tests.integration.gate_it import is_denied
 
 pytestmark = pytest.mark.integration
 
