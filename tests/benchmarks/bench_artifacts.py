@@ -53,28 +53,22 @@ from pathlib import Path
 from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support from the checkout's root
 
-from benchlib import (  # the shared harness of the benchmarks
-    ROOT,
-    VENV_BIN,
-    Proc,
-    base_env,
-    free_port,
-    gate_argv,
-    gate_cli,
+from benchlib import (  # the benchmarks' own helpers
     git_head,
-    group_cpu_seconds,
-    group_pids,
     log,
     print_table,
     raise_on_sigterm,
-    rss_kib,
     start_py_spy,
     stop_py_spy,
     table_row,
-    wait_http_ok,
 )
+
+from tests.support.gate import gate_process, internal_token, mint_token, write_policy
+from tests.support.mlflow import mlflow_process
+from tests.support.moto import start_moto
+from tests.support.process import Process, child_env, free_port, group_cpu_seconds, group_pids, rss_kib
 
 MiB = 1024 * 1024
 CHUNK = MiB
@@ -142,14 +136,6 @@ def self_cpu() -> float:
 # servers
 
 
-def scrubbed_env() -> dict[str, str]:
-    """base_env() without a developer's cloud or tracking settings: no server and no client here may use them."""
-    env = base_env()
-    for k in [k for k in env if k.startswith(("AWS_", "MLFLOW_TRACKING_", "MLFLOW_S3_"))]:
-        del env[k]
-    return env
-
-
 def policy_yaml(moto_port: int) -> str:
     return textwrap.dedent(f"""\
         admins: [admin@corp.test]
@@ -166,29 +152,24 @@ def policy_yaml(moto_port: int) -> str:
 class Servers:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.procs: dict[str, Proc] = {}
+        self.procs: dict[str, Process] = {}
         self.ports: dict[str, int] = {}
 
     def start_all(self) -> None:
-        env = scrubbed_env()
-        self.ports = {"moto": free_port(), "mlflow": free_port(), "gate": free_port()}
-        moto_env = dict(env, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_DEFAULT_REGION="us-east-1")
-        self.procs["moto"] = Proc("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p",
-                                           str(self.ports["moto"])], moto_env, self.tmp / "moto.log", self.tmp)
+        """moto (no IAM: any key works), then the mlflow server and the gate; moto is ready, the others are started."""
+        moto = start_moto(self.tmp / "moto", timeout=60)
+        self.procs["moto"] = moto.process
+        self.ports = {"moto": int(moto.url.rsplit(":", 1)[1]), "mlflow": free_port(), "gate": free_port()}
         internal = (f"http://127.0.0.1:{self.ports['gate']}/_gate/internal/api/2.0/mlflow-artifacts/artifacts")
-        mlflow_env = dict(env, MLFLOW_TRACKING_TOKEN=gate_cli("internal-token"))
-        self.procs["mlflow"] = Proc("mlflow", [
-            str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.tmp}/mlflow.db",
-            "--artifacts-destination", internal, "--host", "127.0.0.1", "--port", str(self.ports["mlflow"]),
-            "--workers", "1"], mlflow_env, self.tmp / "mlflow.log", self.tmp)
-        policy = self.tmp / "policy.yaml"
-        policy.write_text(policy_yaml(self.ports["moto"]))
+        self.procs["mlflow"] = mlflow_process(self.tmp, f"sqlite:///{self.tmp}/mlflow.db", internal,
+                                              port=self.ports["mlflow"],
+                                              env={"MLFLOW_TRACKING_TOKEN": internal_token()}).start()
+        policy = write_policy(self.tmp, policy_yaml(self.ports["moto"]))
         (self.tmp / "default").mkdir()
-        gate_env = dict(env, TEAMA_AWS_ACCESS_KEY_ID="x", TEAMA_AWS_SECRET_ACCESS_KEY="y")
-        self.procs["gate"] = Proc("gate", gate_argv() + [
-            "serve", "--policy", str(policy), "--host", "127.0.0.1", "--port", str(self.ports["gate"]),
-            "--upstream", f"http://127.0.0.1:{self.ports['mlflow']}",
-            "--artifacts-destination", f"file://{self.tmp}/default"], gate_env, self.tmp / "gate.log", ROOT)
+        self.procs["gate"] = gate_process(
+            self.tmp, policy, f"http://127.0.0.1:{self.ports['mlflow']}", port=self.ports["gate"],
+            args=["--artifacts-destination", f"file://{self.tmp}/default"],
+            env={"TEAMA_AWS_ACCESS_KEY_ID": "x", "TEAMA_AWS_SECRET_ACCESS_KEY": "y"}).start()
 
     def stop(self) -> None:
         """SIGTERM to every group at once, then wait for each (SIGKILL after 8 s). A second Ctrl-C or
@@ -197,9 +178,9 @@ class Servers:
         try:
             order = [self.procs[n] for n in ("client", "gate", "mlflow", "moto") if n in self.procs]
             for p in order:
-                if p.alive():
+                if p.alive:
                     try:
-                        os.killpg(p.pgid, signal.SIGTERM)
+                        os.killpg(p.pid, signal.SIGTERM)
                     except ProcessLookupError:
                         pass
             for p in order:
@@ -520,16 +501,15 @@ def main() -> int:
         t1 = time.monotonic()
         sha = make_file(big, size_mib)
         res["file"] = {"size": big.stat().st_size, "sha256": sha, "write_s": round(time.monotonic() - t1, 1)}
-        wait_http_ok(s.ports["moto"], "/moto-api/", s.procs["moto"], 60)
-        wait_http_ok(s.ports["mlflow"], "/health", s.procs["mlflow"], 120)
-        wait_http_ok(s.ports["gate"], "/_gate/health", s.procs["gate"], 60)
+        s.procs["mlflow"].wait_ready(120)
+        s.procs["gate"].wait_ready(60)
         res["startup_s"] = round(time.monotonic() - t0, 1)
         log(f"  ready after {res['startup_s']} s: moto :{s.ports['moto']}, mlflow :{s.ports['mlflow']}, "
-            f"gate :{s.ports['gate']} (pid {s.procs['gate'].popen.pid})")
+            f"gate :{s.ports['gate']} (pid {s.procs['gate'].pid})")
 
         import httpx
 
-        token = gate_cli("token", "create", "--user", USER, "--name", "bench-artifacts")
+        token = mint_token(USER, name="bench-artifacts")
         api = httpx.Client(base_url=f"http://127.0.0.1:{s.ports['gate']}/api/2.0/mlflow",
                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
         r = api.post("/experiments/create", json={"name": "a/bench"})
@@ -550,7 +530,7 @@ def main() -> int:
         transfers = Transfers(s, token, exp_id, run_id, big, sha, args.direct)
         transfers.s3.create_bucket(Bucket=BUCKET)
 
-        sampler = RssSampler({"gate": s.procs["gate"].pgid, "moto": s.procs["moto"].pgid})
+        sampler = RssSampler({"gate": s.procs["gate"].pid, "moto": s.procs["moto"].pid})
         sampler.start()
         time.sleep(0.5)
         res["memory"] = {"gate_cold_mib": sampler.now_mib("gate")}
@@ -599,7 +579,7 @@ def main() -> int:
                 if args.py_spy and rnd == 1 and target == "gate":
                     log(f"  py-spy on the gate during gate-{way}")
                     spy = start_py_spy(args.py_spy, spy_handle)
-                cpu0 = {n: group_cpu_seconds(s.procs[n].pgid) for n in ("gate", "moto")}
+                cpu0 = {n: group_cpu_seconds(s.procs[n].pid) for n in ("gate", "moto")}
                 me0 = self_cpu()
                 w0 = time.time()
                 took = fn()
@@ -608,7 +588,7 @@ def main() -> int:
                     res.setdefault("gate_profile", {})[way] = stop_py_spy(spy, spy_handle)
                     (tmp / "gate.pyspy.txt").rename(tmp / f"gate.pyspy.{way}.txt")
                     spy = None
-                cpu = {n: round(group_cpu_seconds(s.procs[n].pgid) - cpu0[n], 2) for n in ("gate", "moto")}
+                cpu = {n: round(group_cpu_seconds(s.procs[n].pid) - cpu0[n], 2) for n in ("gate", "moto")}
                 rec = {"round": rnd, "target": target, "way": way, "seconds": round(took, 3),
                        "mb_s": mbps(transfers.size, took), "gate_cpu_s": cpu["gate"], "moto_cpu_s": cpu["moto"],
                        "client_cpu_s": round(self_cpu() - me0, 2), "t0": w0, "t1": w1,
@@ -681,22 +661,23 @@ def main() -> int:
             script = tmp / "client.py"
             script.write_text(CLIENT_SCRIPT)
             (tmp / "client-dl").mkdir()
-            env = scrubbed_env()
+            env = child_env()
             # multipart for any size here (mlflow's default minimum is 500 MB, above the --quick file)
             env.update(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{s.ports['gate']}", MLFLOW_TRACKING_TOKEN=token,
                        MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD="true",
                        MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE=str(5 * MiB))
             gate_log_before = (tmp / "gate.log").read_text(errors="replace")
-            cpu0 = {n: group_cpu_seconds(s.procs[n].pgid) for n in ("gate", "moto")}
-            client = s.procs["client"] = Proc("client", [sys.executable, str(script), run_id, str(big),
-                                                         str(tmp / "client-dl"), sha], env, tmp / "client.log", tmp)
+            cpu0 = {n: group_cpu_seconds(s.procs[n].pid) for n in ("gate", "moto")}
+            client = s.procs["client"] = Process("client", [sys.executable, str(script), run_id, str(big),
+                                                            str(tmp / "client-dl"), sha], env, tmp, tmp / "client.log")
+            client.start()
             try:
-                client.popen.wait(timeout=max(60.0, budget + 60 - (time.time() - started)))
+                client.proc.wait(timeout=max(60.0, budget + 60 - (time.time() - started)))
             except subprocess.TimeoutExpired:
                 res["notes"].append("the mlflow client part timed out")
             out = [line for line in (tmp / "client.log").read_text(errors="replace").splitlines()
                    if line.startswith("RESULT ")]
-            cpu = {n: round(group_cpu_seconds(s.procs[n].pgid) - cpu0[n], 2) for n in ("gate", "moto")}
+            cpu = {n: round(group_cpu_seconds(s.procs[n].pid) - cpu0[n], 2) for n in ("gate", "moto")}
             if not out:
                 res["mlflow_client"] = {"error": client.tail(15)}
                 log(f"  failed:\n{client.tail(15)}")
@@ -744,7 +725,7 @@ def main() -> int:
         rc = 1
         for name in ("gate", "mlflow", "moto"):
             if name in s.procs:
-                print(f"--- {name} log tail ({s.procs[name].logfile}) ---\n{s.procs[name].tail(30)}",
+                print(f"--- {name} log tail ({s.procs[name].log_path}) ---\n{s.procs[name].tail(30)}",
                       file=sys.stderr)
     finally:
         try:
