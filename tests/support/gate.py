@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.support.client import UserClient, user_id
-from tests.support.process import BIN, LogSource, Process, child_env, free_port, log_since, log_size
+from tests.support.process import BIN, Process, Server, child_env, free_port
 
 SECRET_KEY = "integration-test-secret-key-0123456789abcdef"
 
@@ -121,18 +121,13 @@ def gate_process(root: Path, policy: Path, upstream: str | None, *, port: int | 
 
 
 @dataclass
-class Gate(LogSource):
+class Gate(Server):
     """A running `mlflow-gate serve`, and the ways a test talks to it as a user."""
 
-    url: str
     policy_path: Path
     upstream: str
     backend: str
     process: Process
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
 
     @property
     def proc(self) -> subprocess.Popen[bytes]:
@@ -145,9 +140,6 @@ class Gate(LogSource):
         except BaseException:
             self.process.stop()
             raise
-
-    def stop(self) -> None:
-        self.process.stop()
 
     def logs(self) -> dict[str, Path]:
         return {f"gate ({self.backend or 'no backend'})": self.log_path}
@@ -180,10 +172,10 @@ class Gate(LogSource):
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
 
     def log_size(self) -> int:
-        return log_size(self.log_path)
+        return self.process.log_size()
 
     def log_since(self, offset: int) -> str:
-        return log_since(self.log_path, offset)
+        return self.process.log_since(offset)
 
 
 def start_gate(root: Path, upstream: str | None, policy: str = TEST_POLICY, *, backend: str = "",
@@ -193,6 +185,6 @@ def start_gate(root: Path, upstream: str | None, policy: str = TEST_POLICY, *, b
     is healthy. Stop it with `Gate.stop()`."""
     policy_path = write_policy(root, policy)
     process = gate_process(root, policy_path, upstream, port=port, args=args, env=env).start()
-    gate = Gate(process.url, policy_path, upstream or "", backend, process)
+    gate = Gate(policy_path, upstream or "", backend, process)
     gate.wait_ready(timeout)
     return gate

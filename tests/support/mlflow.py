@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.process import BIN, LogSource, Process, child_env, free_port, log_tail
+from tests.support.process import BIN, Process, Server, child_env, free_port, log_tail
 
 
 def mlflow_process(root: Path, store_uri: str, artifacts_destination: str, *, port: int | None = None,
@@ -29,21 +29,13 @@ def mlflow_process(root: Path, store_uri: str, artifacts_destination: str, *, po
 
 
 @dataclass
-class MlflowServer(LogSource):
+class MlflowServer(Server):
     """A running `mlflow server` (and its PostgreSQL cluster, when that is its store)."""
 
     backend: str  # sqlite, postgres
     root: Path
     process: Process
     pg: PgCluster | None = None
-
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
 
     def logs(self) -> dict[str, Path]:
         return {f"mlflow server ({self.backend})": self.log_path}

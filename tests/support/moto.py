@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.process import BIN, LogSource, Process, child_env, free_port
+from tests.support.process import BIN, Process, Server, child_env, free_port
 
 REGION = "us-east-1"
 
@@ -92,26 +92,12 @@ def check_iam_enforced(url: str, setup_s3: Any, keys: dict[str, tuple[str, str]]
 
 
 @dataclass
-class Moto(LogSource):
+class Moto(Server):
     """A running moto_server: each team's key (allowed on its own bucket only) and an admin key for inspection
     (none of them when IAM is not enforced: any key works then)."""
 
     process: Process
     keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # team, "admin" -> (access key id, secret)
-
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
-
-    def logs(self) -> dict[str, Path]:
-        return self.process.logs()
-
-    def stop(self) -> None:
-        self.process.stop()
 
     def client(self, who: str = "admin") -> Any:
         return s3_client(self.url, *self.keys[who])

@@ -262,3 +262,23 @@ def rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+class Server(LogSource):
+    """Base of what a test holds of a running server: its `process` (a dataclass field of the subclass)."""
+
+    process: Process
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    def logs(self) -> dict[str, Path]:
+        return self.process.logs()
+
+    def stop(self) -> None:
+        self.process.stop()

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import mlflow
 import numpy as np
+import yaml
 
 from tests.support.gate import Gate
 from tests.support.moto import Moto
@@ -147,6 +148,39 @@ def raw_request(base_url: str, method: str, raw_path: str, token: str | None = N
         return r.status, r.read()
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the policy: alpha and beta on their own S3 bucket, gamma in a folder, everything else in the default store
+
+
+def team_policy(name: str, members: list[str], **settings: Any) -> dict[str, Any]:
+    """A team owning the experiments `NAME/` and the models `NAME-`."""
+    return {"members": members, "experiments": [f"{name}/"], "models": [f"{name}-"], **settings}
+
+
+def s3_store(bucket: str, endpoint: str, credentials_env: str) -> dict[str, Any]:
+    """A team's artifacts in BUCKET on the S3 server at ENDPOINT, with the keys in CREDENTIALS_ENV_AWS_*."""
+    return {"artifact_root": f"s3://{bucket}/mlflow",
+            "storage": {"endpoint_url": endpoint, "region": "us-east-1", "credentials_env": credentials_env}}
+
+
+def render_policy(s3: Moto, gamma_root: Path, alpha_env: str = "ALPHA", beta_env: str = "BETA",
+                  extra_teams: dict[str, Any] | None = None) -> str:
+    teams = {
+        "alpha": team_policy("alpha", [ALICE], maintainers=[MO], **s3_store(BUCKETS["alpha"], s3.url, alpha_env)),
+        "beta": team_policy("beta", [BOB], **s3_store(BUCKETS["beta"], s3.url, beta_env)),
+        "gamma": team_policy("gamma", [CAROL], artifact_root=gamma_root.as_uri()),
+        **(extra_teams or {}),
+    }
+    grants = [{"to": ["everyone"], "experiments": ["shared/"], "models": ["shared-"], "permission": "edit"}]
+    return yaml.safe_dump({"admins": [ROOT], "default": "none", "teams": teams, "grants": grants}, sort_keys=False)
+
+
+def team_env(s3: Moto, **extra: str) -> dict[str, str]:
+    """The gate's extra environment: each team's keys."""
+    return dict(ALPHA_AWS_ACCESS_KEY_ID=s3.keys["alpha"][0], ALPHA_AWS_SECRET_ACCESS_KEY=s3.keys["alpha"][1],
+                BETA_AWS_ACCESS_KEY_ID=s3.keys["beta"][0], BETA_AWS_SECRET_ACCESS_KEY=s3.keys["beta"][1], **extra)
 
 
 # --------------------------------------------------------------------------------------------------------------

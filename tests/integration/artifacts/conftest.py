@@ -17,6 +17,7 @@ import os
 import secrets
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,10 @@ from tests.integration.artifacts.art_it import (
     Logged,
     Version,
     log_everything,
+    render_policy,
+    s3_store,
+    team_env,
+    team_policy,
     uid,
 )
 from tests.support.client import import_mlflow_client_modules
@@ -48,35 +53,6 @@ HERE = Path(__file__).parent
 # Servers started here, stopped as soon as the last test of this folder is done (see pytest_runtest_teardown):
 # session fixtures would otherwise live on while the other integration suites start their own mlflow servers.
 _RUNNING: list[Process] = []
-
-POLICY = """\
-admins: [root@corp.test]
-default: none
-teams:
-  alpha:
-    members: [alice@corp.test]
-    maintainers: [mo@corp.test]
-    experiments: ["alpha/"]
-    models: ["alpha-"]
-    artifact_root: s3://team-alpha/mlflow
-    storage: {{endpoint_url: "{s3}", region: us-east-1, credentials_env: {alpha_env}}}
-  beta:
-    members: [bob@corp.test]
-    experiments: ["beta/"]
-    models: ["beta-"]
-    artifact_root: s3://team-beta/mlflow
-    storage: {{endpoint_url: "{s3}", region: us-east-1, credentials_env: {beta_env}}}
-  gamma:
-    members: [carol@corp.test]
-    experiments: ["gamma/"]
-    models: ["gamma-"]
-    artifact_root: "{gamma_root}"
-{extra_teams}grants:
-  - to: [everyone]
-    experiments: ["shared/"]
-    models: ["shared-"]
-    permission: edit
-"""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -96,18 +72,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
 
 # --------------------------------------------------------------------------------------------------------------
 # mlflow server + gate
-
-
-def team_env(s3: Moto, **extra: str) -> dict[str, str]:
-    """The gate's extra environment: each team's keys."""
-    return dict(ALPHA_AWS_ACCESS_KEY_ID=s3.keys["alpha"][0], ALPHA_AWS_SECRET_ACCESS_KEY=s3.keys["alpha"][1],
-                BETA_AWS_ACCESS_KEY_ID=s3.keys["beta"][0], BETA_AWS_SECRET_ACCESS_KEY=s3.keys["beta"][1], **extra)
-
-
-def render_policy(s3: Moto, gamma_root: Path, alpha_env: str = "ALPHA", beta_env: str = "BETA",
-                  extra_teams: str = "") -> str:
-    return POLICY.format(s3=s3.url, gamma_root=gamma_root.as_uri(), alpha_env=alpha_env, beta_env=beta_env,
-                         extra_teams=extra_teams)
 
 
 def art_gate_process(root: Path, upstream: str, policy: str, env: dict[str, str], default_root: Path,
@@ -135,9 +99,9 @@ def gate(s3: Moto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArtGate
         mlflow.wait_ready(timeout=180)
         process = art_gate_process(root / "gate", mlflow.url, render_policy(s3, gamma_root), team_env(s3),
                                    default_root, gate_port)
-        g = ArtGate(url=process.url, policy_path=root / "gate" / "policy.yaml", upstream=mlflow.url, backend="sqlite",
-                    process=process, s3=s3, root=root, default_root=default_root, gamma_root=gamma_root,
-                    mlflow_log=mlflow.log_path, internal_token=token)
+        g = ArtGate(policy_path=root / "gate" / "policy.yaml", upstream=mlflow.url, backend="sqlite", process=process,
+                    s3=s3, root=root, default_root=default_root, gamma_root=gamma_root, mlflow_log=mlflow.log_path,
+                    internal_token=token)
         g.wait_ready()
         yield g
     finally:
@@ -152,14 +116,12 @@ def bad_gate(gate: ArtGate, s3: Moto) -> Iterator[BadGate]:
     dead = free_port()  # nothing listens there
     wrong_secret = "WrongSecret" + secrets.token_hex(12)
     delta_secret = "DeltaSecret" + secrets.token_hex(12)
-    delta = (f"  delta:\n    members: [dave@corp.test]\n    experiments: [\"delta/\"]\n    models: [\"delta-\"]\n"
-             f"    artifact_root: s3://team-delta/mlflow\n"
-             f"    storage: {{endpoint_url: \"http://127.0.0.1:{dead}\", region: us-east-1, credentials_env: DELTA}}\n")
+    delta = team_policy("delta", ["dave@corp.test"], **s3_store("team-delta", f"http://127.0.0.1:{dead}", "DELTA"))
     env = team_env(s3, WRONGBETA_AWS_ACCESS_KEY_ID=s3.keys["beta"][0], WRONGBETA_AWS_SECRET_ACCESS_KEY=wrong_secret,
                    DELTA_AWS_ACCESS_KEY_ID="AKIADELTA0000000000", DELTA_AWS_SECRET_ACCESS_KEY=delta_secret)
-    policy = render_policy(s3, gate.gamma_root, beta_env="WRONGBETA", extra_teams=delta)
+    policy = render_policy(s3, gate.gamma_root, beta_env="WRONGBETA", extra_teams={"delta": delta})
     process = art_gate_process(root, gate.upstream, policy, env, gate.default_root)
-    g = dataclasses.replace(gate, url=process.url, policy_path=root / "policy.yaml", process=process, root=root)
+    g = dataclasses.replace(gate, policy_path=root / "policy.yaml", process=process, root=root)
     try:
         g.wait_ready(statuses=(200, 503))  # 503: a store is down, and the gate is up
         yield BadGate(g, wrong_secret, delta_secret)
@@ -171,24 +133,19 @@ def bad_gate(gate: ArtGate, s3: Moto) -> Iterator[BadGate]:
 # what each team logged (once per session)
 
 
-@pytest.fixture(scope="session")
-def alpha_log(gate: ArtGate) -> Logged:
-    return log_everything(gate, ALICE, "alpha", f"alpha/art-{uid()}")
+def _logged_by(user: str, team: str) -> Any:
+    """The session fixture `TEAM_log`: what USER logged through the gate in a new experiment `TEAM/art-...`."""
+    @pytest.fixture(scope="session", name=f"{team}_log")
+    def fixture(gate: ArtGate) -> Logged:
+        return log_everything(gate, user, team, f"{team}/art-{uid()}")
+
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def beta_log(gate: ArtGate) -> Logged:
-    return log_everything(gate, BOB, "beta", f"beta/art-{uid()}")
-
-
-@pytest.fixture(scope="session")
-def gamma_log(gate: ArtGate) -> Logged:
-    return log_everything(gate, CAROL, "gamma", f"gamma/art-{uid()}")
-
-
-@pytest.fixture(scope="session")
-def shared_log(gate: ArtGate) -> Logged:
-    return log_everything(gate, ALICE, "shared", f"shared/art-{uid()}")
+alpha_log = _logged_by(ALICE, "alpha")
+beta_log = _logged_by(BOB, "beta")
+gamma_log = _logged_by(CAROL, "gamma")
+shared_log = _logged_by(ALICE, "shared")
 
 
 @pytest.fixture(scope="session")
