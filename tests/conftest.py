@@ -15,7 +15,7 @@ import pytest
 from tests.support.client import import_mlflow_client_modules, isolate_client_environment
 from tests.support.echo import EchoGate, EchoUpstream
 from tests.support.gate import Gate, start_gate
-from tests.support.mlflow import PG_MISSING, MlflowServer, pg_bindir, start_mlflow_server
+from tests.support.mlflow_server import PG_MISSING, MlflowServer, pg_bindir, start_mlflow_server
 from tests.support.reporting import log_offsets, log_sections, logs_used
 
 BACKENDS = ["sqlite", "postgres"]

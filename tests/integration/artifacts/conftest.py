@@ -8,7 +8,7 @@ started only by the tests that need it). All bound to 127.0.0.1. The client side
 credentials; only the gate's environment has the teams' keys.
 
 The fixture that starts the pair is named `gate` (it overrides tests/conftest.py's parametrized one here), so the
-shared report hook appends the gate's log to every failing test.
+suites use it as they use the others; a failed test shows what the gate, the mlflow server and moto logged meanwhile.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from tests.integration.artifacts.art_it import (
 )
 from tests.support.client import import_mlflow_client_modules
 from tests.support.gate import gate_process, internal_token, write_policy
-from tests.support.mlflow import mlflow_process
+from tests.support.mlflow_server import mlflow_process
 from tests.support.moto import Moto, start_moto
 from tests.support.process import Process, free_port
 

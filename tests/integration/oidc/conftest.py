@@ -23,7 +23,7 @@ import pytest
 from tests.oidc.provider import OidcProvider, unavailable_reason
 from tests.support.client import import_mlflow_client_modules
 from tests.support.gate import Gate, start_gate
-from tests.support.mlflow import MlflowServer
+from tests.support.mlflow_server import MlflowServer
 from tests.support.process import free_port
 
 # Groups the OP puts in ID tokens and access tokens (login or client id -> groups).

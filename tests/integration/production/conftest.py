@@ -18,7 +18,7 @@ import pytest
 from tests.integration.production.prod_it import SharedSetup, start_shared_setup
 from tests.oidc.provider import unavailable_reason
 from tests.support.client import import_mlflow_client_modules
-from tests.support.mlflow import PG_MISSING, pg_bindir, start_pg
+from tests.support.mlflow_server import PG_MISSING, pg_bindir, start_pg
 
 
 @pytest.fixture(scope="module")

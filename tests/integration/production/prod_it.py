@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tests.support.gate import gate_process, internal_token
-from tests.support.mlflow import PgCluster, mlflow_process
+from tests.support.mlflow_server import PgCluster, mlflow_process
 from tests.support.moto import REGION, Moto, start_moto
 from tests.support.process import LogSource, Process, free_port
 
@@ -150,7 +150,8 @@ def start_shared_setup(root: Path, pg: PgCluster | None, *, with_oidc: bool = Tr
             root=ROOT, alice=ALICE, bob=BOB, bucket=ALPHA_BUCKET, s3=moto.url, region=REGION))
         write_atomically(policy_dir / "20-access.yaml", access_yaml())
 
-        gate_env = {"ALPHA_AWS_ACCESS_KEY_ID": moto.keys["alpha"][0], "ALPHA_AWS_SECRET_ACCESS_KEY": moto.keys["alpha"][1]}
+        alpha_key, alpha_secret = moto.keys["alpha"]
+        gate_env = {"ALPHA_AWS_ACCESS_KEY_ID": alpha_key, "ALPHA_AWS_SECRET_ACCESS_KEY": alpha_secret}
         if with_oidc:
             from tests.oidc.provider import OidcProvider
 
