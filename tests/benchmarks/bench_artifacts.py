@@ -37,7 +37,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -56,17 +55,18 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support from the checkout's root
 
 from benchlib import (  # the benchmarks' own helpers
-    git_head,
+    Guard,
+    Table,
+    finish,
     log,
-    print_table,
+    new_record,
     raise_on_sigterm,
     start_py_spy,
     stop_py_spy,
-    table_row,
 )
 
 from tests.support.gate import gate_process, internal_token, mint_token, write_policy
-from tests.support.mlflow import mlflow_process
+from tests.support.mlflow_server import mlflow_process
 from tests.support.moto import start_moto
 from tests.support.process import Process, child_env, free_port, group_cpu_seconds, group_pids, rss_kib
 
@@ -213,6 +213,16 @@ def file_chunks(path: Path):
             yield chunk
 
 
+def sha256_of(chunks) -> tuple[str, int]:
+    """The sha256 (hex) and the length of the bytes CHUNKS yields."""
+    h = hashlib.sha256()
+    n = 0
+    for chunk in chunks:
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
 # --------------------------------------------------------------------------------------------
 # transfers: each returns the seconds it took (and raises on any mismatch)
 
@@ -255,17 +265,13 @@ class Transfers:
         return took
 
     def gate_down(self) -> float:
-        h = hashlib.sha256()
-        n = 0
         t0 = time.perf_counter()
         with self.session.get(self.url, stream=True, timeout=(10, 180)) as r:
             if r.status_code != 200:
                 raise RuntimeError(f"gate download -> {r.status_code}: {r.content[:300]!r}")
-            for chunk in r.iter_content(CHUNK):
-                h.update(chunk)
-                n += len(chunk)
+            digest, n = sha256_of(r.iter_content(CHUNK))
         took = time.perf_counter() - t0
-        self._check(h.hexdigest(), n, "gate download")
+        self._check(digest, n, "gate download")
         return took
 
     def direct_up(self) -> float:
@@ -300,22 +306,14 @@ class Transfers:
             t0 = time.perf_counter()
             self.s3.download_file(BUCKET, DIRECT_KEY, str(self.dl))
             took = time.perf_counter() - t0
-            h = hashlib.sha256()
-            with open(self.dl, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    h.update(chunk)
-            n = self.dl.stat().st_size
+            digest, n = sha256_of(file_chunks(self.dl))
             self.dl.unlink()
         else:
-            h = hashlib.sha256()
-            n = 0
             t0 = time.perf_counter()
             body = self.s3.get_object(Bucket=BUCKET, Key=DIRECT_KEY)["Body"]
-            for chunk in body.iter_chunks(CHUNK):
-                h.update(chunk)
-                n += len(chunk)
+            digest, n = sha256_of(body.iter_chunks(CHUNK))
             took = time.perf_counter() - t0
-        self._check(h.hexdigest(), n, "direct download")
+        self._check(digest, n, "direct download")
         return took
 
     def _check(self, digest: str, n: int, what: str) -> None:
@@ -381,10 +379,8 @@ def summarize(size: int, times: list[float]) -> dict:
 
 
 def build_table(res: dict) -> list[dict]:
-    rows: list[dict] = []
-
-    def add(*cells: object) -> None:
-        rows.append(table_row(*cells))
+    rows = Table()
+    add = rows.add
 
     tr = TARGETS["throughput_ratio_min"]
     for way in ("up", "down"):
@@ -462,27 +458,16 @@ def main() -> int:
     size_mib = args.size_mib or (256 if args.quick else 1024)
     budget = args.budget or (150.0 if args.quick else 420.0)
     started = time.time()
-    res: dict = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": "quick" if args.quick else "full",
-        "config": {"size_mib": size_mib, "rounds": args.rounds, "direct_method": args.direct,
+    config = {"size_mib": size_mib, "rounds": args.rounds, "direct_method": args.direct,
                    "direct_method_detail": ("boto3 upload_file/download_file, default TransferConfig (8 MiB "
                                             "multipart threshold and parts, 10 threads)" if args.direct == "transfer"
                                             else "boto3 put_object(Body=<open file>) / get_object streamed in "
                                                  "1 MiB chunks, sha256 inline"),
                    "gate_method": "httpx PUT with a 1 MiB-chunk file generator and Content-Length / "
                                   "GET streamed (iter_raw), sha256 inline",
-                   "budget_s": budget, "rss_interval_s": 0.05},
-        "targets": TARGETS,
-        "env": {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
-                "git_head": git_head()},
-        "notes": [],
-    }
-    try:
-        from importlib.metadata import version
-
-        res["env"].update({p: version(p) for p in ("mlflow", "moto", "boto3", "httpx")})
-    except Exception as exc:  # noqa: BLE001
-        res["env"]["versions"] = repr(exc)
+                   "budget_s": budget, "rss_interval_s": 0.05}
+    res = new_record("quick" if args.quick else "full", config, TARGETS, ("mlflow", "moto", "boto3", "httpx"))
+    res["notes"] = []
 
     raise_on_sigterm(sigint_too=True)   # SIGINT also when started in the background
 
@@ -491,7 +476,14 @@ def main() -> int:
     sampler: RssSampler | None = None
     spy = None
     transfers: Transfers | None = None
-    rc = 0
+
+    def show_logs() -> None:
+        for name in ("gate", "mlflow", "moto"):
+            if name in s.procs:
+                print(f"--- {name} log tail ({s.procs[name].log_path}) ---\n{s.procs[name].tail(30)}",
+                      file=sys.stderr)
+
+    guard = Guard(res, show_logs)
     try:
         log(f"starting moto, mlflow server (workers 1, sqlite) and the gate in {tmp}")
         t0 = time.monotonic()
@@ -715,18 +707,9 @@ def main() -> int:
             client.stop()
         mem["gate_end_mib"] = sampler.now_mib("gate")
         mem["moto_end_mib"] = sampler.now_mib("moto")
-    except KeyboardInterrupt:
-        log("interrupted")
-        res["error"] = "interrupted"
-        rc = 130
-    except Exception as exc:  # noqa: BLE001 - reported, servers still stopped
-        traceback.print_exc()
-        res["error"] = f"{type(exc).__name__}: {exc}"
-        rc = 1
-        for name in ("gate", "mlflow", "moto"):
-            if name in s.procs:
-                print(f"--- {name} log tail ({s.procs[name].log_path}) ---\n{s.procs[name].tail(30)}",
-                      file=sys.stderr)
+    except BaseException as exc:
+        if not guard.absorb(exc):
+            raise
     finally:
         try:
             if spy is not None and spy[0].poll() is None:
@@ -740,7 +723,7 @@ def main() -> int:
             traceback.print_exc()
         log("stopping servers")
         s.stop()
-        if args.keep or rc:
+        if args.keep or guard.rc:
             for f in ("big.bin", "small.bin", "download.bin"):
                 (tmp / f).unlink(missing_ok=True)
             log(f"kept {tmp} (without the data files)")
@@ -748,17 +731,10 @@ def main() -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    res["elapsed_s"] = round(time.time() - started, 1)
-    res["env"]["loadavg_end"] = os.getloadavg()
     for r in res.get("transfers", []):
         r.pop("t0", None), r.pop("t1", None)
-    res["summary"] = build_table(res)
-    print_table(res["summary"], TABLE_COLS, ".1f")
-    for note in res["notes"]:
-        log(f"note: {note}")
-    Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n")
-    log(f"wrote {args.out} (elapsed {res['elapsed_s']} s)")
-    return rc
+    finish(res, started, build_table, TABLE_COLS, ".1f", args.out)
+    return guard.rc
 
 
 if __name__ == "__main__":

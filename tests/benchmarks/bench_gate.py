@@ -28,8 +28,7 @@ import argparse
 import concurrent.futures
 import http.client
 import json
-import os
-import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import threading
 import time
 import timeit
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,18 +47,20 @@ sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support 
 
 from benchlib import (  # the benchmarks' own helpers
     ROOT,
-    git_head,
+    Guard,
+    Table,
+    finish,
     log,
+    new_record,
     pct,
-    print_table,
     raise_on_sigterm,
     start_py_spy,
     stop_py_spy,
-    table_row,
+    time_boxed,
 )
 
 from tests.support.gate import gate_process, mint_token, write_policy
-from tests.support.mlflow import mlflow_process
+from tests.support.mlflow_server import mlflow_process
 from tests.support.process import Process, child_env, free_port
 
 USER = "alice@corp.test"
@@ -123,31 +125,25 @@ class Client:
 # policies
 
 
+def team_yaml(name: str, members: list[str], maintainers: list[str] | None = None) -> list[str]:
+    """The policy lines of team NAME, owner of the experiments `NAME/` and the models `NAME-`."""
+    return [f"  {name}:", f"    members: [{', '.join(members)}]",
+            *([f"    maintainers: [{', '.join(maintainers)}]"] if maintainers else []),
+            f'    experiments: ["{name}/"]', f'    models: ["{name}-"]']
+
+
 def bench_policy_yaml(n_teams: int = N_TEAMS) -> str:
     lines = ["admins: [admin@corp.test]", "default: none", "teams:"]
     for t in range(n_teams):
         name = f"t{t:02d}"
-        members = [f"group:{name}"] + ([USER] if name == TEAM else [])
-        lines += [
-            f"  {name}:",
-            f"    members: [{', '.join(members)}]",
-            f'    experiments: ["{name}/"]',
-            f'    models: ["{name}-"]',
-        ]
+        lines += team_yaml(name, [f"group:{name}"] + ([USER] if name == TEAM else []))
     return "\n".join(lines) + "\n"
 
 
 def decision_policy_yaml(n_teams: int = 1000) -> str:
     lines = ["admins: [group:mlflow-admins, root@corp.test]", "default: none", "teams:"]
     for t in range(n_teams):
-        name = f"t{t:04d}"
-        lines += [
-            f"  {name}:",
-            f"    members: [u{t:04d}@corp.test, group:g{t:04d}]",
-            f"    maintainers: [m{t:04d}@corp.test]",
-            f'    experiments: ["{name}/"]',
-            f'    models: ["{name}-"]',
-        ]
+        lines += team_yaml(f"t{t:04d}", [f"u{t:04d}@corp.test", f"group:g{t:04d}"], [f"m{t:04d}@corp.test"])
     lines.append("grants:")
     grants = [
         ("everyone", '["shared/"]', '["shared-"]', "edit"),
@@ -494,32 +490,17 @@ def run_concurrent_block(port: int, headers: dict, op, workers: int, seconds: fl
     clients = [Client(port, headers) for _ in range(workers)]
     for c in clients:  # open the connections outside the timed window
         c.conn.connect()
-    barrier = threading.Barrier(workers + 1)
     lats: list[list[float]] = [[] for _ in range(workers)]
-    errors: list[BaseException] = []
-    deadline = [0.0]
 
-    def worker(i: int) -> None:
-        barrier.wait()
-        try:
-            while time.perf_counter() < deadline[0]:
-                lats[i].append(timed(op, clients[i]))
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller
-            errors.append(exc)
+    def worker(i: int, running: Callable[[], bool]) -> None:
+        while running():
+            lats[i].append(timed(op, clients[i]))
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(workers)]
-    for t in threads:
-        t.start()
-    t0 = time.perf_counter()
-    deadline[0] = t0 + seconds
-    barrier.wait()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    for c in clients:
-        c.close()
-    if errors:
-        raise errors[0]
+    try:
+        wall = time_boxed(workers, worker, seconds)
+    finally:
+        for c in clients:
+            c.close()
     return [x for v in lats for x in v], wall
 
 
@@ -699,10 +680,8 @@ def bench_search(s: Servers, per_team: int, n: int) -> dict:
 
 
 def build_table(res: dict) -> list[dict]:
-    rows: list[dict] = []
-
-    def add(*cells: object) -> None:
-        rows.append(table_row(*cells))
+    rows = Table()
+    add = rows.add
 
     lr, tr = TARGETS["latency_ratio_max"], TARGETS["throughput_ratio_min"]
     for mode, key in (("seq", "sequential"), ("8c", "concurrent")):
@@ -785,18 +764,7 @@ def main() -> int:
         "per_team": 25 if quick else 100, "search_n": 20 if quick else 40,
     }
     started = time.time()
-    res: dict = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": "quick" if quick else "full", "config": cfg,
-        "targets": TARGETS,
-        "env": {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
-                "git_head": git_head()},
-    }
-    try:
-        from importlib.metadata import version
-
-        res["env"]["mlflow"] = version("mlflow")
-    except Exception as exc:  # noqa: BLE001
-        res["env"]["mlflow"] = repr(exc)
+    res = new_record("quick" if quick else "full", cfg, TARGETS, ("mlflow",))
 
     # Ctrl-C and SIGTERM both unwind through the finally below
     raise_on_sigterm()
@@ -812,7 +780,12 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-gate-"))
     s = Servers(tmp=tmp)
     spy: tuple[subprocess.Popen, Path] | None = None
-    rc = 0
+
+    def show_log() -> None:
+        if s.gate is not None:
+            print(f"--- gate log tail ({s.gate.log_path}) ---\n{s.gate.tail(40)}", file=sys.stderr)
+
+    guard = Guard(res, show_log)
     try:
         log(f"starting mlflow server (workers 1, sqlite) in {tmp}")
         start_mlflow(s)
@@ -869,37 +842,23 @@ def main() -> int:
         if not args.skip_search:
             log("experiments/search as a one-team user")
             res["search"] = bench_search(s, cfg["per_team"], cfg["search_n"])
-    except KeyboardInterrupt:
-        log("interrupted")
-        res["error"] = "interrupted"
-        rc = 130
-    except Exception as exc:  # noqa: BLE001 - reported, servers still stopped
-        traceback.print_exc()
-        res["error"] = f"{type(exc).__name__}: {exc}"
-        rc = 1
-        if s.gate is not None:
-            print(f"--- gate log tail ({s.gate.log_path}) ---\n{s.gate.tail(40)}", file=sys.stderr)
+    except BaseException as exc:
+        if not guard.absorb(exc):
+            raise
     finally:
         if spy is not None and spy[0].poll() is None:
             spy[0].kill()
         log("stopping servers")
         s.stop()
         res["gate_log_bytes"] = (tmp / "gate.log").stat().st_size if (tmp / "gate.log").exists() else None
-        if args.keep or rc:
+        if args.keep or guard.rc:
             log(f"kept {tmp}")
             res["tmp"] = str(tmp)
         else:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
 
-    res["elapsed_s"] = round(time.time() - started, 1)
-    res["env"]["loadavg_end"] = os.getloadavg()
-    res["summary"] = build_table(res)
-    print_table(res["summary"], TABLE_COLS, ".2f")
-    Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n")
-    log(f"wrote {args.out} (elapsed {res['elapsed_s']} s)")
-    return rc
+    finish(res, started, build_table, TABLE_COLS, ".2f", args.out)
+    return guard.rc
 
 
 if __name__ == "__main__":

@@ -36,19 +36,19 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support from the checkout's root
 
-from benchlib import log, pct, raise_on_sigterm  # the benchmarks' own helpers
+from benchlib import log, pct, raise_on_sigterm, time_boxed  # the benchmarks' own helpers
 
 from tests.integration.production.prod_it import ALICE, SharedSetup, create_experiment, create_run, start_shared_setup
 from tests.support.gate import mint_token
-from tests.support.mlflow import PgCluster, pg_bindir, start_pg
+from tests.support.mlflow_server import PgCluster, pg_bindir, start_pg
 from tests.support.process import group_cpu_seconds, proc_cpu_seconds
 
 CLIENTS = 16
@@ -93,14 +93,11 @@ def block(setup: SharedSetup, op: str, target: str, seconds: float, token: str, 
     lat: list[list[float]] = [[] for _ in range(CLIENTS)]
     per_url: dict[str, int] = {}
     errors = [0] * CLIENTS
-    start_evt = threading.Event()
-    end = [0.0]
 
-    def worker(i: int) -> None:
+    def worker(i: int, running: Callable[[], bool]) -> None:
         c = Client(urls[i], None if target == "direct" else token)
-        start_evt.wait()
         try:
-            while time.monotonic() < end[0]:
+            while running():
                 if op == "runs_get":
                     method, path, body = "GET", f"/api/2.0/mlflow/runs/get?run_id={run_ids[0]}", None
                 else:
@@ -117,17 +114,9 @@ def block(setup: SharedSetup, op: str, target: str, seconds: float, token: str, 
         finally:
             c.close()
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(CLIENTS)]
-    for th in threads:
-        th.start()
     cpu0 = {g.name: proc_cpu_seconds(g.pid) for g in setup.gates}
     mlflow0 = group_cpu_seconds(setup.mlflow.pid)
-    t0 = time.monotonic()
-    end[0] = t0 + seconds
-    start_evt.set()
-    for th in threads:
-        th.join()
-    wall = time.monotonic() - t0
+    wall = time_boxed(CLIENTS, worker, seconds)
     cpu1 = {g.name: proc_cpu_seconds(g.pid) for g in setup.gates}
     mlflow1 = group_cpu_seconds(setup.mlflow.pid)
     for i, u in enumerate(urls):

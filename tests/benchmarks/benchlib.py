@@ -12,9 +12,15 @@ Not named test_*.py: pytest must not collect it.
 """
 from __future__ import annotations
 
+import json
+import os
+import platform
 import signal
 import subprocess
+import threading
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +65,87 @@ def git_head() -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
+# the record of a run (written as JSON at the end), its errors
+
+
+def new_record(mode: str, config: dict, targets: dict, packages: tuple[str, ...]) -> dict:
+    """When, what was asked, the machine and the versions of PACKAGES."""
+    env: dict = {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
+                 "git_head": git_head()}
+    try:
+        from importlib.metadata import version
+
+        env.update({p: version(p) for p in packages})
+    except Exception as exc:  # noqa: BLE001
+        env["versions"] = repr(exc)
+    return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": mode, "config": config, "targets": targets,
+            "env": env}
+
+
+class Guard:
+    """`except BaseException as exc: if not guard.absorb(exc): raise` turns an interruption (Ctrl-C, SIGTERM) or an
+    error into `record["error"]` and the exit code `rc` (130, 1) instead of raising, so that the script's `finally`
+    stops the servers and the record is still written. On an error, the traceback is printed and `on_error` called
+    (to show the servers' logs)."""
+
+    def __init__(self, record: dict, on_error: Callable[[], None] = lambda: None) -> None:
+        self.record, self.on_error, self.rc = record, on_error, 0
+
+    def absorb(self, exc: BaseException) -> bool:
+        if isinstance(exc, KeyboardInterrupt):
+            log("interrupted")
+            self.record["error"], self.rc = "interrupted", 130
+            return True
+        if isinstance(exc, Exception):
+            traceback.print_exception(exc)
+            self.record["error"], self.rc = f"{type(exc).__name__}: {exc}", 1
+            self.on_error()
+            return True
+        return False
+
+
+def finish(record: dict, started: float, table: Callable[[dict], list[dict]], cols: list[tuple[str, int]],
+           gate_direct_spec: str, out: str) -> None:
+    """Close the record (elapsed time, load), print its summary table and notes, write it to OUT as JSON."""
+    record["elapsed_s"] = round(time.time() - started, 1)
+    record["env"]["loadavg_end"] = os.getloadavg()
+    record["summary"] = table(record)
+    print_table(record["summary"], cols, gate_direct_spec)
+    for note in record.get("notes", []):
+        log(f"note: {note}")
+    Path(out).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    log(f"wrote {out} (elapsed {record['elapsed_s']} s)")
+
+
+def time_boxed(workers: int, work: Callable[[int, Callable[[], bool]], None], seconds: float) -> float:
+    """`work(i, running)` in WORKERS threads released together; `running()` is true until SECONDS after the release.
+    Returns the wall time from the release to the end of the last thread; re-raises the first error of a thread."""
+    go = threading.Barrier(workers + 1)
+    end = [0.0]
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        go.wait()
+        try:
+            work(i, lambda: time.perf_counter() < end[0])
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(workers)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    end[0] = t0 + seconds
+    go.wait()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return wall
+
+
+# --------------------------------------------------------------------------------------------
 # the summary table
 
 
@@ -74,9 +161,12 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "MISS")
 
 
-def table_row(metric: str, gate: object, direct: object, value: object, target: str, ok: bool | None) -> dict:
-    return {"metric": metric, "gate": gate, "direct": direct, "value": value, "target": target,
-            "verdict": verdict(ok)}
+class Table(list[dict]):
+    """The summary rows."""
+
+    def add(self, metric: str, gate: object, direct: object, value: object, target: str, ok: bool | None) -> None:
+        self.append({"metric": metric, "gate": gate, "direct": direct, "value": value, "target": target,
+                     "verdict": verdict(ok)})
 
 
 def print_table(rows: list[dict], cols: list[tuple[str, int]], gate_direct_spec: str) -> None:
