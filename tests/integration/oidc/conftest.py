@@ -108,6 +108,7 @@ grants:
     permission: read
 """
 
+
 @pytest.fixture(scope="session")
 def oidc_gate(mlflow_server: MlflowServer, oidc_provider: OidcProvider, oidc_gate_url: str,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
