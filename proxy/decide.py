@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .identity import Identity
-from .policy import Deny, Grant, Level, Policy, Subject
+from .policy import Deny, Grant, Level, Policy, Rule, Subject
 
 _MAX_CONTEXTS = 10_000
 
@@ -45,7 +45,7 @@ def _matches(subject: Subject, ident: Identity, uid: str, teams: dict[str, Level
     return subject.value in teams
 
 
-def _scoped(rule: Grant | Deny, uid: str) -> Scoped:
+def _scoped(rule: Rule, uid: str) -> Scoped:
     return (tuple(p.replace("{user}", uid) for p in rule.experiments),
             tuple(p.replace("{user}", uid) for p in rule.models))
 

@@ -25,6 +25,7 @@ from .policy_model import (
     Policy,
     PolicyError,
     Problem,
+    Rule,
     Storage,
     Subject,
     Team,
@@ -32,7 +33,7 @@ from .policy_model import (
 )
 
 __all__ = ["EMPTY", "EVERYONE", "KINDS", "Check", "Deny", "Grant", "Level", "Limits", "LocalUser", "Policy",
-           "PolicyError", "PolicyStore", "Problem", "Storage", "Subject", "Team", "index", "load_policy",
+           "PolicyError", "PolicyStore", "Problem", "Rule", "Storage", "Subject", "Team", "index", "load_policy",
            "load_policy_text", "load_policy_texts", "policy_files"]
 
 log = logging.getLogger("mlflow_gate.policy")

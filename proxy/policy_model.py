@@ -80,28 +80,27 @@ class Team:
 
 
 @dataclass(frozen=True)
-class Grant:
+class Rule:
+    """What grants and denies share: the subjects they are about and the prefixes they cover."""
     to: tuple[Subject, ...]
     experiments: tuple[str, ...]
     models: tuple[str, ...]
-    permission: Level
-    where: str
 
     def prefixes(self, kind: str) -> tuple[str, ...]:
         return self.experiments if kind == "experiment" else self.models
 
 
 @dataclass(frozen=True)
-class Deny:
-    """Caps what `to` keeps on the prefixes at `keep`, whatever teams, grants and `default` give."""
-    to: tuple[Subject, ...]
-    experiments: tuple[str, ...]
-    models: tuple[str, ...]
-    keep: Level
+class Grant(Rule):
+    permission: Level
     where: str
 
-    def prefixes(self, kind: str) -> tuple[str, ...]:
-        return self.experiments if kind == "experiment" else self.models
+
+@dataclass(frozen=True)
+class Deny(Rule):
+    """Caps what `to` keeps on the prefixes at `keep`, whatever teams, grants and `default` give."""
+    keep: Level
+    where: str
 
 
 @dataclass(frozen=True)

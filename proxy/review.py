@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .decide import Context, build_context, level_in
 from .identity import Identity
-from .policy import EVERYONE, KINDS, Deny, Grant, Level, Policy, Subject
+from .policy import EVERYONE, KINDS, Level, Policy, Rule, Subject
 
 TEMPLATE_ID = "{user}"   # the what-if caller of a group, a team or everyone: `{user}` prefixes stay as written
 _ORDER = {"everyone": 0, "team": 1, "group": 2, "user": 3}
@@ -32,7 +32,7 @@ def subjects_of(policy: Policy) -> set[Subject]:
     return out
 
 
-def _rules(policy: Policy) -> list[Grant | Deny]:
+def _rules(policy: Policy) -> list[Rule]:
     return [*policy.grants, *policy.denies]
 
 

@@ -49,6 +49,18 @@ def git(repo: Path, *args: str) -> None:
                    capture_output=True)
 
 
+def base_repo(tmp_path: Path) -> Path:
+    """A policy repository whose main branch is also origin/main (what checkout with fetch-depth 0 leaves)."""
+    repo = tmp_path / "repo"
+    (repo / "policies").mkdir(parents=True)
+    (repo / "policies" / "teams.yaml").write_text(POLICY)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "base")
+    git(repo, "update-ref", "refs/remotes/origin/main", "HEAD")
+    return repo
+
+
 def run_step(step: dict, repo: Path, output: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "POLICY": "policies", "BASE_REF": "main",
            "GITHUB_OUTPUT": str(output)}
@@ -62,13 +74,7 @@ def run_step(step: dict, repo: Path, output: Path) -> subprocess.CompletedProces
     (lambda t: t + "denies:\n  - {to: [group:nlp], experiments: [\"nlp/frozen/\"], keep: read}\n", "0"),
 ])
 def test_the_check_and_diff_steps_on_a_pull_request(tmp_path: Path, change: object, code: str) -> None:
-    repo = tmp_path / "repo"
-    (repo / "policies").mkdir(parents=True)
-    (repo / "policies" / "teams.yaml").write_text(POLICY)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "base")
-    git(repo, "update-ref", "refs/remotes/origin/main", "HEAD")    # what checkout with fetch-depth 0 leaves
+    repo = base_repo(tmp_path)
     git(repo, "checkout", "-q", "-b", "pr")
     (repo / "policies" / "teams.yaml").write_text(change(POLICY))  # type: ignore[operator]
     git(repo, "commit", "-q", "-am", "change")
@@ -85,13 +91,7 @@ def test_the_check_and_diff_steps_on_a_pull_request(tmp_path: Path, change: obje
 
 
 def test_the_diff_step_fails_on_an_invalid_policy(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    (repo / "policies").mkdir(parents=True)
-    (repo / "policies" / "teams.yaml").write_text(POLICY)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "base")
-    git(repo, "update-ref", "refs/remotes/origin/main", "HEAD")
+    repo = base_repo(tmp_path)
     (repo / "policies" / "teams.yaml").write_text(POLICY.replace("group:nlp]", "nlp-people]"))
     output = tmp_path / "github-output"
     s = steps()
