@@ -54,6 +54,15 @@ class Store(Protocol):
     async def check(self) -> tuple[bool, str]: ...
 
 
+async def _chunks(stream: Any) -> AsyncIterator[bytes]:
+    """A blocking byte stream (an S3 body, a file) read in worker threads, CHUNK bytes at a time; closed at the end."""
+    try:
+        while chunk := await asyncio.to_thread(stream.read, CHUNK):
+            yield chunk
+    finally:
+        stream.close()
+
+
 def _join(prefix: str, path: str) -> str:
     return "/".join(p for p in (prefix.strip("/"), path.strip("/")) if p)
 
@@ -103,16 +112,7 @@ class S3Store:
 
     async def open(self, path: str) -> tuple[int | None, AsyncIterator[bytes]]:
         resp = await self._call("get_object", Bucket=self.bucket, Key=self._key(path))
-        body = resp["Body"]
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                while chunk := await asyncio.to_thread(body.read, CHUNK):
-                    yield chunk
-            finally:
-                body.close()
-
-        return resp.get("ContentLength"), chunks()
+        return resp.get("ContentLength"), _chunks(resp["Body"])
 
     async def write(self, path: str, chunks: AsyncIterator[bytes]) -> int:
         """Stream to S3: one PUT for small bodies, else parts of PART bytes, each sent while the next
@@ -270,16 +270,7 @@ class FileStore:
         target = self._path(path)
         if not target.is_file():
             raise ArtifactMissing(path)
-        fh = await asyncio.to_thread(open, target, "rb")
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                while chunk := await asyncio.to_thread(fh.read, CHUNK):
-                    yield chunk
-            finally:
-                fh.close()
-
-        return target.stat().st_size, chunks()
+        return target.stat().st_size, _chunks(await asyncio.to_thread(open, target, "rb"))
 
     async def write(self, path: str, chunks: AsyncIterator[bytes]) -> int:
         target = self._path(path)

@@ -14,17 +14,17 @@ import time
 from collections.abc import Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
 
+from .cache import LRU
 from .errors import Unauthenticated
 from .identity import Identity
 from .passwords import hash_password, verify_password
 from .policy import Policy
-from .resources import LRU
 from .sessions import COOKIE, SessionError, read_session
 from .tokens import PREFIX, TokenError, read_token
 
 _DUMMY_HASH = hash_password("timing-equaliser")
 
-# A provider-JWT validator slots in here (OIDC issue): token -> Identity, raising Unauthenticated.
+# Verifies a provider JWT (`jwt_bearer.JwtValidator`): token -> Identity, raising Unauthenticated.
 JwtValidator = Callable[[str], Awaitable[Identity]]
 
 

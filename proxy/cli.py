@@ -187,7 +187,7 @@ def serve(args: argparse.Namespace) -> int:
         embedded.start()
         upstream = embedded.url
     try:
-        app = create_app(settings, upstream_url=upstream)
+        app = create_app(settings, upstream_url=upstream, audit_sink=logging_setup.writer)
         trusted = args.forwarded_allow_ips
         config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
                                 loop="auto", http="auto", lifespan="on", timeout_graceful_shutdown=20,

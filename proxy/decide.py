@@ -12,7 +12,7 @@ _MAX_CONTEXTS = 10_000
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
-    kind: str               # experiment | model | route
+    kind: str               # experiment | model
     name: str
     needed: Level
     have: Level

@@ -6,8 +6,9 @@ the answer by model name. Unknown root fields are refused.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphql import (
     FieldNode,
@@ -21,8 +22,16 @@ from graphql import (
 )
 from graphql.utilities import value_from_ast_untyped
 
+from .decide import decide
 from .errors import BadRequest, PermissionDenied
+from .forward import Upstream
+from .params import Params, parse_body, parse_query
 from .policy import Level
+from .resources import Resolver, check
+from .routes import Names
+
+if TYPE_CHECKING:
+    from .call import Call
 
 # root field -> (what, input keys holding the ids)
 ROOT_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -159,4 +168,48 @@ def model_names(data: Any) -> set[str]:
     return names
 
 
-READ = Level.READ
+def payload_of(call: Call) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+    """The GraphQL request as sent (GET query parameters or a POST body): payload, query text, variables."""
+    if call.method == "GET":
+        params = Params(query=parse_query(call.query))
+        query_text, raw_vars = params.scalar("query") or "", params.scalar("variables")
+        try:
+            variables = json.loads(raw_vars) if raw_vars else None
+        except ValueError as exc:
+            raise BadRequest("GraphQL 'variables' is not valid JSON.") from exc
+        payload: dict[str, Any] = {"query": query_text, "variables": variables}
+    else:
+        payload = parse_body(call.body or b"")
+        query_text, variables = payload.get("query") or "", payload.get("variables")
+    if not isinstance(query_text, str) or not query_text:
+        raise BadRequest("A GraphQL request needs a 'query'.")
+    if variables is not None and not isinstance(variables, dict):
+        raise BadRequest("GraphQL 'variables' must be an object.")
+    return payload, query_text, variables
+
+
+@dataclass(frozen=True)
+class Document:
+    """A GraphQL request the gate has authorized: what to send upstream, and how to cut the answer."""
+    payload: dict[str, Any]
+    needs: GraphqlNeeds | None        # None for admins: nothing to cut
+
+
+async def authorize(call: Call, resolver: Resolver) -> Document:
+    """Every object the document reads, resolved and decided (read on each)."""
+    payload, query_text, variables = payload_of(call)
+    if call.admin:
+        return Document(payload, None)
+    needs = analyse(query_text, variables)
+    for what, value in needs.ids:
+        await check(call, resolver, Names(what), value, Level.READ)
+    return Document(payload, needs)
+
+
+async def answer(call: Call, upstream: Upstream, doc: Document) -> tuple[int, Any]:
+    """The upstream's answer, with model versions of unreadable models cut out."""
+    status, data = await upstream.get_json("/graphql", body=doc.payload, method="POST")
+    if doc.needs is not None and doc.needs.filter_model_versions:
+        readable = {n for n in model_names(data) if decide(call.rules, call.who, "model", n, Level.READ).allowed}
+        data = filter_model_versions(data, readable)
+    return status, data

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from .errors import BadRequest
+from .routes import Source
 
 
 def camel(name: str) -> str:
@@ -110,10 +111,33 @@ def _reject_twins(obj: Any, depth: int = 0) -> None:
             _reject_twins(item, depth + 1)
 
 
-def read_params(method: str, source: str, query_string: bytes, body: bytes | None) -> Params:
-    if source == "none":
+def read_params(method: str, source: Source | str, query_string: bytes, body: bytes | None) -> Params:
+    source = Source(source)
+    if source is Source.NONE:
         return Params(query=[])
     query = parse_query(query_string)
-    if source == "query" or (method == "GET" and query):
+    if source is Source.QUERY or (method == "GET" and query):
         return Params(query=query)
     return Params(body=parse_body(body or b""))
+
+
+def ids_of(fields: tuple[str, ...], params: Params, path_params: dict[str, str], headers: dict[bytes, bytes],
+           *, repeatable: bool = False) -> list[str]:
+    """Every id the given fields name, once each: parameters, `path:NAME` URL parameters, `header:NAME`.
+
+    A scalar field given twice in a query is refused (MLflow would read only the first); fields named
+    in the plural, or `repeatable` ones, may repeat."""
+    out: list[str] = []
+    for field in fields:
+        if field.startswith("path:"):
+            value = path_params.get(field[5:])
+            values = [value] if value else []
+        elif field.startswith("header:"):
+            value_b = headers.get(field[7:].encode())
+            values = [value_b.decode("latin-1")] if value_b else []
+        else:
+            values = params.values(field)
+            if params.query is not None and len(values) > 1 and not field.endswith("s") and not repeatable:
+                raise BadRequest(f"Parameter '{field}' is given {len(values)} times; give it once.")
+        out += [v for v in values if v not in out]
+    return out

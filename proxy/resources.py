@@ -9,49 +9,39 @@ dropped by the gate when a rename passes through it. An id that cannot be resolv
 from __future__ import annotations
 
 import re
-import time
-from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from .cache import LRU
+from .decide import decide
 from .errors import BadRequest, PermissionDenied, UpstreamUnavailable
 from .forward import Upstream
+from .identity import Identity
+from .params import ids_of
+from .policy import Level
+from .rewrite import STORE_TAG
+from .routes import Names
 
-K = TypeVar("K")
-V = TypeVar("V")
+if TYPE_CHECKING:
+    from .call import Call
 
 _EXPERIMENT_ID = re.compile(r"^[0-9]{1,19}$")
-STORE_TAG = "mlflow-gate.artifact-store"
+PROMPT_SOURCES = frozenset({"prompt-template", "dummy-source"})   # MLflow's placeholders for prompt versions
 
 
 class Unresolvable(PermissionDenied):
     """An id the upstream does not know (or will not say): denied, with the id named."""
 
 
-class LRU(Generic[K, V]):
-    def __init__(self, size: int, ttl: float | None = None) -> None:
-        self.size, self.ttl = size, ttl
-        self.data: OrderedDict[K, tuple[float, V]] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        item = self.data.get(key)
-        if item is None:
-            return None
-        if self.ttl is not None and item[0] < time.monotonic():
-            del self.data[key]
-            return None
-        self.data.move_to_end(key)
-        return item[1]
-
-    def put(self, key: K, value: V) -> None:
-        self.data[key] = (time.monotonic() + (self.ttl or 0), value)
-        self.data.move_to_end(key)
-        while len(self.data) > self.size:
-            self.data.popitem(last=False)
-
-    def drop(self, key: K) -> None:
-        self.data.pop(key, None)
+@dataclass(frozen=True)
+class Target:
+    """A name the policy decides on, reached from one id of a request."""
+    kind: str          # experiment | model
+    name: str
+    level: Level       # what the request needs on it
+    shown: str         # how the caller named it, for a denial (never the resolved name)
 
 
 @dataclass(frozen=True)
@@ -173,3 +163,119 @@ class Resolver:
 
     def forget_name(self, experiment_id: str) -> None:
         self.names.drop(experiment_id)
+
+    # --- ids -> the names the policy decides on ----------------------------------------------------
+
+    async def targets(self, what: Names, value: str, ident: Identity, level: Level) -> list[Target]:
+        """The names one id of a request stands for, with the level needed on each."""
+        return await _RESOLVE[what](self, value, ident, level)
+
+    async def _by_experiment(self, exp_id: str, level: Level, shown: str) -> list[Target]:
+        return [Target("experiment", await self.experiment_name(exp_id), level, shown)]
+
+    async def _experiment_id(self, value: str, ident: Identity, level: Level) -> list[Target]:
+        return await self._by_experiment(value, level, f"experiment {value}")
+
+    async def _run(self, value: str, ident: Identity, level: Level) -> list[Target]:
+        return await self._by_experiment((await self.run(value)).experiment_id, level, f"run {value}")
+
+    async def _run_owned(self, value: str, ident: Identity, level: Level) -> list[Target]:
+        info = await self.run(value)
+        return await self._by_experiment(info.experiment_id, level if info.user_id == ident.id else Level.MANAGE,
+                                         f"run {value}")
+
+    async def _trace(self, value: str, ident: Identity, level: Level) -> list[Target]:
+        return await self._by_experiment(await self.trace(value), level, f"trace {value}")
+
+    async def _logged_model(self, value: str, ident: Identity, level: Level) -> list[Target]:
+        return await self._by_experiment(await self.logged_model(value), level, f"logged model {value}")
+
+    async def _dataset(self, value: str, ident: Identity, level: Level) -> list[Target]:
+        return [t for exp_id in await self.dataset(value)
+                for t in await self._by_experiment(exp_id, level, f"dataset {value}")]
+
+    async def _artifact_path(self, value: str, ident: Identity, level: Level) -> list[Target]:
+        return await self._by_experiment(artifact_experiment(value), level, f"artifact path {value!r}")
+
+    async def _source(self, source: str, ident: Identity, level: Level) -> list[Target]:
+        """A model version's source must be something the caller may read, never a raw storage URI."""
+        if source in PROMPT_SOURCES:     # a prompt version: no artifacts behind it
+            return []
+        if source.startswith("runs:/"):
+            return await self._run(source[len("runs:/"):].lstrip("/").split("/")[0], ident, level)
+        if source.startswith("models:/m-"):
+            return await self._logged_model(source[len("models:/"):].split("/")[0], ident, level)
+        if source.startswith("mlflow-artifacts:"):
+            return await self._artifact_path(artifact_store_path(source) or "", ident, level)
+        raise PermissionDenied("Permission denied: a model version's source must be a runs:/, models:/ or "
+                               "mlflow-artifacts: URI of something you can read; raw storage URIs are for admins.")
+
+
+def _by_name(kind: str, what: str) -> Callable[[Resolver, str, Identity, Level], Awaitable[list[Target]]]:
+    async def resolve(resolver: Resolver, value: str, ident: Identity, level: Level) -> list[Target]:
+        return [Target(kind, value, level, f"{what} {value!r}")]
+    return resolve
+
+
+async def authorize(call: Call, resolver: Resolver) -> None:
+    """Every id the request names, resolved to its name and decided; the first shortfall is refused."""
+    for need in call.route.needs:
+        ids = ids_of(need.fields, call.params, call.path_params, call.headers, repeatable=need.what is Names.RUN)
+        if not ids:
+            if need.optional:
+                continue
+            raise BadRequest(f"Missing value for required parameter '{need.fields[0].split(':')[-1]}'.")
+        for value in ids:
+            await check(call, resolver, need.what, value, need.level)
+
+
+async def check(call: Call, resolver: Resolver, what: Names, value: str, level: Level) -> None:
+    """One id: resolved to its names, each decided and recorded; refused at the first shortfall."""
+    for target in await resolver.targets(what, value, call.who, level):
+        decision = decide(call.rules, call.who, target.kind, target.name, target.level)
+        call.decisions.append(decision)
+        if not decision.allowed:
+            raise PermissionDenied(f"Permission denied: {decision.needed} on {target.shown} is needed; "
+                                   f"you have {decision.have}.", decision)
+
+
+_RESOLVE: dict[Names, Callable[[Resolver, str, Identity, Level], Awaitable[list[Target]]]] = {
+    Names.EXPERIMENT: Resolver._experiment_id,
+    Names.EXPERIMENT_NAME: _by_name("experiment", "experiment"),
+    Names.NEW_EXPERIMENT: _by_name("experiment", "experiment"),
+    Names.RUN: Resolver._run,
+    Names.RUN_OWNED: Resolver._run_owned,
+    Names.TRACE: Resolver._trace,
+    Names.LOGGED_MODEL: Resolver._logged_model,
+    Names.MODEL: _by_name("model", "model"),
+    Names.NEW_MODEL: _by_name("model", "model"),
+    Names.DATASET: Resolver._dataset,
+    Names.ARTIFACT_PATH: Resolver._artifact_path,
+    Names.SOURCE_URI: Resolver._source,
+}
+if set(_RESOLVE) != set(Names):                # every kind of id a route can name has its resolution
+    raise ImportError(f"ids without a resolution: {sorted(n.value for n in set(Names) - set(_RESOLVE))}")
+
+
+def artifact_experiment(path: str) -> str:
+    """The experiment id an mlflow-artifacts path lives under: its first segment, digits only."""
+    if not path or path.startswith("/") or "\\" in path:
+        raise PermissionDenied(f"Permission denied: artifact path {path!r} must start with an experiment id.")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+        raise BadRequest(f"Artifact path {path!r} holds '.', '..' or empty segments.")
+    if not parts[0].isdigit() or not parts[0].isascii():
+        raise PermissionDenied(f"Permission denied: artifact path {path!r} is not under an experiment; only "
+                               "admins may reach the artifact store's root.")
+    return parts[0]
+
+
+def artifact_store_path(uri: str) -> str | None:
+    """`mlflow-artifacts:/1/abc/artifacts` (or `mlflow-artifacts://host/1/...`) -> `1/abc/artifacts`;
+    None for anything that is not an mlflow-artifacts URI."""
+    if not uri.startswith("mlflow-artifacts:"):
+        return None
+    rest = uri[len("mlflow-artifacts:"):]
+    if rest.startswith("//"):
+        rest = "/" + rest[2:].partition("/")[2]
+    return rest.strip("/") or None

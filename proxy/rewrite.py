@@ -7,12 +7,14 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .errors import PermissionDenied
 from .identity import Identity
 from .params import camel
 from .policy import Team
+from .routes import Rewrite
 
 USER_TAG = "mlflow.user"
 GATE_TAGS = "mlflow-gate."          # tags only the gate sets
@@ -72,10 +74,13 @@ def run_log_batch(body: dict[str, Any], ident: Identity, team: Team | None) -> d
     return body
 
 
-REWRITES = {
-    "experiment_create": experiment_create,
-    "run_create": run_create,
-    "run_set_tag": run_set_tag,
-    "run_log_batch": run_log_batch,
-    "experiment_tag": experiment_tag,
+REWRITES: dict[Rewrite, Callable[[dict[str, Any], Identity, Team | None], dict[str, Any]]] = {
+    Rewrite.EXPERIMENT_CREATE: experiment_create,
+    Rewrite.RUN_CREATE: run_create,
+    Rewrite.RUN_SET_TAG: run_set_tag,
+    Rewrite.RUN_LOG_BATCH: run_log_batch,
+    Rewrite.EXPERIMENT_TAG: experiment_tag,
 }
+_missing = set(Rewrite) - set(REWRITES)
+if _missing:                                    # a route may only name a rewrite that exists
+    raise ImportError(f"rewrites without an implementation: {sorted(r.value for r in _missing)}")
