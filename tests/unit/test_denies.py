@@ -164,10 +164,10 @@ denies:
     def keep(item: dict[str, Any]) -> bool:
         return decide(policy, CONTRACTOR, "experiment", item["name"], Level.READ).allowed
 
-    first = asyncio.run(filtered_page(fetch, keep, SEARCHES["experiments"], 2, None, prefiltered=True))
+    experiments = next(k for k in SEARCHES.values() if k.list_key == "experiments")
+    first = asyncio.run(filtered_page(fetch, keep, experiments, 2, None, prefiltered=True))
     assert [e["name"] for e in first["experiments"]] == ["vision/a", "vision/b"]
-    second = asyncio.run(filtered_page(fetch, keep, SEARCHES["experiments"], 2, first["next_page_token"],
-                                       prefiltered=True))
+    second = asyncio.run(filtered_page(fetch, keep, experiments, 2, first["next_page_token"], prefiltered=True))
     assert [e["name"] for e in second["experiments"]] == ["vision/c"] and "next_page_token" not in second
 
 
