@@ -88,7 +88,7 @@ def client(monkeypatch: pytest.MonkeyPatch, url: str, tok: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", tok)
-    return MlflowClient(tracking_uri=url)
+    return MlflowClient(tracking_uri=url, registry_uri=url)   # not the process-wide registry URI other tests set
 
 
 def test_a_denied_contractor_reads_but_cannot_log(deny_gate: str, monkeypatch: pytest.MonkeyPatch) -> None:
