@@ -1,4 +1,6 @@
-"""mlflow-gate serve | token create | token inspect | hash-password | policy check | policy explain"""
+"""mlflow-gate serve | token create | token inspect | hash-password | login | internal-token | policy ...
+
+The policy commands (check, explain, diff, who-can, audit) are in `cli_policy`."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +14,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import logs
-from .decide import decide, run_checks
-from .identity import Identity
-from .policy import Level, PolicyError, load_policy
+from .cli_policy import add_policy_commands, policy_main
+from .policy import PolicyError, load_policy
 from .settings import Settings, env, secret_key
 from .tokens import TokenError, mint_token, parse_duration, read_token
 
@@ -69,18 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--poll-interval", type=float, default=None,
                     help="seconds between device-grant polls (default: what the provider says, else 5)")
 
-    pol = sub.add_parser("policy", help="validate and explain policy files")
-    psub = pol.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
-    pc = psub.add_parser("check", help="validate, then run the file's checks")
-    pc.add_argument("path")
-    pe = psub.add_parser("explain", help="what level a user has on a name, and why")
-    pe.add_argument("path")
-    pe.add_argument("--user", required=True)
-    pe.add_argument("--group", action="append", default=[])
-    target = pe.add_mutually_exclusive_group(required=True)
-    target.add_argument("--experiment")
-    target.add_argument("--model")
-    pe.add_argument("--action", choices=["read", "edit", "manage"], default="read")
+    add_policy_commands(sub, _Parser)
     return p
 
 
@@ -100,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "login":
             return login_cmd(args)
-        if args.policy_command == "check":
-            return policy_check(args.path)
-        return policy_explain(args)
+        return policy_main(args)
     except (ValueError, OSError) as exc:
         print(f"mlflow-gate: {exc}", file=sys.stderr)
         return 1
@@ -159,37 +147,6 @@ def hash_password_cmd() -> int:
         return 1
     print(hash_password(password))
     return 0
-
-
-def policy_check(path: str) -> int:
-    try:
-        policy = load_policy(path)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem)
-        print(f"{len(exc.problems)} problem(s); the policy was not accepted.")
-        return 1
-    failures = run_checks(policy)
-    for failure in failures:
-        print(failure)
-    print(f"{len(policy.teams)} teams, {len(policy.grants)} grants, {len(policy.users)} local users; "
-          f"{len(policy.checks) - len(failures)}/{len(policy.checks)} checks hold.")
-    return 1 if failures else 0
-
-
-def policy_explain(args: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(args.path)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem)
-        return 1
-    kind, name = ("experiment", args.experiment) if args.experiment is not None else ("model", args.model)
-    d = decide(policy, Identity(args.user, frozenset(args.group), via="explain"), kind, name, Level.parse(args.action))
-    verdict = "ALLOW" if d.allowed else "DENY"
-    print(f"{verdict}: {args.user} has {d.have} on {kind} {name!r} ({d.reason}); {args.action} needs {d.needed}.")
-    print(json.dumps(d.as_json()))
-    return 0 if d.allowed else 1
 
 
 def serve(args: argparse.Namespace) -> int:

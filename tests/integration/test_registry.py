@@ -5,20 +5,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from gate_it import ALICE, BOB, MO, ROOT, World, denied, is_denied, uid
+
+from tests.integration.gate_it import ALICE, BOB, MO, ROOT, World, denied, is_denied, search_pages, uid
 
 pytestmark = pytest.mark.integration
 
 
 def model_names(client, **kwargs) -> list[str]:  # type: ignore[no-untyped-def]
-    names: list[str] = []
-    token = None
-    while True:
-        page = client.search_registered_models(max_results=100, page_token=token, **kwargs)
-        names += [m.name for m in page]
-        token = page.token
-        if not token:
-            return names
+    return [m.name for page in search_pages(client.search_registered_models, max_results=100, **kwargs) for m in page]
 
 
 def run_with_model_files(client, experiment_id: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from art_it import ALICE, BUCKETS, CAROL, ArtGate, Logged, raw_request, sha256, uid
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 
-from tests.conftest import env_vars
+from tests.integration.artifacts.art_it import ALICE, BUCKETS, CAROL, ArtGate, Logged, raw_request, sha256, uid
+from tests.support.client import env_vars
 
 pytestmark = pytest.mark.integration
 
