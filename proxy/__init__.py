@@ -11,7 +11,7 @@ The modules, in the order a request meets them:
     decide.py     the pure decision with its reason
     rewrite.py    forced artifact location, mlflow.user, team tags
     filters.py    search results cut to what the caller may read, pages refilled
-    graphql.py    GraphQL documents authorized per requested object
+    graphql.py    GraphQL documents coerced as MLflow executes them, authorized per root field
     forward.py    streaming aiohttp forwarding with header hygiene
     errors.py     the exception family and its one renderer
     audit.py      one JSON line per decision
