@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 
-from . import pages
+from . import pages, upstream_version
 from .artifact_server import INTERNAL_PREFIX, PART_PATH, ArtifactServer
 from .artifacts import Stores
 from .audit import Audit
@@ -103,9 +103,11 @@ def create_app(settings: Settings, *, upstream_url: str, policy_poll: float = 1.
                        table=rt.table, public_origin=rt.public_origin, artifacts=rt.artifacts,
                        audit=Audit(rt.metrics))
         watcher = asyncio.create_task(_watch_policy(rt.store, policy_poll))
+        versions = upstream_version.start(upstream, rt.table)
         try:
             yield
         finally:
+            versions.stop()
             watcher.cancel()
             await upstream.close()
             await rt.http.aclose()
