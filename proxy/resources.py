@@ -59,6 +59,14 @@ def _dig(data: Any, *keys: str) -> Any:
     return data
 
 
+def _stored_in(what: str, ident: str, data: Any, field: tuple[str, ...]) -> str:
+    """The experiment id at `field` of a lookup's answer."""
+    found = _dig(data, *field)
+    if not found:
+        raise Unresolvable(f"Permission denied: {what} {ident!r} is not stored in an MLflow experiment.")
+    return str(found)
+
+
 class Resolver:
     def __init__(self, upstream: Upstream, *, name_ttl: float = 30.0, size: int = 100_000) -> None:
         self.upstream = upstream
@@ -68,9 +76,14 @@ class Resolver:
         self.model_artifacts: LRU[str, str] = LRU(size)
         self.names: LRU[str, tuple[str, str | None]] = LRU(size, ttl=name_ttl)   # id -> (name, store team)
         self.datasets: LRU[str, tuple[str, ...]] = LRU(size // 10, ttl=name_ttl)
+        self.trace_route_v3: bool | None = None   # whether the upstream has GET /api/3.0/mlflow/traces/{id}
 
     async def _get(self, what: str, ident: str, path: str, params: dict[str, str] | None = None) -> Any:
         status, data = await self.upstream.get_json(path, params)
+        return self._answer(what, ident, status, data)
+
+    @staticmethod
+    def _answer(what: str, ident: str, status: int, data: Any) -> Any:
         if status == 200:
             return data
         if status >= 500:
@@ -91,9 +104,25 @@ class Resolver:
         return info
 
     async def trace(self, trace_id: str) -> str:
-        return await self._experiment_of(self.traces, "trace", trace_id,
-                                         f"/api/3.0/mlflow/traces/{quote(trace_id, safe='')}",
-                                         ("trace", "trace_info", "trace_location", "mlflow_experiment", "experiment_id"))
+        exp_id = self.traces.get(trace_id)
+        if exp_id is None:
+            exp_id = await self._trace_experiment(trace_id)
+            self.traces.put(trace_id, exp_id)
+        return exp_id
+
+    async def _trace_experiment(self, trace_id: str) -> str:
+        """MLflow 3.2 on answers `GET /api/3.0/mlflow/traces/{id}`. 2.22 and 3.1 lack that route (their 404 is not
+        MLflow's JSON error: remembered) and answer `GET /api/2.0/mlflow/traces/{id}/info`, as all versions do."""
+        quoted = quote(trace_id, safe="")
+        if self.trace_route_v3 is not False:
+            status, data = await self.upstream.get_json(f"/api/3.0/mlflow/traces/{quoted}")
+            if status != 404 or (isinstance(data, dict) and data.get("error_code")):
+                self.trace_route_v3 = True
+                return _stored_in("trace", trace_id, self._answer("trace", trace_id, status, data),
+                                  ("trace", "trace_info", "trace_location", "mlflow_experiment", "experiment_id"))
+            self.trace_route_v3 = False
+        data = await self._get("trace", trace_id, f"/api/2.0/mlflow/traces/{quoted}/info")
+        return _stored_in("trace", trace_id, data, ("trace_info", "experiment_id"))
 
     async def logged_model(self, model_id: str) -> str:
         return await self._experiment_of(self.logged_models, "logged model", model_id,
@@ -120,10 +149,7 @@ class Resolver:
         """The experiment id a child object lives in: looked up once, then cached (it never moves)."""
         exp_id = cache.get(ident)
         if exp_id is None:
-            found = _dig(await self._get(what, ident, path), *field)
-            if not found:
-                raise Unresolvable(f"Permission denied: {what} {ident!r} is not stored in an MLflow experiment.")
-            exp_id = str(found)
+            exp_id = _stored_in(what, ident, await self._get(what, ident, path), field)
             cache.put(ident, exp_id)
         return exp_id
 

@@ -259,6 +259,13 @@ ROUTES: tuple[Route, ...] = (
     checked("POST", "/v1/traces", exp("header:x-mlflow-experiment-id", level=E), source=Source.NONE),
     row("GET", "2.0/mlflow/unified-traces", ADMIN),                      # Databricks stub
     row("GET", "2.0/mlflow/get-online-trace-details", ADMIN),            # Databricks stub
+    # MLflow 2.22 and 3.1 serve traces through the 2.0 rows above (ids named `request_id`); these 2.0
+    # routes of theirs are stubs that answer "not implemented" (the POST is registered under the literal
+    # path `{assessment.trace_id}`).
+    row("GET", "2.0/mlflow/traces/{trace_id}", ADMIN),
+    row("POST", "2.0/mlflow/traces/{trace_id}/assessments", ADMIN),
+    row("GET PATCH DELETE", "2.0/mlflow/traces/{trace_id}/assessments/{assessment_id}", ADMIN),
+    row("POST", "2.0/mlflow/traces/search", ADMIN),                       # 3.1 only
     # --- logged models -----------------------------------------------------------------------
     checked("POST", "2.0/mlflow/logged-models", exp(level=E), run("source_run_id", level=R, optional=True)),
     checked("POST", "2.0/mlflow/logged-models/search", exp("experiment_ids", level=R)),

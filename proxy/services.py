@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from . import upstream_version
 from .artifact_server import ArtifactServer
 from .artifacts import Stores
 from .audit import Audit
@@ -50,6 +51,7 @@ class Services:
     audit: Audit
     public_origin: str | None
     secure_cookies: bool
+    version: upstream_version.UpstreamVersion | None = None     # which MLflow the gate fronts (watched)
     _health: tuple[float, bool, str] = field(default=(0.0, False, "not checked yet"))
 
     @property
@@ -81,9 +83,13 @@ async def open_services(settings: Settings, upstream_url: str, *, policy_poll: f
     http = httpx.AsyncClient(timeout=10, follow_redirects=False)
     upstream = Upstream.open(upstream_url)
     watcher = asyncio.create_task(_watch_policy(store, policy_poll))
+    services = _build(settings, upstream_url, store, http, upstream, audit_sink)
+    versions = upstream_version.start(upstream, services.table)
+    services.version = versions
     try:
-        yield _build(settings, upstream_url, store, http, upstream, audit_sink)
+        yield services
     finally:
+        versions.stop()
         watcher.cancel()
         await upstream.close()
         await http.aclose()
