@@ -132,7 +132,7 @@ def test_only_a_definite_not_found_makes_a_chosen_id_new(trace_id: str, error: s
 
 
 def test_otlp_trace_ids_and_the_run_header_are_needs() -> None:
-    from test_otlp import export
+    from tests.unit.test_otlp import export
 
     raw = export(bytes(16)).SerializeToString()
     headers = {b"content-type": b"application/x-protobuf", b"x-mlflow-experiment-id": b"1", b"x-mlflow-run-id": b"rb"}
@@ -200,7 +200,7 @@ def test_creations_record_the_caller_whatever_the_client_sent() -> None:
 
 
 def test_params_of_an_otlp_export_are_its_trace_ids() -> None:
-    from test_otlp import export
+    from tests.unit.test_otlp import export
 
     params = read_params("POST", "otlp", b"", export(bytes(16)).SerializeToString(),
                          {b"content-type": b"application/x-protobuf"})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import mlflow
 import pytest
-from adv_it import Objects
-from gate_it import ALICE, BOB, World, uid
+
+from tests.integration.adversarial.adv_it import Objects
+from tests.integration.gate_it import ALICE, BOB, World, uid
 
 
 def _objects_of(gate, user: str, team: str, exp: str, run: str, exp_name: str) -> dict[str, str]:  # type: ignore[no-untyped-def]

@@ -8,9 +8,9 @@ import re
 import time
 
 import pytest
-from gate_it import ALICE, BOB, ROOT, World
 
 from proxy.routes import ROUTES, Access, Route, Source
+from tests.integration.gate_it import ALICE, BOB, ROOT, World
 
 pytestmark = pytest.mark.integration
 DEEP = 100_000

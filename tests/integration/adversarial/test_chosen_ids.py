@@ -13,10 +13,11 @@ import zlib
 
 import httpx
 import pytest
-from adv_it import Objects, hex32, otlp_export
-from gate_it import ALICE, BOB, World
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.integration.adversarial.adv_it import Objects, hex32, otlp_export
+from tests.integration.gate_it import ALICE, BOB, World
 
 pytestmark = pytest.mark.integration
 V3 = "/api/3.0/mlflow/traces"

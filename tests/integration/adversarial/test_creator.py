@@ -13,9 +13,10 @@ from collections.abc import Iterator
 
 import mlflow
 import pytest
-from adv_it import hex32, otlp_export
-from gate_it import ALICE, World, uid
 from mlflow.tracing.utils.environment import resolve_env_metadata
+
+from tests.integration.adversarial.adv_it import hex32, otlp_export
+from tests.integration.gate_it import ALICE, World, uid
 
 pytestmark = pytest.mark.integration
 MALLORY = "mallory"

@@ -5,8 +5,9 @@ every kind of object: another team's object is refused, and a missing one gets t
 from __future__ import annotations
 
 import pytest
-from adv_it import Objects, Way, build, normalised, ways
-from gate_it import ALICE
+
+from tests.integration.adversarial.adv_it import Objects, Way, build, normalised, ways
+from tests.integration.gate_it import ALICE
 
 pytestmark = pytest.mark.integration
 WAYS = ways()
