@@ -90,22 +90,21 @@ def created_with_tags(body: dict[str, Any], ident: Identity, team: Team | None) 
 
 
 def trace_start_v3(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
-    """`trace.trace_info`: metadata `mlflow.user` (where MLflow's client records who made a trace) is the caller."""
+    """`trace.trace_info`: metadata `mlflow.user` (where MLflow's client records who made a trace) and tag
+    `mlflow.user` (what MLflow's UI shows, after the application's own `mlflow.trace.user`) are the caller."""
     info = _object(_object(body, "trace", create=False), "trace_info", create=False)
     if info is not None:
-        metadata = _object(info, "trace_metadata")
-        if metadata is None:
-            raise BadRequest("Field 'trace_metadata' must be an object.")
-        metadata[USER_TAG] = ident.id
-        tags = _field(info, "tags")
-        if isinstance(tags, dict) and USER_TAG in tags:
-            tags[USER_TAG] = ident.id
+        for key in ("trace_metadata", "tags"):
+            mapping = _object(info, key)
+            if mapping is None:
+                raise BadRequest(f"Field '{key}' of trace_info must be an object.")
+            mapping[USER_TAG] = ident.id
     return body
 
 
 def trace_start_v2(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
-    body["request_metadata"] = _with_tags(_pop(body, "request_metadata"), {USER_TAG: ident.id}, {})
-    _claim(_field(body, "tags"), ident)
+    for key in ("request_metadata", "tags"):
+        body[key] = _with_tags(_pop(body, key), {USER_TAG: ident.id}, {})
     return body
 
 

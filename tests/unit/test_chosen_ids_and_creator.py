@@ -181,8 +181,8 @@ def test_creations_record_the_caller_whatever_the_client_sent() -> None:
                           BOB_ID, None)
     assert body["trace"]["traceInfo"]["traceMetadata"] == {"mlflow.user": "bob@x.test"}
     assert body["trace"]["traceInfo"]["tags"] == {"mlflow.user": "bob@x.test"}
-    assert trace_start_v3({"trace": {"trace_info": {}}}, BOB_ID, None)["trace"]["trace_info"]["trace_metadata"] == {
-        "mlflow.user": "bob@x.test"}
+    info = trace_start_v3({"trace": {"trace_info": {}}}, BOB_ID, None)["trace"]["trace_info"]
+    assert info == {"trace_metadata": {"mlflow.user": "bob@x.test"}, "tags": {"mlflow.user": "bob@x.test"}}
     assert trace_start_v3({}, BOB_ID, None) == {}
     body = trace_start_v2({"request_metadata": [{"key": "mlflow.user", "value": "m"}]}, BOB_ID, None)
     assert tags(body["request_metadata"]) == {"mlflow.user": "bob@x.test"}

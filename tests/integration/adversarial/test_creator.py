@@ -58,6 +58,7 @@ def test_traces_from_the_client(gate, world: World, mallory) -> None:  # type: i
     assert trace_id
     info = mallory.get_trace(trace_id).info
     assert info.trace_metadata["mlflow.user"] == ALICE, info.trace_metadata
+    assert info.tags["mlflow.user"] == ALICE, info.tags           # what MLflow's UI shows as the trace's user
     with gate.http(ALICE) as h:
         r = h.patch(f"{A3}/traces/{trace_id}/tags", json={"key": "mlflow.user", "value": MALLORY})
         assert r.status_code == 200, r.text
