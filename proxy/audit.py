@@ -64,7 +64,8 @@ class Audit:
         self.sink = sink
 
     def record(self, ident: Identity | None, method: str, path: str, allowed: bool, reason: str,
-               decisions: list[Decision] | None = None, status: int | None = None) -> None:
+               decisions: list[Decision] | None = None, status: int | None = None, *,
+               request_id: str | None = None) -> None:
         if self.metrics is not None:
             kind = reason.split(";")[0] if allowed else ("unauthenticated" if status == 401 else "denied")
             self.metrics.decision(allowed, kind)
@@ -79,6 +80,8 @@ class Audit:
                                    "rule": d.reason} for d in decisions]
         if status is not None:
             entry["status"] = status
+        if request_id:
+            entry["request_id"] = request_id
         line = json.dumps(entry, separators=(",", ":"))
         if self.sink is not None:
             self.sink(line)

@@ -385,7 +385,7 @@ async def authorize(call: Call, resolver: Resolver) -> Document:
             await check(call, resolver, need.what, need.id, Level.READ)
         except PermissionDenied as err:    # another team's, or nothing at all: the same answer
             raise PermissionDenied(f"Permission denied: GraphQL field {need.field!r} needs read on "
-                                   f"{need.what.value} {need.id!r}.", err.decision) from err
+                                   f"{need.what.value} {need.id!r}.", err.decision, detail=err.detail) from err
     sent = GraphqlRequest(request.query, found.variables, found.operation_name)
     return Document(sent.payload(), found.cuts)
 

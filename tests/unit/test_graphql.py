@@ -227,9 +227,8 @@ class FakeResolver:
     async def targets(self, what: Names, value: str, ident: Identity, level: Level) -> list[Target]:
         name = self.experiments.get(value)
         if name is None:
-            raise Unresolvable(f"Permission denied: {what.value} {value!r} cannot be resolved to an experiment "
-                               "(the server answered 404).")
-        return [Target("experiment", name, level, f"{what.value} {value}")]
+            raise Unresolvable(f"{what.value} {value}", "the server answered 404")
+        return [Target("experiment", name, level)]
 
 
 def authorized(request: Request, experiments: dict[str, str], user: str = "alice@corp.test",
