@@ -132,6 +132,7 @@ class Policy:
     grants: tuple[Grant, ...] = ()
     users: dict[str, LocalUser] = field(default_factory=dict)
     revoked_tokens: frozenset[str] = frozenset()
+    revoked_users: frozenset[str] = frozenset()     # lower-cased user ids, refused whatever they present
     checks: tuple[Check, ...] = ()
     sources: tuple[str, ...] = ()
     # indexes built once by `index()`: prefix -> team per kind, and the prefix lengths to try
@@ -157,7 +158,7 @@ EMPTY = Policy()
 # Loading and validation
 # ---------------------------------------------------------------------------------------------
 
-TOP_KEYS = {"admins", "default", "teams", "grants", "users", "revoked_tokens", "checks"}
+TOP_KEYS = {"admins", "default", "teams", "grants", "users", "revoked_tokens", "revoked_users", "checks"}
 TEAM_KEYS = {"members", "maintainers", "experiments", "models", "artifact_root", "storage", "tags"}
 STORAGE_KEYS = {"endpoint_url", "region", "credentials_env"}
 GRANT_KEYS = {"to", "experiments", "models", "permission"}
@@ -269,6 +270,7 @@ class _Parts:
     grants: list[Grant] = field(default_factory=list)
     users: dict[str, LocalUser] = field(default_factory=dict)
     revoked: list[str] = field(default_factory=list)
+    revoked_users: list[str] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     team_refs: list[tuple[str, tuple, str]] = field(default_factory=list)   # (team, path, file)
 
@@ -340,6 +342,7 @@ def _read_file(text: str, file: str, parts: _Parts, problems: list[Problem]) -> 
         parts.users[str(uid).lower()] = LocalUser(str(uid), pw, frozenset(groups))
 
     parts.revoked += r.strings(data.get("revoked_tokens"), ("revoked_tokens",))
+    parts.revoked_users += _user_ids(r, data.get("revoked_users"), ("revoked_users",))
 
     checks = data.get("checks")
     if checks is not None and not isinstance(checks, list):
@@ -380,6 +383,21 @@ def _read_team(r: _Reader, name: str, spec: dict, path: tuple, parts: _Parts) ->
     return Team(name=name, members=tuple(members), maintainers=tuple(maintainers), experiments=tuple(exps),
                 models=tuple(models), artifact_root=root, storage=storage,
                 tags=tuple((str(k), str(v)) for k, v in tags.items()))
+
+
+def _user_ids(r: _Reader, value: Any, path: tuple) -> list[str]:
+    """User ids written as subjects are (user@domain or user:ID), lower-cased."""
+    out = []
+    for i, entry in enumerate(r.strings(value, path)):
+        try:
+            subject = Subject.parse(entry)
+        except ValueError:
+            subject = Subject("none")
+        if subject.kind != "user":
+            r.problem(path + (i,), f"{entry!r} is not a user id: use user@domain or user:ID")
+        else:
+            out.append(subject.value)
+    return out
 
 
 def _prefixes(r: _Reader, value: Any, path: tuple, *, allow_user: bool) -> list[str]:
@@ -466,6 +484,7 @@ def load_policy_texts(texts: list[tuple[str, str]]) -> Policy:
         parts.grants += file_parts.grants
         parts.users = {**file_parts.users, **parts.users}
         parts.revoked += file_parts.revoked
+        parts.revoked_users += file_parts.revoked_users
         parts.checks += file_parts.checks
         parts.team_refs += file_parts.team_refs
 
@@ -478,6 +497,7 @@ def load_policy_texts(texts: list[tuple[str, str]]) -> Policy:
         raise PolicyError(problems)
     return index(Policy(admins=tuple(parts.admins), default=parts.default or Level.NONE, teams=parts.teams,
                         grants=tuple(parts.grants), users=parts.users, revoked_tokens=frozenset(parts.revoked),
+                        revoked_users=frozenset(parts.revoked_users),
                         checks=tuple(parts.checks), sources=tuple(f for _, f in texts)))
 
 
