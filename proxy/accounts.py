@@ -1,7 +1,7 @@
 """Local accounts (`users:` in the policy): checking passwords, and what keeps their credentials valid.
 
-- A password is checked with scrypt in a small thread pool, never on the event loop; at most
-  `MAX_PENDING` checks wait for it, more are refused (429) instead of queued.
+- A password is checked with scrypt in a small thread pool (`WORKERS`), never on the event loop; at
+  most `MAX_PENDING` checks wait for it, more are refused (429) instead of queued.
 - Failed checks are throttled per account name and per client address: over the limit, a check is
   refused with 429 and Retry-After before any hashing. An unknown user name costs the same (a dummy
   hash) and is throttled the same as a known one, so neither tells whether the account exists.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -27,6 +28,8 @@ from .throttle import Limit, Throttle
 ACCOUNT_LIMIT = Limit(burst=5, drain=1 / 30)     # per account name: 5 wrong passwords, then one per 30 s
 ADDRESS_LIMIT = Limit(burst=20, drain=1 / 3)     # per client address: 20, then one per 3 s
 MAX_PENDING = 8
+# scrypt releases the GIL: the pool keeps at least one core for the event loop (1 thread on 2 cores, at most 2).
+WORKERS = max(1, min(2, (os.cpu_count() or 2) - 1))
 _DUMMY_HASH = hash_password("timing-equaliser")
 WRONG = ("Authentication failed: unknown user or wrong password (Basic credentials take a local account's "
          "password, or any user name with a personal token).")
@@ -49,7 +52,7 @@ def current(policy: Policy, ident: Identity, secret_key: str) -> Identity:
 
 
 class Passwords:
-    def __init__(self, secret_key: str, workers: int = 2) -> None:
+    def __init__(self, secret_key: str, workers: int = WORKERS) -> None:
         self.secret_key = secret_key
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="password-check")
         self.names, self.addresses = Throttle(ACCOUNT_LIMIT), Throttle(ADDRESS_LIMIT)
