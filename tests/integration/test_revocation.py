@@ -14,8 +14,8 @@ gate of their own, so that their buckets (kept in the gate's memory) touch no ot
 from __future__ import annotations
 
 import base64
-import json
 import contextlib
+import json
 import statistics
 import threading
 import time

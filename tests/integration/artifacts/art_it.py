@@ -193,8 +193,10 @@ class ArtGate(Gate):
     internal_token: str = ""
     env: dict[str, str] = field(default_factory=dict)  # the gate's environment (secrets included)
 
-    def health(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/_gate/health", timeout=30).json()
+    def health(self) -> httpx.Response:
+        """/_gate/health as an admin (anonymous callers get the status only)."""
+        return httpx.get(self.url + "/_gate/health", headers={"Authorization": f"Bearer {self.token('root@corp.test')}"},
+                         timeout=30)
 
 
 @dataclass
