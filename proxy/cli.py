@@ -54,21 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-host", default=env("METRICS_HOST", "127.0.0.1"),
                    help="the address of the metrics listener (default 127.0.0.1)")
 
-    t = sub.add_parser("token", help="personal tokens")
-    tsub = t.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
-    tc = tsub.add_parser("create", help="mint a personal token (printed alone on the last line)")
-    tc.add_argument("--user", required=True)
-    tc.add_argument("--group", action="append", default=[])
-    tc.add_argument("--expires-in", default="30d")
-    tc.add_argument("--name", default="")
-    ti = tsub.add_parser("inspect", help="verify a token and print its claims")
-    ti.add_argument("token")
-    tl = tsub.add_parser("list", help="the tokens minted through the gate, from its audit stream")
-    tl.add_argument("audit", nargs="*", help="audit log files (default: stdin, e.g. from kubectl logs)")
-    tl.add_argument("--policy", help="also say which tokens the policy revokes")
-    tl.add_argument("--all", action="store_true", help="include expired and revoked tokens")
-    tl.add_argument("--format", choices=["text", "json"], default="text")
-
+    _token_parser(sub.add_parser("token", help="personal tokens"))
     sub.add_parser("hash-password", help="read a password, print a hash for the policy's users:")
     sub.add_parser("internal-token", help="print the token an upstream mlflow server sends to the gate's internal "
                                           "artifact endpoint (its MLFLOW_TRACKING_TOKEN)")
@@ -93,6 +79,22 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--model")
     pe.add_argument("--action", choices=["read", "edit", "manage"], default="read")
     return p
+
+
+def _token_parser(t: argparse.ArgumentParser) -> None:
+    tsub = t.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    tc = tsub.add_parser("create", help="mint a personal token (printed alone on the last line)")
+    tc.add_argument("--user", required=True)
+    tc.add_argument("--group", action="append", default=[])
+    tc.add_argument("--expires-in", default="30d")
+    tc.add_argument("--name", default="")
+    ti = tsub.add_parser("inspect", help="verify a token and print its claims")
+    ti.add_argument("token")
+    tl = tsub.add_parser("list", help="the tokens minted through the gate, from its audit stream")
+    tl.add_argument("audit", nargs="*", help="audit log files (default: stdin, e.g. from kubectl logs)")
+    tl.add_argument("--policy", help="also say which tokens the policy revokes")
+    tl.add_argument("--all", action="store_true", help="include expired and revoked tokens")
+    tl.add_argument("--format", choices=["text", "json"], default="text")
 
 
 def main(argv: list[str] | None = None) -> int:
