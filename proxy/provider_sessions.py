@@ -6,12 +6,14 @@ whether that token is still active, at most once per `every` seconds per session
 sign-out revokes it (RFC 7009). So a copy of the cookie stops working on every replica within
 `every` seconds of a sign-out, or of the provider ending the session (sign-out at the provider,
 an account disabled there). While the provider cannot be reached, sessions keep working (the
-signature already proves the gate issued them) and the failure is logged.
+signature already proves the gate issued them; the verdict is kept for `every` seconds too, so no
+request waits on an unreachable provider more than once per interval) and the failure is logged.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import httpx
 
@@ -26,6 +28,7 @@ class ProviderSessions:
         self.settings, self.discovery, self.http, self.every = settings, discovery, http, every
         self._checked: LRU[str, bool] = LRU(100_000, ttl=every)
         self._inflight: dict[str, asyncio.Task[bool]] = {}
+        self._warned = 0.0
 
     async def active(self, sid: str, refresh_token: str) -> bool:
         known = self._checked.get(sid)
@@ -39,10 +42,9 @@ class ProviderSessions:
         return await asyncio.shield(task)
 
     async def _check(self, sid: str, refresh_token: str) -> bool:
-        active = await self._introspect(refresh_token)
-        if active is not None:
-            self._checked.put(sid, active)
-        return active is not False
+        verdict = await self._introspect(refresh_token) is not False
+        self._checked.put(sid, verdict)      # also while the provider cannot say: no call per request then
+        return verdict
 
     async def _introspect(self, refresh_token: str) -> bool | None:
         """True/False as the provider says; None when it cannot say (no endpoint, unreachable)."""
@@ -51,12 +53,14 @@ class ProviderSessions:
             if not endpoint:
                 return None
             r = await self.http.post(endpoint, data={"token": refresh_token, "token_type_hint": "refresh_token"},
-                                     auth=self._auth(), timeout=5)
+                                     auth=self._auth(), timeout=3)
             r.raise_for_status()
             return bool(r.json().get("active"))
         except (httpx.HTTPError, ValueError) as exc:
-            log.warning("cannot check a session with the identity provider (%s); it keeps working meanwhile",
-                        exc.__class__.__name__)
+            if time.monotonic() - self._warned > 60:
+                self._warned = time.monotonic()
+                log.warning("cannot check sessions with the identity provider (%s); they keep working meanwhile",
+                            exc.__class__.__name__)
             return None
 
     async def revoke(self, sid: str, refresh_token: str) -> None:
