@@ -75,7 +75,8 @@ class Gate:
         call.headers = header_map(call.scope)
         check_path(call.path, call.scope.get("raw_path") or call.path.encode())
         call.policy = self.s.store.current
-        call.ident = await self.s.authn.identify(call.headers, call.policy)
+        peer = call.scope.get("client")
+        call.ident = await self.s.authn.identify(call.headers, call.policy, peer[0] if peer else None)
         call.route, call.path_params = self.s.table.lookup(call.method, call.path)
         if call.route.access is Access.PUBLIC:
             await self.forward(call)
