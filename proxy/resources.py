@@ -24,7 +24,7 @@ from .decide import decide
 from .errors import BadRequest, PermissionDenied, UpstreamUnavailable
 from .forward import Upstream
 from .identity import Identity
-from .params import ids_of
+from .params import ids_of, missing_value
 from .policy import Level
 from .rewrite import STORE_TAG
 from .routes import Names, Need
@@ -199,7 +199,7 @@ class Resolver:
 
     async def _experiment(self, experiment_id: str) -> tuple[str, str | None]:
         if not _EXPERIMENT_ID.match(experiment_id):
-            raise BadRequest(f"{experiment_id!r} is not an experiment id (expected digits).")
+            raise BadRequest(f"Invalid experiment ID '{experiment_id}'. Experiment ID must be a valid integer.")
         info = self.names.get(experiment_id)
         if info is None:
             data = await self._get("experiment", experiment_id, "/api/2.0/mlflow/experiments/get",
@@ -289,18 +289,21 @@ def prompt_name(uri: str) -> str:
 
 
 async def authorize(call: Call, resolver: Resolver) -> None:
-    """Every id the request names, resolved to its name and decided; the first shortfall is refused."""
+    """Every id the request names, resolved to its name and decided; the first shortfall is refused.
+
+    All ids are read (typed, required ones present) before any is resolved, as MLflow validates a request
+    before it looks anything up: a malformed request gets MLflow's 400 whatever its ids name."""
+    wanted = []
     for need in call.route.needs:
         ids = ids_of(need.fields, call.params, call.path_params, call.headers, repeatable=need.what is Names.RUN)
-        if not ids:
-            if need.optional:
-                continue
-            raise BadRequest(f"Missing value for required parameter '{need.fields[0].split(':')[-1]}'.")
-        for value in ids:
-            if need.within is None:
-                await check(call, resolver, need.what, value, need.level)
-            else:
-                await check_within(call, resolver, need, value)
+        if not ids and not need.optional:
+            raise BadRequest(call.route.missing) if call.route.missing else missing_value(need.fields[0].split(":")[-1])
+        wanted += [(need, value) for value in ids]
+    for need, value in wanted:
+        if need.within is None:
+            await check(call, resolver, need.what, value, need.level)
+        else:
+            await check_within(call, resolver, need, value)
 
 
 async def check(call: Call, resolver: Resolver, what: Names, value: str, level: Level) -> None:

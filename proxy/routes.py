@@ -65,6 +65,7 @@ class Rewrite(enum.Enum):
     EXPERIMENT_CREATE = "experiment_create"
     EXPERIMENT_TAG = "experiment_tag"
     RUN_CREATE = "run_create"
+    PROMPTLAB_RUN = "promptlab_run"        # runs/create-promptlab-run: `user_id` is the caller
     RUN_SET_TAG = "run_set_tag"
     RUN_LOG_BATCH = "run_log_batch"
     TAG_VALUE = "tag_value"                # a key/value tag body: `mlflow.user` can only be the caller
@@ -127,6 +128,7 @@ class Route:
     graphql: bool = False          # a GraphQL document, authorized per root field (`graphql.py`)
     artifacts: bool = False        # MLflow's artifact protocol, served from the gate's stores when they hold the path
     renames: bool = False          # a success may rename the experiment: its cached name is dropped
+    missing: str | None = None     # MLflow's own message for a missing required id, where its handler has one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "access", Access(self.access))
@@ -210,11 +212,13 @@ ROUTES: tuple[Route, ...] = (
     checked("POST", "2.0/mlflow/experiments/update", exp(level=M),
             need(Names.EXPERIMENT_NAME, "new_name", level=M, optional=True), renames=True),
     row("GET POST", "2.0/mlflow/experiments/search", SIGNED_IN, search=Search.EXPERIMENTS),
-    checked("POST", "2.0/mlflow/experiments/search-datasets", exp("experiment_ids", level=R)),
+    checked("POST", "2.0/mlflow/experiments/search-datasets", exp("experiment_ids", level=R),
+            missing="SearchDatasets request must specify at least one experiment_id."),
     row("POST", "2.0mlflow/experiments/search-datasets", ADMIN),         # Databricks stub (sic)
     # --- runs, metrics, params, tags ---------------------------------------------------------
     checked("POST", "2.0/mlflow/runs/create", exp(level=E), rewrite=Rewrite.RUN_CREATE),
-    checked("POST", "2.0/mlflow/runs/create-promptlab-run", exp(level=E), rewrite=Rewrite.RUN_CREATE),
+    checked("POST", "2.0/mlflow/runs/create-promptlab-run", exp(level=E), rewrite=Rewrite.PROMPTLAB_RUN,
+            missing="CreatePromptlabRun request must specify experiment_id."),
     checked("POST", "2.0/mlflow/runs/delete", Need(Names.RUN_OWNED, ("run_id", "run_uuid"), E)),
     checked("POST", "2.0/mlflow/runs/restore", Need(Names.RUN_OWNED, ("run_id", "run_uuid"), E)),
     checked("POST", "2.0/mlflow/runs/delete-tag", run(level=E)),
@@ -230,11 +234,13 @@ ROUTES: tuple[Route, ...] = (
     checked("GET", "2.0/mlflow/runs/get", run(level=R)),
     checked("POST", "2.0/mlflow/runs/search", exp("experiment_ids", level=R)),
     checked("GET", "2.0/mlflow/metrics/get-history", run(level=R)),
-    checked("GET", "2.0/mlflow/metrics/get-history-bulk", run("run_id", level=R), source=Source.QUERY),
+    checked("GET", "2.0/mlflow/metrics/get-history-bulk", run("run_id", level=R), source=Source.QUERY,
+            missing="GetMetricHistoryBulk request must specify at least one run_id."),
     checked("GET", "2.0/mlflow/metrics/get-history-bulk-interval", run("run_ids", level=R)),
     # --- run artifacts (served by the tracking server from a run id) --------------------------
     checked("GET", "/get-artifact", run(level=R), source=Source.QUERY, view=View.RUN_FILE),
-    checked("POST", "2.0/mlflow/upload-artifact", run(level=E), source=Source.QUERY),
+    checked("POST", "2.0/mlflow/upload-artifact", run(level=E), source=Source.QUERY,
+            missing="Request must specify run_uuid."),
     checked("GET", "2.0/mlflow/artifacts/list", run(level=R), view=View.RUN_LIST),
     checked("POST", "2.0/mlflow/artifacts/presigned-download-url", run(level=R)),
     checked("POST", "2.0/mlflow/artifacts/presigned-upload-url", run("run_id", level=E, optional=True),

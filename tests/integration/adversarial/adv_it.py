@@ -135,8 +135,9 @@ def build(way: Way, value: str, objects: Objects) -> Request:
     for need in route.needs:
         if need is way.need:
             _place(req, body, path_params, way.field, value, way.in_query)
-        elif not need.optional and need.what not in CHOSEN:
-            _place(req, body, path_params, need.fields[0], kind_of(need.what).value(objects, "own"), way.in_query)
+        elif not need.optional:         # a required chosen id gets a new one (it names nothing yet)
+            own = f"tr-{hex32()}" if need.what in CHOSEN else kind_of(need.what).value(objects, "own")
+            _place(req, body, path_params, need.fields[0], own, way.in_query)
     path = route.pattern if route.pattern.startswith("/") else "/api/" + route.pattern
     for name in _path_names(path):
         path = path.replace("{" + name + "}", path_params.get(name.split(":")[0], "x"))
