@@ -21,7 +21,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from . import filters, graphql
+from . import filters, graphql, scoped_search
 from .artifact_views import serve_protocol, serve_view
 from .call import Call
 from .decide import is_admin
@@ -113,8 +113,9 @@ class Gate:
             await send_bytes(call.send, status, _JSON, json.dumps(data).encode())
             return
         if route.search is not None and not call.admin:
-            self.allowed(call, "signed in; answer filtered")
-            page = await filters.search(call, self.s.upstream)
+            self.allowed(call, ("policy" if route.access is Access.CHECKED else "signed in") + "; answer filtered")
+            page = await (scoped_search.search(call, self.s.resolver) if route.search in scoped_search.KINDS
+                          else filters.search(call, self.s.upstream))
             await send_bytes(call.send, 200, _JSON, json.dumps(page).encode())
             return
         self.allowed(call, "admin" if call.admin else ("signed in" if route.access is Access.SIGNED_IN else "policy"))

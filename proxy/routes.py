@@ -86,6 +86,9 @@ class Search(enum.Enum):
     EXPERIMENTS = "experiments"
     REGISTERED_MODELS = "registered_models"
     MODEL_VERSIONS = "model_versions"
+    # items decided by the experiments they belong to (`scoped_search.py`)
+    DATASETS = "datasets"
+    ISSUES = "issues"
 
 
 class View(enum.Enum):
@@ -346,7 +349,8 @@ ROUTES: tuple[Route, ...] = (
     row("GET", "2.0/mlflow/model-versions/search", SIGNED_IN, search=Search.MODEL_VERSIONS),
     # --- evaluation datasets -----------------------------------------------------------------
     checked("POST", "3.0/mlflow/datasets/create", exp("experiment_ids", level=E), rewrite=Rewrite.DATASET_CREATE),
-    checked("GET POST", "3.0/mlflow/datasets/search", exp("experiment_ids", level=R)),
+    checked("GET POST", "3.0/mlflow/datasets/search", exp("experiment_ids", level=R, optional=True),
+            search=Search.DATASETS),
     checked("GET", "3.0/mlflow/datasets/{dataset_id}", dataset(R)),
     checked("DELETE", "3.0/mlflow/datasets/{dataset_id}", dataset(M)),
     checked("GET", "3.0/mlflow/datasets/{dataset_id}/experiment-ids", dataset(R)),
@@ -361,7 +365,7 @@ ROUTES: tuple[Route, ...] = (
     # --- issues, label schemas, review queues, scorers, evaluation: experiment-scoped ---------
     checked("POST", "3.0/mlflow/issues", exp(level=E), run("source_run_id", level=R, optional=True),
             rewrite=Rewrite.ISSUE_CREATE),
-    checked("POST", "3.0/mlflow/issues/search", exp(level=R)),
+    checked("POST", "3.0/mlflow/issues/search", exp(level=R, optional=True), search=Search.ISSUES),
     checked("POST", "3.0/mlflow/label-schemas/create", exp(level=M)),
     checked("GET", "3.0/mlflow/label-schemas/get-by-name", exp(level=R)),
     checked("GET", "3.0/mlflow/label-schemas/list", exp(level=R)),
