@@ -49,7 +49,7 @@ class Names(enum.Enum):
     RUN = "run"
     RUN_OWNED = "run_owned"                # a run; manage is needed unless the caller created it
     TRACE = "trace"
-    NEW_TRACE = "new_trace"                # a trace id the client chooses: new (a create), or an existing trace
+    NEW_TRACE = "new_trace"                # a trace id the client chooses: new (not stored yet), or an existing trace
     ASSESSMENT = "assessment"              # an assessment id: must be one of the trace's that `within` names
     LOGGED_MODEL = "logged_model"
     MODEL = "model"                        # a registered model's (or prompt's) name
@@ -272,7 +272,9 @@ ROUTES: tuple[Route, ...] = (
     checked("POST", "3.0/mlflow/traces/delete-traces", exp(level=M)),
     checked("POST", "2.0/mlflow/traces/link-prompts", trace("trace_id", level=E),
             model("prompt_versions[].name", level=R)),
-    checked("POST", "2.0/mlflow/traces/link-to-run", run("run_id", level=E), trace("trace_ids", level=R)),
+    # The client links traces it has just made, whose spans may still be on their way: a trace id the upstream does
+    # not know yet has nothing to decide (the run is the caller's to edit); a stored trace needs read.
+    checked("POST", "2.0/mlflow/traces/link-to-run", run("run_id", level=E), Need(Names.NEW_TRACE, ("trace_ids",), R)),
     # MLflow merges a start on an existing trace id (moving it, with its assessments): a chosen trace id is new
     # or already in the target experiment, and assessment ids it carries are that trace's own.
     checked("POST", "3.0/mlflow/traces",
