@@ -297,13 +297,19 @@ async def authorize(call: Call, resolver: Resolver) -> None:
     for need in call.route.needs:
         ids = ids_of(need.fields, call.params, call.path_params, call.headers, repeatable=need.what is Names.RUN)
         if not ids and not need.optional:
-            raise BadRequest(call.route.missing) if call.route.missing else missing_value(need.fields[0].split(":")[-1])
+            raise BadRequest(call.route.missing) if call.route.missing else missing_value(_top_level(need.fields[0]))
         wanted += [(need, value) for value in ids]
     for need, value in wanted:
         if need.within is None:
             await check(call, resolver, need.what, value, need.level)
         else:
             await check_within(call, resolver, need, value)
+
+
+def _top_level(field: str) -> str:
+    """The parameter MLflow names when a field is missing: `locations[].mlflow_experiment.experiment_id` ->
+    `locations` (its schemas speak of the request's own fields), `path:run_id` -> `run_id`."""
+    return field.split(":")[-1].split(".")[0].removesuffix("[]")
 
 
 async def check(call: Call, resolver: Resolver, what: Names, value: str, level: Level) -> None:
