@@ -89,6 +89,7 @@ class Search(enum.Enum):
     # items decided by the experiments they belong to (`scoped_search.py`)
     DATASETS = "datasets"
     ISSUES = "issues"
+    SCORERS = "scorers"
 
 
 class View(enum.Enum):
@@ -378,7 +379,8 @@ ROUTES: tuple[Route, ...] = (
     checked("POST", "3.0/mlflow/scorers/register", exp(level=E)),
     checked("GET", "3.0/mlflow/scorers/get", exp(level=R)),
     checked("GET", "3.0/mlflow/scorers/versions", exp(level=R)),
-    checked("GET", "3.0/mlflow/scorers/list", exp(level=R)),
+    checked("GET", "3.0/mlflow/scorers/list", exp("experiment_id", "experiment_ids", level=R, optional=True),
+            search=Search.SCORERS),
     checked("DELETE", "3.0/mlflow/scorers/delete", exp(level=M)),
     checked("PUT", "3.0/mlflow/scorers/online-config", exp(level=E)),
     checked("POST", "3.0/mlflow/scorer/invoke", exp(level=E), trace("trace_ids", level=R)),

@@ -1,10 +1,12 @@
-"""Searches whose items are decided through the experiments they belong to: evaluation datasets and issues.
+"""Searches whose items are decided through the experiments they belong to: evaluation datasets, issues and
+scorers.
 
 MLflow searches them in every experiment when the request names none. The gate keeps an item when the caller
 could read it by its own route (a dataset: read on each of its experiments; an issue: read on its experiment),
 so a search shows no more than a lookup would; an item that cannot be resolved is left out. Paging, page
 tokens and refilled pages are `filters.filtered_page`'s; each upstream page's items are resolved (through the
-resolver's caches, a few lookups at a time) before the page is cut.
+resolver's caches, a few lookups at a time) before the page is cut. The scorer list has no pages: it is cut
+as MLflow answers it.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class Scoped:
     field: str             # the field of each item that is resolved
     names: Names           # what that field names
     narrowed_by: str       # the request's field that limits the search to experiments (decided by the route)
+    paged: bool = True     # MLflow answers in pages (max_results, page_token)
 
 
 KINDS = {
@@ -36,6 +39,8 @@ KINDS = {
                             "experiment_ids"),
     Search.ISSUES: Scoped(SearchKind("issues", "experiment", "name", 100, 50_000), "experiment_id", Names.EXPERIMENT,
                           "experiment_id"),
+    Search.SCORERS: Scoped(SearchKind("scorers", "experiment", "name", 0, 0), "experiment_id", Names.EXPERIMENT,
+                           "experiment_id", paged=False),
 }
 _PAGING = frozenset({"max_results", "maxResults", "page_token", "pageToken"})
 _LOOKUPS = 8               # lookups in flight for one page (the upstream's caches do the rest)
@@ -48,7 +53,7 @@ async def search(call: Call, resolver: Resolver) -> dict[str, Any]:
     readable: dict[str, bool] = {}          # the resolved field's value -> whether the caller may read the item
     narrowed = bool(call.params.ids(scoped.narrowed_by))     # to readable experiments: most items are kept
 
-    async def fetch(token: str | None, size: int) -> dict[str, Any]:
+    async def fetch(token: str | None, size: int | None) -> dict[str, Any]:
         data = await _upstream_page(call, resolver, token, size)
         values = {str(item.get(scoped.field) or "") for item in data.get(scoped.kind.list_key) or []}
         gate = asyncio.Semaphore(_LOOKUPS)
@@ -62,6 +67,9 @@ async def search(call: Call, resolver: Resolver) -> dict[str, Any]:
     def keep(item: dict[str, Any]) -> bool:
         return readable.get(str(item.get(scoped.field) or ""), False)
 
+    if not scoped.paged:
+        kept = [i for i in (await fetch(None, None)).get(scoped.kind.list_key) or [] if keep(i)]
+        return {scoped.kind.list_key: kept} if kept else {}
     max_results = parse_max_results(call.params.scalar("max_results"), scoped.kind)
     return await filtered_page(fetch, keep, scoped.kind, max_results, call.params.scalar("page_token"),
                                prefiltered=narrowed)
@@ -78,15 +86,17 @@ async def _may_read(call: Call, resolver: Resolver, names: Names, value: str) ->
     return bool(targets) and all(decide(call.rules, call.who, t.kind, t.name, t.level).allowed for t in targets)
 
 
-async def _upstream_page(call: Call, resolver: Resolver, token: str | None, size: int) -> dict[str, Any]:
-    """The upstream's page of `size` items from `token`, for the caller's own query or body."""
-    params, paging = call.params, [("max_results", str(size))] + ([("page_token", token)] if token else [])
+async def _upstream_page(call: Call, resolver: Resolver, token: str | None, size: int | None) -> dict[str, Any]:
+    """The upstream's page of `size` items from `token`, for the caller's own query or body (size None: the
+    answer has no pages, the request goes as the client sent it)."""
+    params = call.params
+    paging: dict[str, Any] = {} if size is None else {"max_results": size, **({"page_token": token} if token else {})}
     if params.query is not None:
-        query = [(k, v) for k, v in params.query if k not in _PAGING] + paging
+        query = [(k, v) for k, v in params.query if k not in _PAGING or size is None]
+        query += [(k, str(v)) for k, v in paging.items()]
         status, data = await resolver.upstream.get_json(call.path, query)  # type: ignore[arg-type]
     else:
-        body: dict[str, Any] = {k: v for k, v in (params.body or {}).items() if k not in _PAGING}
-        body.update({"max_results": size, **({"page_token": token} if token else {})})
+        body = {k: v for k, v in (params.body or {}).items() if k not in _PAGING or size is None} | paging
         status, data = await resolver.upstream.get_json(call.path, body=body, method=call.method)
     if status != 200:
         raise UpstreamAnswer(status, data)

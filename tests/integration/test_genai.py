@@ -204,3 +204,32 @@ def test_dataset_and_issue_searches_without_experiments_are_filtered(gate, world
         r = alice.post(f"{A3}/issues/search", json={"experiment_id": world.beta_exp})
         assert (r.status_code, r.json()["error_code"]) == (403, "PERMISSION_DENIED"), r.text
 
+
+
+def test_scorer_lists_without_experiments_are_filtered(gate, world: World):
+    """MLflow 3.17 lists scorers across experiments when the request names none (or names several with
+    `experiment_ids`): the gate answers those of experiments the caller may read."""
+    import json
+
+    from mlflow.genai.scorers import RelevanceToQuery
+
+    scorer = json.dumps(RelevanceToQuery().model_dump())         # a built-in: custom code is off by default
+    with gate.http(ALICE) as alice, gate.http(BOB) as bob, gate.http(ROOT) as root:
+        names = {}
+        for label, h, exp in (("alpha", alice, world.alpha_exp), ("beta", bob, world.beta_exp)):
+            names[label] = f"{label}-scorer-{uid()}"
+            r = h.post(f"{A3}/scorers/register", json={"experiment_id": exp, "name": names[label],
+                                                        "serialized_scorer": scorer})
+            assert r.status_code == 200, r.text
+
+        def listed(h, **params) -> set[str]:  # type: ignore[no-untyped-def]
+            r = h.get(f"{A3}/scorers/list", params=params)
+            assert r.status_code == 200, r.text
+            return {s["scorer_name"] for s in r.json().get("scorers", [])}
+
+        assert names["alpha"] in listed(alice) and names["beta"] not in listed(alice)
+        assert names["beta"] in listed(bob) and names["alpha"] not in listed(bob)
+        assert set(names.values()) <= listed(root)
+        assert names["alpha"] in listed(alice, experiment_ids=[world.alpha_exp])
+        r = alice.get(f"{A3}/scorers/list", params={"experiment_ids": [world.alpha_exp, world.beta_exp]})
+        assert r.status_code == 403, r.text

@@ -89,6 +89,7 @@ CASES: list[Case] = [
     Case("datasets/search without experiment ids", "POST", f"{A3}/datasets/search", lambda w: {"json": {}}),
     Case("datasets/search without parameters", "GET", f"{A3}/datasets/search", lambda w: {}),
     Case("issues/search without an experiment id", "POST", f"{A3}/issues/search", lambda w: {"json": {}}),
+    Case("scorers/list without an experiment id", "GET", f"{A3}/scorers/list", lambda w: {}),
     Case("datasets/search of an experiment", "POST", f"{A3}/datasets/search",
          lambda w: {"json": {"experiment_ids": [w.alpha_exp], "max_results": 5}}),
     # item 5: a trace the client has just made may not be stored yet
