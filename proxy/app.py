@@ -24,6 +24,7 @@ from .artifact_server import INTERNAL_PREFIX, PART_PATH, ArtifactServer
 from .artifacts import Stores
 from .audit import Audit
 from .authn import Authenticator
+from .compression import Compression
 from .errors import GateError, UpstreamUnavailable, error_headers
 from .forward import Receive, Send, Upstream, send_bytes
 from .gate import Gate
@@ -142,5 +143,6 @@ def create_app(settings: Settings, *, upstream_url: str, policy_poll: float = 1.
         else:
             await pages_app(scope, receive, send)  # type: ignore[arg-type]
 
-    app.runtime = rt  # type: ignore[attr-defined]
-    return app
+    wrapped = Compression(app)      # outermost: coded answers and decoded request bodies (compression.py)
+    wrapped.runtime = rt
+    return wrapped

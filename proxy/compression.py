@@ -1,0 +1,327 @@
+"""Compression on the wire: an ASGI wrapper around the whole gate (create_app puts it outermost).
+
+Answers: coded as `Accept-Encoding` asks (codings.negotiate), while they stream (one encoder per answer, so memory
+stays bounded), only for compressible types over MIN_SIZE, never for artifact files, ranges, HEAD, answers that are
+already coded or marked `no-transform`, nor when the client did not ask. `Vary: Accept-Encoding` goes on every
+answer whose type could be coded; a coded answer's ETag gets the coding appended (`"abc-br"`), and a client's
+`If-None-Match` is translated back before it reaches the gate, so MLflow's 304s keep working.
+
+The UI's static files (`/static-files/...`, which MLflow serves with an ETag) are compressed once per upstream ETag
+at a high level and kept (static_cache.py). A request for one that the cache holds is sent upstream, through the
+gate's authentication as always, with the cached ETag in `If-None-Match`; MLflow's 304 is then answered with the
+cached bytes, without moving the file over loopback again.
+
+Requests: a body with `Content-Encoding: gzip | br | zstd | deflate` is decoded here, up to MAX_DECODED, before the
+gate reads any parameter from it (413 past the cap, 400 when corrupt, 415 for another coding). Artifact uploads keep
+their bytes as sent.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from . import codings
+from .errors import BadRequest, GateError, PayloadTooLarge, error_headers
+from .forward import Receive, Send, send_bytes
+from .static_cache import Entry, StaticCache
+
+Headers = list[tuple[bytes, bytes]]
+
+MIN_SIZE = 1400                   # about one TCP segment: a smaller answer takes one packet either way
+MAX_DECODED = 64 * 1024 * 1024    # a decoded request body, like the gate's own cap on bodies it reads
+STATIC_PREFIX = "/static-files/"
+_COMPRESSIBLE = re.compile(rb"^(text/(?!event-stream)|application/(json|javascript|x-javascript|ecmascript|xml|"
+                           rb"graphql-response\+json|x-ndjson|manifest\+json)|[a-z]+/[-.\w]+\+(json|xml)|image/svg\+xml)")
+# Artifact files are users' bytes (often already compressed, often large): passed as they are.
+_ARTIFACT_FILES = re.compile(r"^/(ajax-)?api/2\.0/mlflow-artifacts/|^/(get-artifact|model-versions/get-artifact)$"
+                             r"|^/ajax-api/2\.0/mlflow/(logged-models/[^/]+/artifacts/files|upload-artifact)$")
+_CODED_TAG = re.compile(rb'^(W/)?"(.*)-(gzip|br|zstd)"$')
+
+
+class NotAcceptable(GateError):
+    status = 406
+    code = "INVALID_PARAMETER_VALUE"
+
+
+class UnsupportedCoding(GateError):
+    status = 415
+    code = "INVALID_PARAMETER_VALUE"
+
+
+def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None
+
+
+def without(headers: Iterable[tuple[bytes, bytes]], *names: bytes) -> Headers:
+    return [(k, v) for k, v in headers if k.lower() not in names]
+
+
+def coded_tag(tag: bytes, coding: str) -> bytes:
+    """`"abc"` -> `"abc-br"` (W/ kept): each coding of a representation has its own validator."""
+    weak, _, opaque = tag.rpartition(b'"')[0].partition(b'"')
+    return weak + b'"' + opaque + b"-" + coding.encode() + b'"'
+
+
+def with_vary(headers: Headers) -> Headers:
+    vary = header(headers, b"vary")
+    if vary is None:
+        return [*headers, (b"vary", b"Accept-Encoding")]
+    tokens = {t.strip().lower() for t in vary.split(b",")}
+    if b"accept-encoding" in tokens or b"*" in tokens:
+        return headers
+    return [*without(headers, b"vary"), (b"vary", vary + b", Accept-Encoding")]
+
+
+def coded_headers(headers: Headers, coding: str, length: int | None) -> Headers:
+    out = without(headers, b"content-length", b"accept-ranges", b"etag")
+    tag = header(headers, b"etag")
+    if tag is not None:
+        out.append((b"etag", coded_tag(tag, coding)))
+    out.append((b"content-encoding", coding.encode()))
+    if length is not None:
+        out.append((b"content-length", str(length).encode()))
+    return with_vary(out)
+
+
+class Request:
+    """What the answer's coding depends on, read once from the request."""
+
+    def __init__(self, scope: dict[str, Any]) -> None:
+        headers = scope["headers"]
+        self.path: str = scope["path"]
+        self.accept = header(headers, b"accept-encoding")
+        accept = self.accept.decode("latin-1") if self.accept is not None else None
+        try:
+            self.coding = codings.negotiate(accept)
+            self.static_coding = codings.negotiate(accept, codings.STATIC_PREFERENCE)
+        except codings.NotAcceptable as exc:
+            raise NotAcceptable(f"Accept-Encoding {accept!r} refuses every coding the gate can send; accept "
+                                f"one of {', '.join(codings.SUPPORTED)} or identity.") from exc
+        self.must_code = codings.identity_refused(accept)
+        self.eligible = (scope["method"] != "HEAD" and header(headers, b"range") is None
+                         and not _ARTIFACT_FILES.match(self.path))
+        self.static = (self.eligible and scope["method"] == "GET" and self.path.startswith(STATIC_PREFIX)
+                       and self.static_coding != codings.IDENTITY)
+        self.conditional = (header(headers, b"if-none-match") is not None
+                            or header(headers, b"if-modified-since") is not None)
+        self.client_tags: dict[bytes, bytes] = {}    # upstream tag -> the coded tag the client sent
+        self.injected: bytes | None = None           # the cached ETag the gate asked MLflow to validate
+
+    def translate_validators(self, scope: dict[str, Any], cache: StaticCache) -> dict[str, Any]:
+        """The scope the gate sees: coded ETags in If-None-Match turned back into MLflow's, or the cached ETag
+        put there when the client has no validator of its own and the cache holds the file."""
+        headers = scope["headers"]
+        inm = header(headers, b"if-none-match")
+        if inm is not None:
+            tags = []
+            for tag in (t.strip() for t in inm.split(b",")):
+                m = _CODED_TAG.match(tag)
+                if m:
+                    plain = (m.group(1) or b"") + b'"' + m.group(2) + b'"'
+                    self.client_tags[plain] = tag
+                    tag = plain
+                tags.append(tag)
+            return dict(scope, headers=[*without(headers, b"if-none-match"), (b"if-none-match", b", ".join(tags))])
+        if self.static and not self.conditional:
+            self.injected = cache.etag_for(self.path, self.static_coding)
+            if self.injected is not None:
+                return dict(scope, headers=[*headers, (b"if-none-match", self.injected)])
+        return scope
+
+
+class Compression:
+    """The ASGI wrapper. `runtime` is the wrapped app's (create_app sets it)."""
+
+    def __init__(self, app: Any, cache: StaticCache | None = None, *, min_size: int = MIN_SIZE,
+                 max_decoded: int = MAX_DECODED) -> None:
+        self.app = app
+        self.cache = cache if cache is not None else StaticCache()
+        self.min_size = min_size
+        self.max_decoded = max_decoded
+        self.runtime: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/_gate/"):
+            await self.app(scope, receive, send)     # the gate's own pages and endpoints are left alone
+            return
+        try:
+            request = Request(scope)
+            if header(scope["headers"], b"content-encoding") is not None and not _ARTIFACT_FILES.match(scope["path"]):
+                scope, receive = await self.decoded(scope, receive)
+        except GateError as err:
+            extra = [(b"accept-encoding", ", ".join(codings.SUPPORTED).encode())] if err.status == 415 else []
+            await send_bytes(send, err.status, error_headers(err) + extra, err.body())
+            return
+        scope = request.translate_validators(scope, self.cache)
+        answer = Answer(request, send, self.cache, self.min_size)
+        await self.app(scope, receive, answer.send)
+
+    async def decoded(self, scope: dict[str, Any], receive: Receive) -> tuple[dict[str, Any], Receive]:
+        """The request with its body decoded (bounded by max_decoded) and its headers saying so."""
+        value = (header(scope["headers"], b"content-encoding") or b"").decode("latin-1").strip().lower()
+        coding = codings.ALIASES.get(value, value)
+        if coding == codings.IDENTITY:
+            return scope, receive
+        if coding not in codings.DECODABLE:
+            raise UnsupportedCoding(f"Content-Encoding {value!r} is not supported for request bodies; send the body "
+                                    f"as {', '.join(codings.DECODABLE)} (one coding) or uncompressed.")
+        decoder = codings.Decoder(coding, self.max_decoded)
+        pieces: list[bytes] = []
+        received = 0
+        more = True
+        try:
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise BadRequest("The client went away while sending the body.")
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > self.max_decoded:
+                    raise codings.TooLarge("compressed body over the cap")
+                pieces += decoder.feed(chunk)
+                more = message.get("more_body", False)
+            decoder.finish()
+        except codings.TooLarge as exc:
+            raise PayloadTooLarge(f"The request body is over {self.max_decoded // (1024 * 1024)} MiB once decoded "
+                                  f"({value}); send less per request.") from exc
+        except codings.DecodeError as exc:
+            raise BadRequest(f"The request body is not valid {value} data ({exc}); fix its encoding or send it "
+                             "uncompressed.") from exc
+        body = b"".join(pieces)
+        headers = [*without(scope["headers"], b"content-encoding", b"content-length", b"transfer-encoding"),
+                   (b"content-length", str(len(body)).encode())]
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if delivered:
+                return await receive()      # after the body: the client's disconnect, as before
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return dict(scope, headers=headers), replay
+
+
+class Answer:
+    """The `send` the gate writes its answer to: decides at the start line, then codes the body as it streams."""
+
+    def __init__(self, request: Request, send: Send, cache: StaticCache, min_size: int) -> None:
+        self.request = request
+        self.inner = send
+        self.cache = cache
+        self.min_size = min_size
+        self.mode = "pass"
+        self.start: dict[str, Any] = {}
+        self.held: list[bytes] = []
+        self.held_size = 0
+        self.coding = codings.IDENTITY
+        self.encoder: codings.Encoder | None = None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            await self.begin(message)
+        elif message["type"] != "http.response.body" or self.mode == "pass":
+            await self.inner(message)
+        elif self.mode == "drop":
+            pass        # MLflow's copy of a file answered from the cache
+        elif self.mode == "static":
+            await self.static_body(message)
+        else:
+            await self.coded_body(message)
+
+    async def begin(self, message: dict[str, Any]) -> None:
+        status, headers = message["status"], list(message.get("headers", []))
+        req = self.request
+        if status == 304:
+            await self.not_modified(message, headers)
+            return
+        ctype = header(headers, b"content-type") or b""
+        typed = bool(_COMPRESSIBLE.match(ctype.lower())) or req.must_code
+        cache_control = (header(headers, b"cache-control") or b"").lower()
+        if (not req.eligible or not typed or status in (204, 206) or status < 200
+                or header(headers, b"content-encoding") is not None or b"no-transform" in cache_control):
+            self.mode = "pass"
+            await self.inner(dict(message, headers=with_vary(headers) if typed and req.eligible else headers))
+            return
+        tag = header(headers, b"etag")
+        length = header(headers, b"content-length")
+        if req.static and status == 200 and tag is not None and length is not None and self.cache.fits(int(length)):
+            self.start, self.mode = dict(message, headers=headers), "static"
+            entry = self.cache.get(req.path, tag, req.static_coding)
+            if entry is not None:
+                self.mode = "drop"
+                await self.replay(entry, headers)
+            return
+        coding = req.coding if req.coding != codings.IDENTITY else None
+        if coding is None or (length is not None and int(length) < self.min_size and not req.must_code):
+            self.mode = "pass"
+            await self.inner(dict(message, headers=with_vary(headers)))
+            return
+        self.start, self.mode, self.coding = dict(message, headers=headers), "code", coding
+
+    async def not_modified(self, message: dict[str, Any], headers: Headers) -> None:
+        """A 304 from MLflow: for the gate's own validation, the cached file; else the client's tag back."""
+        req = self.request
+        tag = header(headers, b"etag") or req.injected
+        if req.injected is not None and tag == req.injected:
+            entry = self.cache.get(req.path, req.injected, req.static_coding)
+            if entry is not None:
+                self.mode = "drop"
+                await self.replay(entry, headers, status=200)
+                return
+        if tag is not None and tag in req.client_tags:
+            headers = [*without(headers, b"etag"), (b"etag", req.client_tags[tag])]
+        self.mode = "pass"
+        await self.inner(dict(message, headers=with_vary(headers) if req.eligible else headers))
+
+    async def replay(self, entry: Entry, live: Headers, status: int = 200) -> None:
+        """A cached file, with the freshness headers of MLflow's latest answer (a 304's, RFC 9111 4.3.4)."""
+        fresh = without(live, b"content-length", b"content-type", b"etag", b"vary", b"accept-ranges",
+                        b"content-encoding", b"last-modified")
+        names = {k.lower() for k, _ in fresh}
+        headers = [*fresh, *((k, v) for k, v in entry.headers if k.lower() not in names)]
+        await self.inner({"type": "http.response.start", "status": status, "headers": headers})
+        await self.inner({"type": "http.response.body", "body": entry.body, "more_body": False})
+
+    async def static_body(self, message: dict[str, Any]) -> None:
+        self.held.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        req, headers = self.request, self.start["headers"]
+        tag = header(headers, b"etag") or b""
+        entry = await self.cache.make(req.path, tag, req.static_coding, b"".join(self.held),
+                                      lambda n: coded_headers(headers, req.static_coding, n))
+        self.held = []
+        await self.replay(entry, headers, status=self.start["status"])
+
+    async def coded_body(self, message: dict[str, Any]) -> None:
+        body, more = message.get("body", b""), message.get("more_body", False)
+        if self.encoder is None:
+            if more and self.held_size + len(body) < self.min_size:
+                self.held.append(body)          # no length given: wait until it is clear the answer is big
+                self.held_size += len(body)
+                return
+            body = b"".join([*self.held, body])
+            self.held = []
+            headers = self.start["headers"]
+            if not more and len(body) < self.min_size and not self.request.must_code:
+                await self.inner(dict(self.start, headers=with_vary(headers)))
+                await self.inner({"type": "http.response.body", "body": body, "more_body": False})
+                self.mode = "pass"
+                return
+            self.encoder = codings.encoder(self.coding)
+            if not more:                         # the whole answer at once: coded with a Content-Length
+                data = self.encoder.compress(body) + self.encoder.finish()
+                await self.inner(dict(self.start, headers=coded_headers(headers, self.coding, len(data))))
+                await self.inner({"type": "http.response.body", "body": data, "more_body": False})
+                return
+            await self.inner(dict(self.start, headers=coded_headers(headers, self.coding, None)))
+        data = self.encoder.compress(body) if body else b""
+        if not more:
+            data += self.encoder.finish()
+        if data or not more:
+            await self.inner({"type": "http.response.body", "body": data, "more_body": more})

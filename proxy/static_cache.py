@@ -1,0 +1,95 @@
+"""The UI's static files, compressed once per upstream ETag and kept in memory (bounded, least recently used out).
+
+MLflow names its bundles by content hash and serves them with an ETag (mtime, size and a checksum of the name), so a
+file's ETag changes with every upstream MLflow version: the cache is keyed by path, ETag and coding, and an upgrade
+simply misses. Compression runs in a worker thread (the coders release the GIL), once per key even when several
+browsers ask at the same moment.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import codings
+
+Headers = list[tuple[bytes, bytes]]
+
+MAX_BYTES = 64 * 1024 * 1024       # all entries together (MLflow 3.17's whole UI is 27 MB uncoded, about 7 MB as br)
+MAX_FILE = 16 * 1024 * 1024        # larger answers are coded as they stream instead
+
+
+@dataclass(frozen=True)
+class Entry:
+    body: bytes          # the coded file
+    headers: Headers     # MLflow's headers for it, with the coding's Content-Encoding, Content-Length and ETag
+
+
+class StaticCache:
+    def __init__(self, max_bytes: int = MAX_BYTES, max_file: int = MAX_FILE) -> None:
+        self.max_bytes = max_bytes
+        self.max_file = max_file
+        self.size = 0
+        self.entries: OrderedDict[tuple[str, bytes, str], Entry] = OrderedDict()
+        self.tags: dict[tuple[str, str], bytes] = {}       # (path, coding) -> the ETag last cached
+        self.pending: dict[tuple[str, bytes, str], asyncio.Future[Entry]] = {}
+        self.compressions = 0
+
+    def fits(self, length: int) -> bool:
+        return length <= self.max_file
+
+    def etag_for(self, path: str, coding: str) -> bytes | None:
+        tag = self.tags.get((path, coding))
+        return tag if tag is not None and (path, tag, coding) in self.entries else None
+
+    def get(self, path: str, tag: bytes, coding: str) -> Entry | None:
+        entry = self.entries.get((path, tag, coding))
+        if entry is not None:
+            self.entries.move_to_end((path, tag, coding))
+        return entry
+
+    async def make(self, path: str, tag: bytes, coding: str, body: bytes,
+                   headers_for: Callable[[int], Headers]) -> Entry:
+        """The entry for this file and coding, compressing it unless another request is already doing so.
+        `headers_for(coded_length)` gives the coded answer's headers."""
+        key = (path, tag, coding)
+        entry = self.get(path, tag, coding)
+        if entry is not None:
+            return entry
+        running = self.pending.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self.pending[key] = future
+        try:
+            data = await asyncio.to_thread(codings.compress, coding, body, codings.STATIC_LEVELS[coding])
+            self.compressions += 1
+            entry = Entry(data, headers_for(len(data)))
+            self._keep(key, entry)
+            future.set_result(entry)
+            return entry
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()          # retrieved: waiters get it, nobody else must be told
+            raise
+        finally:
+            del self.pending[key]
+
+    def _keep(self, key: tuple[str, bytes, str], entry: Entry) -> None:
+        size = len(entry.body)
+        if size > self.max_bytes:
+            return
+        path, tag, coding = key
+        old = self.tags.get((path, coding))
+        if old is not None and old != tag:       # a new upstream version of the file: the old one is dead
+            dropped = self.entries.pop((path, old, coding), None)
+            self.size -= len(dropped.body) if dropped else 0
+        self.entries[key] = entry
+        self.tags[(path, coding)] = tag
+        self.size += size
+        while self.size > self.max_bytes:
+            (p, t, c), gone = self.entries.popitem(last=False)
+            self.size -= len(gone.body)
+            if self.tags.get((p, c)) == t:
+                del self.tags[(p, c)]
