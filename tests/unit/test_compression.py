@@ -15,8 +15,8 @@ import brotli
 import pytest
 
 from proxy import codings
-from proxy.compression import Compression
 from proxy.codings import zstd
+from proxy.compression import Compression
 from proxy.static_cache import StaticCache
 
 JSON_BODY = json.dumps({"metrics": [{"key": "loss", "value": i / 7, "step": i} for i in range(2000)]}, indent=2).encode()
@@ -140,13 +140,13 @@ def test_no_accept_encoding_is_identity_with_vary() -> None:
 
 def test_identity_refused_is_406_before_the_request_goes_on() -> None:
     app = App()
-    status, headers, body, _ = call(Compression(app), headers={"accept-encoding": "identity;q=0"})
+    status, _headers, body, _ = call(Compression(app), headers={"accept-encoding": "identity;q=0"})
     assert status == 406 and json.loads(body)["error_code"] == "INVALID_PARAMETER_VALUE"
     assert "identity" in json.loads(body)["message"] and app.scopes == []
 
 
 def test_identity_refused_codes_even_small_answers() -> None:
-    status, headers, body, _ = call(Compression(App([b'{"a": 1}'])), headers={"accept-encoding": "gzip, identity;q=0"})
+    _status, headers, body, _ = call(Compression(App([b'{"a": 1}'])), headers={"accept-encoding": "gzip, identity;q=0"})
     assert headers["content-encoding"] == "gzip" and gzip.decompress(body) == b'{"a": 1}'
 
 
@@ -169,7 +169,7 @@ def test_identity_refused_codes_even_small_answers() -> None:
 def test_answers_left_as_they_are(path: str, method: str, headers: dict[str, str],
                                   answer_headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> None:
     app = App(chunks, headers=answer_headers)
-    status, out, body, _ = call(Compression(app), path=path, method=method,
+    _status, out, body, _ = call(Compression(app), path=path, method=method,
                                 headers={"accept-encoding": "gzip, br, zstd", **headers})
     given = dict(answer_headers).get(b"content-encoding")
     assert out.get("content-encoding") == (given.decode() if given else None)
@@ -208,7 +208,7 @@ def test_streaming_a_large_answer_keeps_memory_bounded() -> None:
 
 
 def test_unknown_length_small_answer_stays_identity() -> None:
-    status, headers, body, _ = call(Compression(App([b'{"a":', b' 1}'], length=False)), headers={"accept-encoding": "br"})
+    _status, headers, body, _ = call(Compression(App([b'{"a":', b' 1}'], length=False)), headers={"accept-encoding": "br"})
     assert "content-encoding" not in headers and body == b'{"a": 1}'
 
 
@@ -241,7 +241,7 @@ def test_static_file_compressed_once_then_validated_upstream() -> None:
     app, cache = StaticApp(), StaticCache()
     wrapper = Compression(app, cache)
     path, browser = "/static-files/static/js/main.js", {"accept-encoding": "gzip, deflate, br, zstd"}
-    s1, h1, b1, _ = call(wrapper, path, headers=browser)
+    s1, _h1, b1, _ = call(wrapper, path, headers=browser)
     s2, h2, b2, _ = call(wrapper, path, headers=browser)
     assert s1 == s2 == 200 and b1 == b2 and brotli.decompress(b2) == JS
     assert h2["content-encoding"] == "br" and h2["etag"] == '"1796158842.55-4443475-2010391092-br"'
@@ -251,7 +251,7 @@ def test_static_file_compressed_once_then_validated_upstream() -> None:
     # the second request went upstream (authorization) with the cached ETag, and MLflow answered 304
     assert dict(app.scopes[1]["headers"])[b"if-none-match"] == TAG
     # gzip is its own entry
-    s3, h3, b3, _ = call(wrapper, path, headers={"accept-encoding": "gzip"})
+    _s3, h3, b3, _ = call(wrapper, path, headers={"accept-encoding": "gzip"})
     assert h3["etag"].endswith('-gzip"') and gzip.decompress(b3) == JS and cache.compressions == 2
 
 
