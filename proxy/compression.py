@@ -56,6 +56,14 @@ def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     return None
 
 
+def length_of(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    value = header(headers, b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def without(headers: Iterable[tuple[bytes, bytes]], *names: bytes) -> Headers:
     return [(k, v) for k, v in headers if k.lower() not in names]
 
@@ -247,9 +255,8 @@ class Answer:
             self.mode = "pass"
             await self.inner(dict(message, headers=with_vary(headers) if typed and req.eligible else headers))
             return
-        tag = header(headers, b"etag")
-        length = header(headers, b"content-length")
-        if req.static and status == 200 and tag is not None and length is not None and self.cache.fits(int(length)):
+        tag, length = header(headers, b"etag"), length_of(headers)
+        if req.static and status == 200 and tag is not None and length is not None and self.cache.fits(length):
             self.start, self.mode = dict(message, headers=headers), "static"
             entry = self.cache.get(req.path, tag, req.static_coding)
             if entry is not None:
@@ -257,7 +264,7 @@ class Answer:
                 await self.replay(entry, headers)
             return
         coding = req.coding if req.coding != codings.IDENTITY else None
-        if coding is None or (length is not None and int(length) < self.min_size and not req.must_code):
+        if coding is None or (length is not None and length < self.min_size and not req.must_code):
             self.mode = "pass"
             await self.inner(dict(message, headers=with_vary(headers)))
             return
@@ -273,8 +280,8 @@ class Answer:
                 self.mode = "drop"
                 await self.replay(entry, headers, status=200)
                 return
-        if tag is not None and tag in req.client_tags:
-            headers = [*without(headers, b"etag"), (b"etag", req.client_tags[tag])]
+        if tag is not None and tag in req.client_tags:     # the client holds a coded copy: its tag, no ranges
+            headers = [*without(headers, b"etag", b"accept-ranges"), (b"etag", req.client_tags[tag])]
         self.mode = "pass"
         await self.inner(dict(message, headers=with_vary(headers) if req.eligible else headers))
 

@@ -33,7 +33,7 @@ class StaticCache:
         self.size = 0
         self.entries: OrderedDict[tuple[str, bytes, str], Entry] = OrderedDict()
         self.tags: dict[tuple[str, str], bytes] = {}       # (path, coding) -> the ETag last cached
-        self.pending: dict[tuple[str, bytes, str], asyncio.Future[Entry]] = {}
+        self.pending: dict[tuple[str, bytes, str], asyncio.Task[Entry]] = {}
         self.compressions = 0
 
     def fits(self, length: int) -> bool:
@@ -52,29 +52,26 @@ class StaticCache:
     async def make(self, path: str, tag: bytes, coding: str, body: bytes,
                    headers_for: Callable[[int], Headers]) -> Entry:
         """The entry for this file and coding, compressing it unless another request is already doing so.
-        `headers_for(coded_length)` gives the coded answer's headers."""
+        `headers_for(coded_length)` gives the coded answer's headers. The work is a task of its own, so a browser
+        that goes away does not waste it for the next one."""
         key = (path, tag, coding)
         entry = self.get(path, tag, coding)
         if entry is not None:
             return entry
-        running = self.pending.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
-        self.pending[key] = future
-        try:
-            data = await asyncio.to_thread(codings.compress, coding, body, codings.STATIC_LEVELS[coding])
-            self.compressions += 1
-            entry = Entry(data, headers_for(len(data)))
-            self._keep(key, entry)
-            future.set_result(entry)
-            return entry
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()          # retrieved: waiters get it, nobody else must be told
-            raise
-        finally:
-            del self.pending[key]
+        task = self.pending.get(key)
+        if task is None:
+            task = asyncio.create_task(self._compress(key, body, headers_for))
+            self.pending[key] = task
+            task.add_done_callback(lambda t: (self.pending.pop(key, None), t.cancelled() or t.exception()))
+        return await asyncio.shield(task)
+
+    async def _compress(self, key: tuple[str, bytes, str], body: bytes, headers_for: Callable[[int], Headers]) -> Entry:
+        coding = key[2]
+        data = await asyncio.to_thread(codings.compress, coding, body, codings.STATIC_LEVELS[coding])
+        self.compressions += 1
+        entry = Entry(data, headers_for(len(data)))
+        self._keep(key, entry)
+        return entry
 
     def _keep(self, key: tuple[str, bytes, str], entry: Entry) -> None:
         size = len(entry.body)

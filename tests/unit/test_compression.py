@@ -255,6 +255,31 @@ def test_static_file_compressed_once_then_validated_upstream() -> None:
     assert h3["etag"].endswith('-gzip"') and gzip.decompress(b3) == JS and cache.compressions == 2
 
 
+def test_simultaneous_first_requests_compress_once() -> None:
+    app, cache = StaticApp(), StaticCache()
+    wrapper = Compression(app, cache)
+    bodies: list[bytes] = []
+
+    async def one() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/static-files/a.js", "headers": [(b"accept-encoding", b"br")]}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                bodies.append(message["body"])
+
+        await wrapper(scope, receive, send)
+
+    async def both() -> None:
+        await asyncio.gather(one(), one(), one())
+
+    asyncio.run(both())
+    assert cache.compressions == 1 and len(bodies) == 3 and len(set(bodies)) == 1
+    assert brotli.decompress(bodies[0]) == JS
+
+
 def test_revalidation_304_keeps_the_coded_etag() -> None:
     app = StaticApp()
     wrapper = Compression(app, StaticCache())
