@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import codings
-from .errors import BadRequest, GateError, PayloadTooLarge, error_headers
+from .errors import BadRequest, GateError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, error_headers
 from .forward import Receive, Send, send_bytes
 from .static_cache import Entry, StaticCache
 
@@ -37,16 +37,6 @@ _COMPRESSIBLE = re.compile(rb"^(text/(?!event-stream)|application/(json|javascri
 _ARTIFACT_FILES = re.compile(r"^/(ajax-)?api/2\.0/mlflow-artifacts/|^/(get-artifact|model-versions/get-artifact)$"
                              r"|^/ajax-api/2\.0/mlflow/(logged-models/[^/]+/artifacts/files|upload-artifact)$")
 _CODED_TAG = re.compile(rb'^(W/)?"(.*)-(gzip|br|zstd)"$')
-
-
-class NotAcceptable(GateError):
-    status = 406
-    code = "INVALID_PARAMETER_VALUE"
-
-
-class UnsupportedCoding(GateError):
-    status = 415
-    code = "INVALID_PARAMETER_VALUE"
 
 
 def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -175,7 +165,7 @@ class Compression:
         if coding == codings.IDENTITY:
             return scope, receive
         if coding not in codings.DECODABLE:
-            raise UnsupportedCoding(f"Content-Encoding {value!r} is not supported for request bodies; send the body "
+            raise UnsupportedMediaType(f"Content-Encoding {value!r} is not supported for request bodies; send the body "
                                     f"as {', '.join(codings.DECODABLE)} (one coding) or uncompressed.")
         decoder = codings.Decoder(coding, self.max_decoded)
         pieces: list[bytes] = []

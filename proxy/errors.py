@@ -38,6 +38,20 @@ class PayloadTooLarge(GateError):
     code = "INVALID_PARAMETER_VALUE"
 
 
+class NotAcceptable(GateError):
+    """Accept-Encoding refuses every coding the gate can answer with (identity included)."""
+
+    status = 406
+    code = "INVALID_PARAMETER_VALUE"
+
+
+class UnsupportedMediaType(GateError):
+    """A request body in a content coding the gate does not decode."""
+
+    status = 415
+    code = "INVALID_PARAMETER_VALUE"
+
+
 class UpstreamUnavailable(GateError):
     status = 503
     code = "TEMPORARILY_UNAVAILABLE"
