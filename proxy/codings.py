@@ -5,6 +5,7 @@ Pure functions and small objects: no ASGI here (compression.py is the wrapper th
 """
 from __future__ import annotations
 
+import functools
 import sys
 import zlib
 from dataclasses import dataclass
@@ -78,6 +79,25 @@ def negotiate(header: str | None, preference: tuple[str, ...] = DYNAMIC_PREFEREN
     if explicit is not None and explicit <= 0.0:
         raise NotAcceptable(header)
     return IDENTITY
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What one Accept-Encoding value allows: the coding for answers, the one for static files, and whether identity
+    is refused. None of them when nothing is acceptable."""
+
+    dynamic: str
+    static: str
+    must_code: bool
+
+
+@functools.lru_cache(maxsize=512)
+def choose(header: str | None) -> Choice | None:
+    """negotiate() for both preferences, once per distinct header value (clients send a handful of them)."""
+    try:
+        return Choice(negotiate(header), negotiate(header, STATIC_PREFERENCE), identity_refused(header))
+    except NotAcceptable:
+        return None
 
 
 def identity_refused(header: str | None) -> bool:

@@ -36,6 +36,8 @@ _COMPRESSIBLE = re.compile(rb"^(text/(?!event-stream)|application/(json|javascri
 # Artifact files are users' bytes (often already compressed, often large): passed as they are.
 _ARTIFACT_FILES = re.compile(r"^/(ajax-)?api/2\.0/mlflow-artifacts/|^/(get-artifact|model-versions/get-artifact)$"
                              r"|^/ajax-api/2\.0/mlflow/(logged-models/[^/]+/artifacts/files|upload-artifact)$")
+_READ = frozenset({b"accept-encoding", b"content-encoding", b"range", b"if-none-match", b"if-modified-since"})
+_ANSWER = frozenset({b"content-type", b"content-encoding", b"cache-control", b"etag", b"content-length"})
 _CODED_TAG = re.compile(rb'^(W/)?"(.*)-(gzip|br|zstd)"$')
 
 
@@ -46,8 +48,17 @@ def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     return None
 
 
-def length_of(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
-    value = header(headers, b"content-length")
+def pick(headers: Iterable[tuple[bytes, bytes]], names: frozenset[bytes]) -> dict[bytes, bytes]:
+    """The headers named, in one pass (lower-case names; a repeated one joined as a list)."""
+    seen: dict[bytes, bytes] = {}
+    for key, value in headers:
+        if (key := key.lower()) in names:
+            seen[key] = seen[key] + b", " + value if key in seen else value
+    return seen
+
+
+def length_of(headers: dict[bytes, bytes]) -> int | None:
+    value = headers.get(b"content-length")
     try:
         return int(value) if value is not None else None
     except ValueError:
@@ -65,13 +76,17 @@ def coded_tag(tag: bytes, coding: str) -> bytes:
 
 
 def with_vary(headers: Headers) -> Headers:
-    vary = header(headers, b"vary")
-    if vary is None:
-        return [*headers, (b"vary", b"Accept-Encoding")]
-    tokens = {t.strip().lower() for t in vary.split(b",")}
-    if b"accept-encoding" in tokens or b"*" in tokens:
-        return headers
-    return [*without(headers, b"vary"), (b"vary", vary + b", Accept-Encoding")]
+    """The headers with Accept-Encoding in Vary (merged into MLflow's own `Vary: Origin`)."""
+    out, found = [], False
+    for key, value in headers:
+        if key.lower() == b"vary":
+            found = True
+            if b"accept-encoding" not in value.lower() and value.strip() != b"*":
+                value += b", Accept-Encoding"
+        out.append((key, value))
+    if not found:
+        out.append((b"vary", b"Accept-Encoding"))
+    return out
 
 
 def coded_headers(headers: Headers, coding: str, length: int | None) -> Headers:
@@ -89,31 +104,27 @@ class Request:
     """What the answer's coding depends on, read once from the request."""
 
     def __init__(self, scope: dict[str, Any]) -> None:
-        headers = scope["headers"]
+        seen = pick(scope["headers"], _READ)
         self.path: str = scope["path"]
-        self.accept = header(headers, b"accept-encoding")
-        accept = self.accept.decode("latin-1") if self.accept is not None else None
-        try:
-            self.coding = codings.negotiate(accept)
-            self.static_coding = codings.negotiate(accept, codings.STATIC_PREFERENCE)
-        except codings.NotAcceptable as exc:
+        accept = seen[b"accept-encoding"].decode("latin-1") if b"accept-encoding" in seen else None
+        choice = codings.choose(accept)
+        if choice is None:
             raise NotAcceptable(f"Accept-Encoding {accept!r} refuses every coding the gate can send; accept "
-                                f"one of {', '.join(codings.SUPPORTED)} or identity.") from exc
-        self.must_code = codings.identity_refused(accept)
-        self.eligible = (scope["method"] != "HEAD" and header(headers, b"range") is None
-                         and not _ARTIFACT_FILES.match(self.path))
+                                f"one of {', '.join(codings.SUPPORTED)} or identity.")
+        self.coding, self.static_coding, self.must_code = choice.dynamic, choice.static, choice.must_code
+        self.body_coding = seen.get(b"content-encoding")
+        self.eligible = (scope["method"] != "HEAD" and b"range" not in seen and not _ARTIFACT_FILES.match(self.path))
         self.static = (self.eligible and scope["method"] == "GET" and self.path.startswith(STATIC_PREFIX)
                        and self.static_coding != codings.IDENTITY)
-        self.conditional = (header(headers, b"if-none-match") is not None
-                            or header(headers, b"if-modified-since") is not None)
+        self.if_none_match = seen.get(b"if-none-match")
+        self.conditional = self.if_none_match is not None or b"if-modified-since" in seen
         self.client_tags: dict[bytes, bytes] = {}    # upstream tag -> the coded tag the client sent
         self.injected: bytes | None = None           # the cached ETag the gate asked MLflow to validate
 
     def translate_validators(self, scope: dict[str, Any], cache: StaticCache) -> dict[str, Any]:
         """The scope the gate sees: coded ETags in If-None-Match turned back into MLflow's, or the cached ETag
         put there when the client has no validator of its own and the cache holds the file."""
-        headers = scope["headers"]
-        inm = header(headers, b"if-none-match")
+        headers, inm = scope["headers"], self.if_none_match
         if inm is not None:
             tags = []
             for tag in (t.strip() for t in inm.split(b",")):
@@ -148,7 +159,7 @@ class Compression:
             return
         try:
             request = Request(scope)
-            if header(scope["headers"], b"content-encoding") is not None and not _ARTIFACT_FILES.match(scope["path"]):
+            if request.body_coding is not None and not _ARTIFACT_FILES.match(scope["path"]):
                 scope, receive = await self.decoded(scope, receive)
         except GateError as err:
             extra = [(b"accept-encoding", ", ".join(codings.SUPPORTED).encode())] if err.status == 415 else []
@@ -237,15 +248,14 @@ class Answer:
         if status == 304:
             await self.not_modified(message, headers)
             return
-        ctype = header(headers, b"content-type") or b""
-        typed = bool(_COMPRESSIBLE.match(ctype.lower())) or req.must_code
-        cache_control = (header(headers, b"cache-control") or b"").lower()
-        if (not req.eligible or not typed or status in (204, 206) or status < 200
-                or header(headers, b"content-encoding") is not None or b"no-transform" in cache_control):
+        got = pick(headers, _ANSWER)
+        typed = bool(_COMPRESSIBLE.match(got.get(b"content-type", b"").lower())) or req.must_code
+        if (not req.eligible or not typed or status in (204, 206) or status < 200 or b"content-encoding" in got
+                or b"no-transform" in got.get(b"cache-control", b"").lower()):
             self.mode = "pass"
             await self.inner(dict(message, headers=with_vary(headers) if typed and req.eligible else headers))
             return
-        tag, length = header(headers, b"etag"), length_of(headers)
+        tag, length = got.get(b"etag"), length_of(got)
         if req.static and status == 200 and tag is not None and length is not None and self.cache.fits(length):
             self.start, self.mode = dict(message, headers=headers), "static"
             entry = self.cache.get(req.path, tag, req.static_coding)
