@@ -118,7 +118,7 @@ class Request:
                        and self.static_coding != codings.IDENTITY)
         self.if_none_match = seen.get(b"if-none-match")
         self.conditional = self.if_none_match is not None or b"if-modified-since" in seen
-        self.client_tags: dict[bytes, bytes] = {}    # upstream tag -> the coded tag the client sent
+        self.client_tags: dict[bytes, bytes] = {}    # upstream tag (without W/) -> the coded tag the client sent
         self.injected: bytes | None = None           # the cached ETag the gate asked MLflow to validate
 
     def translate_validators(self, scope: dict[str, Any], cache: StaticCache) -> dict[str, Any]:
@@ -131,7 +131,7 @@ class Request:
                 m = _CODED_TAG.match(tag)
                 if m:
                     plain = (m.group(1) or b"") + b'"' + m.group(2) + b'"'
-                    self.client_tags[plain] = tag
+                    self.client_tags[plain.removeprefix(b"W/")] = tag
                     tag = plain
                 tags.append(tag)
             return dict(scope, headers=[*without(headers, b"if-none-match"), (b"if-none-match", b", ".join(tags))])
@@ -229,6 +229,7 @@ class Answer:
         self.held_size = 0
         self.coding = codings.IDENTITY
         self.encoder: codings.Encoder | None = None
+        self.keep: tuple[bytes, list[bytes]] | None = None     # a static file's ETag and bytes, to be kept
 
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -237,8 +238,6 @@ class Answer:
             await self.inner(message)
         elif self.mode == "drop":
             pass        # MLflow's copy of a file answered from the cache
-        elif self.mode == "static":
-            await self.static_body(message)
         else:
             await self.coded_body(message)
 
@@ -257,11 +256,16 @@ class Answer:
             return
         tag, length = got.get(b"etag"), length_of(got)
         if req.static and status == 200 and tag is not None and length is not None and self.cache.fits(length):
-            self.start, self.mode = dict(message, headers=headers), "static"
             entry = self.cache.get(req.path, tag, req.static_coding)
             if entry is not None:
                 self.mode = "drop"
                 await self.replay(entry, headers)
+                return
+            # The first time: coded fast as it streams (so a weak ETag: the kept copy will have other bytes),
+            # while the copy to keep is made at the high level in the background.
+            self.keep, headers = (tag, []), [(k, v if k.lower() != b"etag" or v.startswith(b"W/") else b"W/" + v)
+                                              for k, v in headers]
+            self.start, self.mode, self.coding = dict(message, headers=headers), "code", req.static_coding
             return
         coding = req.coding if req.coding != codings.IDENTITY else None
         if coding is None or (length is not None and length < self.min_size and not req.must_code):
@@ -280,8 +284,9 @@ class Answer:
                 self.mode = "drop"
                 await self.replay(entry, headers, status=200)
                 return
-        if tag is not None and tag in req.client_tags:     # the client holds a coded copy: its tag, no ranges
-            headers = [*without(headers, b"etag", b"accept-ranges"), (b"etag", req.client_tags[tag])]
+        coded = req.client_tags.get(tag.removeprefix(b"W/")) if tag is not None else None
+        if coded is not None:     # the client holds a coded copy: its tag, no ranges
+            headers = [*without(headers, b"etag", b"accept-ranges"), (b"etag", coded)]
         self.mode = "pass"
         await self.inner(dict(message, headers=with_vary(headers) if req.eligible else headers))
 
@@ -294,19 +299,19 @@ class Answer:
         await self.inner({"type": "http.response.start", "status": status, "headers": headers})
         await self.inner({"type": "http.response.body", "body": entry.body, "more_body": False})
 
-    async def static_body(self, message: dict[str, Any]) -> None:
-        self.held.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        req, headers = self.request, self.start["headers"]
-        tag = header(headers, b"etag") or b""
-        entry = await self.cache.make(req.path, tag, req.static_coding, b"".join(self.held),
-                                      lambda n: coded_headers(headers, req.static_coding, n))
-        self.held = []
-        await self.replay(entry, headers, status=self.start["status"])
+    def keep_file(self, body: bytes) -> None:
+        assert self.keep is not None
+        req, tag, headers = self.request, self.keep[0], without(self.start["headers"], b"etag")
+        headers.append((b"etag", tag))
+        self.cache.prepare(req.path, tag, req.static_coding, body, lambda n: coded_headers(headers, req.static_coding, n))
+        self.keep = None
 
     async def coded_body(self, message: dict[str, Any]) -> None:
         body, more = message.get("body", b""), message.get("more_body", False)
+        if self.keep is not None:
+            self.keep[1].append(body)
+            if not more:
+                self.keep_file(b"".join(self.keep[1]))
         if self.encoder is None:
             if more and self.held_size + len(body) < self.min_size:
                 self.held.append(body)          # no length given: wait until it is clear the answer is big

@@ -2,8 +2,8 @@
 
 MLflow names its bundles by content hash and serves them with an ETag (mtime, size and a checksum of the name), so a
 file's ETag changes with every upstream MLflow version: the cache is keyed by path, ETag and coding, and an upgrade
-simply misses. Compression runs in a worker thread (the coders release the GIL), once per key even when several
-browsers ask at the same moment.
+simply misses. The first answer for a file is coded fast as it streams (compression.py); the copy kept is made
+meanwhile in a worker thread (the coders release the GIL), once per key even when several browsers ask at once.
 """
 from __future__ import annotations
 
@@ -49,21 +49,20 @@ class StaticCache:
             self.entries.move_to_end((path, tag, coding))
         return entry
 
-    async def make(self, path: str, tag: bytes, coding: str, body: bytes,
-                   headers_for: Callable[[int], Headers]) -> Entry:
-        """The entry for this file and coding, compressing it unless another request is already doing so.
-        `headers_for(coded_length)` gives the coded answer's headers. The work is a task of its own, so a browser
-        that goes away does not waste it for the next one."""
+    def prepare(self, path: str, tag: bytes, coding: str, body: bytes, headers_for: Callable[[int], Headers]) -> None:
+        """Start making the entry for this file and coding in the background, unless it exists or is being made.
+        `headers_for(coded_length)` gives the coded answer's headers."""
         key = (path, tag, coding)
-        entry = self.get(path, tag, coding)
-        if entry is not None:
-            return entry
-        task = self.pending.get(key)
-        if task is None:
-            task = asyncio.create_task(self._compress(key, body, headers_for))
-            self.pending[key] = task
-            task.add_done_callback(lambda t: (self.pending.pop(key, None), t.cancelled() or t.exception()))
-        return await asyncio.shield(task)
+        if key in self.entries or key in self.pending:
+            return
+        task = asyncio.create_task(self._compress(key, body, headers_for))
+        self.pending[key] = task
+        task.add_done_callback(lambda t: (self.pending.pop(key, None), t.cancelled() or t.exception()))
+
+    async def idle(self) -> None:
+        """Until the entries being made are made (tests; a shutdown does not need to wait)."""
+        while self.pending:
+            await asyncio.gather(*self.pending.values(), return_exceptions=True)
 
     async def _compress(self, key: tuple[str, bytes, str], body: bytes, headers_for: Callable[[int], Headers]) -> Entry:
         coding = key[2]
