@@ -7,7 +7,8 @@ answer whose type could be coded; a coded answer's ETag gets the coding appended
 `If-None-Match` is translated back before it reaches the gate, so MLflow's 304s keep working.
 
 The UI's static files (`/static-files/...`, which MLflow serves with an ETag) are compressed once per upstream ETag
-at a high level and kept (static_cache.py). A request for one that the cache holds is sent upstream, through the
+at a high level and kept (static_cache.py); the first answer for one is coded fast as it streams, with a weak ETag,
+while the copy to keep is made in the background. A request for one that the cache holds is sent upstream, through the
 gate's authentication as always, with the cached ETag in `If-None-Match`; MLflow's 304 is then answered with the
 cached bytes, without moving the file over loopback again.
 
