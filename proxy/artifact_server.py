@@ -13,18 +13,21 @@ import hmac
 import json
 import mimetypes
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from .artifacts import ArtifactMissing, Store, Stores, StoreUnavailable
-from .errors import BadRequest, GateError, NotFound, PermissionDenied, Unauthenticated, UpstreamUnavailable
+from .artifacts import ArtifactMissing, FileInfo, Store, Stores, StoreUnavailable
+from .edge import read_body
+from .errors import BadRequest, GateError, NotFound, PermissionDenied, Unauthenticated, UpstreamUnavailable, send_error
 from .forward import Receive, Send, send_bytes, stream_body
 from .metrics import Metrics
 from .params import parse_body, parse_query
-from .policy import PolicyStore
-from .resources import STORE_TAG, Resolver
+from .policy import Policy, PolicyStore
+from .resources import Resolver, artifact_experiment
+from .rewrite import STORE_TAG
 
 __all__ = ["STORE_TAG", "ArtifactServer", "artifact_experiment", "internal_token", "route_of"]
 
@@ -32,6 +35,22 @@ INTERNAL_PREFIX = "/_gate/internal"
 PART_PATH = "/_gate/artifact-part/"
 _PLAIN_TYPES = {"text/html", "application/javascript", "text/javascript", "image/svg+xml", "application/xhtml+xml"}
 _JSON = [(b"content-type", b"application/json")]
+SMALL_BODY = 16 * 1024 * 1024       # multipart create/complete/abort bodies
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One artifact-protocol operation: the request's channels, the store and the path it acts on."""
+    scope: dict[str, Any]
+    receive: Receive
+    send: Send
+    store: Store
+    path: str
+    body: bytes | None
+
+
+def _file_infos(found: list[FileInfo]) -> list[dict[str, Any]]:
+    return [{"path": f.path, "is_dir": f.is_dir, **({} if f.is_dir else {"file_size": f.size})} for f in found]
 
 
 class ArtifactNotFound(NotFound):
@@ -43,19 +62,6 @@ def internal_token(secret_key: str) -> str:
     return "mgi_" + hmac.new(secret_key.encode(), b"mlflow-gate internal artifacts", hashlib.sha256).hexdigest()
 
 
-def artifact_experiment(path: str) -> str:
-    """The experiment id an mlflow-artifacts path lives under: its first segment, digits only."""
-    if not path or path.startswith("/") or "\\" in path:
-        raise PermissionDenied(f"Permission denied: artifact path {path!r} must start with an experiment id.")
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
-        raise BadRequest(f"Artifact path {path!r} holds '.', '..' or empty segments.")
-    if not parts[0].isdigit() or not parts[0].isascii():
-        raise PermissionDenied(f"Permission denied: artifact path {path!r} is not under an experiment; only "
-                               "admins may reach the artifact store's root.")
-    return parts[0]
-
-
 class ArtifactServer:
     def __init__(self, stores: Stores, resolver: Resolver, policy: PolicyStore, secret_key: str,
                  public_url: str | None, *, internal_from_anywhere: bool = False,
@@ -64,109 +70,122 @@ class ArtifactServer:
         self.metrics = metrics
         self.stores = stores
         self.resolver = resolver
-        self.policy = policy
+        self.policy = policy            # read once per request, by the caller of these methods
         self.secret_key = secret_key
         self.public_url = public_url.rstrip("/") if public_url else None
         self._parts = URLSafeSerializer(secret_key, salt="mlflow-gate.artifact-part")
 
-    async def store_for(self, path: str) -> Store | None:
+    async def store_for(self, path: str, policy: Policy) -> Store | None:
         """The store holding `path` (`<experiment id>/...`): the team's, else the default (None: the upstream's)."""
         team = await self.resolver.experiment_store(artifact_experiment(path))
         if team:
-            store = self.stores.team(self.policy.current, team)
+            store = self.stores.team(policy, team)
             if store is None:
                 raise UpstreamUnavailable(f"The artifact store of team {team} is not configured in the policy any "
                                           "more; ask an admin.")
             return store
         return self.stores.default
 
-    async def serves(self, path: str) -> bool:
-        return path != "" and await self.store_for(path) is not None
+    async def serves(self, path: str, policy: Policy) -> bool:
+        return path != "" and await self.store_for(path, policy) is not None
 
-    async def listing(self, path: str) -> list[dict[str, Any]]:
+    async def listing(self, path: str, policy: Policy) -> list[dict[str, Any]]:
         """The folder `path` as MLflow's file infos (names relative to it)."""
-        store = await self.store_for(path)
+        store = await self.store_for(path, policy)
         if store is None:
             return []
         try:
-            found = await store.listdir(path)
+            return _file_infos(await store.listdir(path))
         except StoreUnavailable as exc:
             raise UpstreamUnavailable(str(exc)) from exc
-        return [{"path": f.path, "is_dir": f.is_dir, **({} if f.is_dir else {"file_size": f.size})} for f in found]
 
     # --- the protocol ------------------------------------------------------------------------
 
     async def handle(self, scope: dict[str, Any], receive: Receive, send: Send, op: str, path: str,
-                     body: bytes | None = None) -> None:
+                     policy: Policy, body: bytes | None = None) -> None:
         try:
-            store = await self.store_for(path) if path else self.stores.default
+            store = await self.store_for(path, policy) if path else self.stores.default
             if store is None:
                 raise ArtifactNotFound("No artifact store serves this path.")
-            await self._op(scope, receive, send, store, op, path, body)
+            handler = self._ops.get(op)
+            if handler is None:
+                raise BadRequest(f"Unknown artifact operation {op!r}.")
+            await handler(self, _Op(scope, receive, send, store, path, body))
         except ArtifactMissing as exc:
             raise ArtifactNotFound(f"Artifact {path!r} does not exist.") from exc
         except StoreUnavailable as exc:
             raise UpstreamUnavailable(str(exc)) from exc
 
-    async def _op(self, scope: dict[str, Any], receive: Receive, send: Send, store: Store, op: str, path: str,
-                  body: bytes | None) -> None:
-        if op == "download":
-            size, chunks = await store.open(path)
-            sent = await _stream_out(send, path, size, chunks)
-            if self.metrics is not None:
-                self.metrics.artifact_bytes.labels("out", store.label).inc(sent)
-        elif op == "upload":
-            received = await store.write(path, stream_body(receive))
-            if self.metrics is not None:
-                self.metrics.artifact_bytes.labels("in", store.label).inc(received)
-            await send_bytes(send, 200, _JSON, b"{}")
-        elif op == "delete":
-            await store.delete(path)
-            await send_bytes(send, 200, _JSON, b"{}")
-        elif op == "list":
-            files = [{"path": f.path, "is_dir": f.is_dir, **({} if f.is_dir else {"file_size": f.size})}
-                     for f in await store.listdir(path)]
-            await send_bytes(send, 200, _JSON, json.dumps({"files": files} if files else {}).encode())
-        elif op == "mpu_create":
-            data = parse_body(body or b"")
-            path = _mpu_target(path, data)
-            try:
-                count = int(data.get("num_parts") or data.get("numParts") or 1)
-            except (TypeError, ValueError) as exc:
-                raise BadRequest("num_parts must be an integer.") from exc
-            if not 1 <= count <= 10_000:
-                raise BadRequest("num_parts must be between 1 and 10000.")
-            upload_id = await store.mpu_create(path)
-            base = self.public_url or _origin(scope)
-            credentials = [{"part_number": n, "url": base + PART_PATH + self._parts.dumps(
-                {"p": path, "u": upload_id, "n": n, "x": int(time.time()) + 86400}), "headers": {}}
-                for n in range(1, count + 1)]
-            await send_bytes(send, 200, _JSON, json.dumps({"upload_id": upload_id,
-                                                           "credentials": credentials}).encode())
-        elif op in ("mpu_complete", "mpu_abort"):
-            data = parse_body(body or b"")
-            path = _mpu_target(path, data)
-            upload_id = str(data.get("upload_id") or data.get("uploadId") or "")
-            if not upload_id:
-                raise BadRequest("Missing value for required parameter 'upload_id'.")
-            if op == "mpu_abort":
-                await store.mpu_abort(path, upload_id)
-            else:
-                try:
-                    parts = [(int(p.get("part_number") or p.get("partNumber") or 0), str(p.get("etag", "")))
-                             for p in data.get("parts", []) if isinstance(p, dict)]
-                except (TypeError, ValueError) as exc:
-                    raise BadRequest("Each part needs an integer part_number.") from exc
-                if not parts:
-                    raise BadRequest("A multipart upload is completed with its parts.")
-                await store.mpu_complete(path, upload_id, parts)
-            await send_bytes(send, 200, _JSON, b"{}")
-        elif op == "presigned":
-            await send_bytes(send, 501, _JSON, json.dumps({
-                "error_code": "NOT_IMPLEMENTED",
-                "message": "Presigned downloads are not offered by mlflow-gate; download through the gate."}).encode())
+    def _count(self, direction: str, store: Store, size: int) -> None:
+        if self.metrics is not None:
+            self.metrics.artifact_bytes.labels(direction, store.name).inc(size)
+
+    async def _download(self, op: _Op) -> None:
+        size, chunks = await op.store.open(op.path)
+        self._count("out", op.store, await _stream_out(op.send, op.path, size, chunks))
+
+    async def _upload(self, op: _Op) -> None:
+        self._count("in", op.store, await op.store.write(op.path, stream_body(op.receive)))
+        await send_bytes(op.send, 200, _JSON, b"{}")
+
+    async def _delete(self, op: _Op) -> None:
+        await op.store.delete(op.path)
+        await send_bytes(op.send, 200, _JSON, b"{}")
+
+    async def _list(self, op: _Op) -> None:
+        files = _file_infos(await op.store.listdir(op.path))
+        await send_bytes(op.send, 200, _JSON, json.dumps({"files": files} if files else {}).encode())
+
+    async def _mpu_create(self, op: _Op) -> None:
+        data = parse_body(op.body or b"")
+        path = _mpu_target(op.path, data)
+        try:
+            count = int(data.get("num_parts") or data.get("numParts") or 1)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest("num_parts must be an integer.") from exc
+        if not 1 <= count <= 10_000:
+            raise BadRequest("num_parts must be between 1 and 10000.")
+        upload_id = await op.store.mpu_create(path)
+        base = self.public_url or _origin(op.scope)
+        credentials = [{"part_number": n, "url": base + PART_PATH + self._parts.dumps(
+            {"p": path, "u": upload_id, "n": n, "x": int(time.time()) + 86400}), "headers": {}}
+            for n in range(1, count + 1)]
+        await send_bytes(op.send, 200, _JSON, json.dumps({"upload_id": upload_id, "credentials": credentials}).encode())
+
+    async def _mpu_finish(self, op: _Op, abort: bool) -> None:
+        data = parse_body(op.body or b"")
+        path = _mpu_target(op.path, data)
+        upload_id = str(data.get("upload_id") or data.get("uploadId") or "")
+        if not upload_id:
+            raise BadRequest("Missing value for required parameter 'upload_id'.")
+        if abort:
+            await op.store.mpu_abort(path, upload_id)
         else:
-            raise BadRequest(f"Unknown artifact operation {op!r}.")
+            try:
+                parts = [(int(p.get("part_number") or p.get("partNumber") or 0), str(p.get("etag", "")))
+                         for p in data.get("parts", []) if isinstance(p, dict)]
+            except (TypeError, ValueError) as exc:
+                raise BadRequest("Each part needs an integer part_number.") from exc
+            if not parts:
+                raise BadRequest("A multipart upload is completed with its parts.")
+            await op.store.mpu_complete(path, upload_id, parts)
+        await send_bytes(op.send, 200, _JSON, b"{}")
+
+    async def _mpu_complete(self, op: _Op) -> None:
+        await self._mpu_finish(op, abort=False)
+
+    async def _mpu_abort(self, op: _Op) -> None:
+        await self._mpu_finish(op, abort=True)
+
+    async def _presigned(self, op: _Op) -> None:
+        await send_bytes(op.send, 501, _JSON, json.dumps({
+            "error_code": "NOT_IMPLEMENTED",
+            "message": "Presigned downloads are not offered by mlflow-gate; download through the gate."}).encode())
+
+    _ops: ClassVar[dict[str, Callable[[ArtifactServer, _Op], Awaitable[None]]]] = {
+        "download": _download, "upload": _upload, "delete": _delete, "list": _list, "mpu_create": _mpu_create,
+        "mpu_complete": _mpu_complete, "mpu_abort": _mpu_abort, "presigned": _presigned,
+    }
 
     async def upload_part(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         """PUT /_gate/artifact-part/<signed>: one part of a multipart upload the gate created."""
@@ -180,7 +199,7 @@ class ArtifactServer:
             raise Unauthenticated("This multipart upload URL has expired; start the upload again.")
         path = str(claim["p"])
         try:
-            store = await self.store_for(path)
+            store = await self.store_for(path, self.policy.current)
             if store is None:
                 raise ArtifactNotFound("No artifact store serves this path.")
             etag = await store.mpu_part(path, str(claim["u"]), int(claim["n"]), stream_body(receive))
@@ -199,10 +218,10 @@ class ArtifactServer:
             op, path = route_of(scope["method"], rest, scope.get("query_string", b""))
             if op is None:
                 raise NotFound(f"{scope['method']} {rest} is not part of the artifact protocol.")
-            body = await _read_small(receive) if op.startswith("mpu_") else None
-            await self.handle(scope, receive, send, op, path, body)
+            body = await read_body(receive, SMALL_BODY) if op.startswith("mpu_") else None
+            await self.handle(scope, receive, send, op, path, self.policy.current, body)
         except GateError as err:
-            await send_bytes(send, err.status, _JSON, err.body())
+            await send_error(send, err)
 
     def _check_internal(self, scope: dict[str, Any]) -> None:
         client = scope.get("client") or ("", 0)
@@ -241,15 +260,6 @@ def route_of(method: str, path: str, query: bytes) -> tuple[str | None, str]:
         if rest.startswith(head) and method in ops:
             return ops[method], rest[len(head):]
     return None, ""
-
-
-async def _read_small(receive: Receive) -> bytes:
-    out = b""
-    async for chunk in stream_body(receive):
-        out += chunk
-        if len(out) > 16 * 1024 * 1024:
-            raise BadRequest("The request body is too large.")
-    return out
 
 
 async def _stream_out(send: Send, path: str, size: int | None, chunks: AsyncIterator[bytes]) -> int:

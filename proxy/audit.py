@@ -1,8 +1,11 @@
-"""One JSON line per decision, as its own stream so operators can ship it apart.
+"""One JSON line per decision, as its own stream so operators can ship it apart; and one per personal
+token minted through the gate (`"event": "token.minted"`): the record `mlflow-gate token list` reads,
+so the gate needs no database to tell admins which tokens exist.
 
 The lines go to a writer thread through a queue (`AuditWriter`), not through `logging`: the
 logging machinery cost a third of the gate's own CPU per request. Without a writer (library use,
-tests) they go to the `mlflow_gate.audit` logger.
+tests) they go to the `mlflow_gate.audit` logger. The writer is made by `logs.configure` and handed
+to the app, never kept in a module global.
 """
 from __future__ import annotations
 
@@ -11,13 +14,16 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from .decide import Decision
 from .identity import Identity
 from .metrics import Metrics
+from .tokens import TokenClaims
 
 log = logging.getLogger("mlflow_gate.audit")
+MINTED = "token.minted"
 
 
 class AuditWriter:
@@ -54,44 +60,44 @@ class AuditWriter:
         self.thread.join(5)
 
 
-_writer: AuditWriter | None = None
-
-
-def use_writer(writer: AuditWriter | None) -> None:
-    global _writer
-    _writer = writer
-
-
 class Audit:
-    """Writes the audit line and counts the decision."""
+    """Writes the audit line of each decision (to `sink`, else the `mlflow_gate.audit` logger) and counts it."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, sink: Callable[[str], None] | None = None) -> None:
         self.metrics = metrics
+        self.sink = sink
 
     def record(self, ident: Identity | None, method: str, path: str, allowed: bool, reason: str,
-               decisions: list[Decision] | None = None, status: int | None = None) -> None:
+               decisions: list[Decision] | None = None, status: int | None = None, *,
+               request_id: str | None = None) -> None:
         if self.metrics is not None:
             kind = reason.split(";")[0] if allowed else ("unauthenticated" if status == 401 else "denied")
             self.metrics.decision(allowed, kind)
-        record(ident, method, path, allowed, reason, decisions, status)
+        if self.sink is None and not log.isEnabledFor(logging.INFO):
+            return
+        entry: dict[str, Any] = {
+            "ts": round(time.time(), 3), "who": ident.id if ident else None, "via": ident.via if ident else None,
+            "method": method, "path": path, "allowed": allowed, "reason": reason,
+        }
+        if decisions:
+            entry["resources"] = [{"kind": d.kind, "name": d.name, "needed": str(d.needed), "have": str(d.have),
+                                   "rule": d.reason} for d in decisions]
+        if status is not None:
+            entry["status"] = status
+        if request_id:
+            entry["request_id"] = request_id
+        self._write(entry)
 
+    def minted(self, ident: Identity, token: TokenClaims) -> None:
+        """The record of a personal token minted through the gate (`mlflow-gate token list` reads these)."""
+        if self.sink is None and not log.isEnabledFor(logging.INFO):
+            return
+        self._write({"ts": round(time.time(), 3), "event": MINTED, "who": ident.id, "via": ident.via,
+                     "token": {**token.as_json(), "local_account": token.account is not None}})
 
-def record(ident: Identity | None, method: str, path: str, allowed: bool, reason: str,
-           decisions: list[Decision] | None = None, status: int | None = None) -> None:
-    writer = _writer
-    if writer is None and not log.isEnabledFor(logging.INFO):
-        return
-    entry: dict[str, Any] = {
-        "ts": round(time.time(), 3), "who": ident.id if ident else None, "via": ident.via if ident else None,
-        "method": method, "path": path, "allowed": allowed, "reason": reason,
-    }
-    if decisions:
-        entry["resources"] = [{"kind": d.kind, "name": d.name, "needed": str(d.needed), "have": str(d.have),
-                               "rule": d.reason} for d in decisions]
-    if status is not None:
-        entry["status"] = status
-    line = json.dumps(entry, separators=(",", ":"))
-    if writer is not None:
-        writer(line)
-    else:
-        log.info(line)
+    def _write(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, separators=(",", ":"))
+        if self.sink is not None:
+            self.sink(line)
+        else:
+            log.info(line)

@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import codings
-from .errors import BadRequest, GateError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, error_headers
-from .forward import Receive, Send, send_bytes
+from .errors import BadRequest, GateError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, send_error
+from .forward import Receive, Send
 from .static_cache import Entry, StaticCache
 
 Headers = list[tuple[bytes, bytes]]
@@ -144,7 +144,7 @@ class Request:
 
 
 class Compression:
-    """The ASGI wrapper. `runtime` is the wrapped app's (create_app sets it)."""
+    """The ASGI wrapper."""
 
     def __init__(self, app: Any, cache: StaticCache | None = None, *, min_size: int = MIN_SIZE,
                  max_decoded: int = MAX_DECODED) -> None:
@@ -152,7 +152,6 @@ class Compression:
         self.cache = cache if cache is not None else StaticCache()
         self.min_size = min_size
         self.max_decoded = max_decoded
-        self.runtime: Any = None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith("/_gate/"):
@@ -163,8 +162,7 @@ class Compression:
             if request.body_coding is not None and not _ARTIFACT_FILES.match(scope["path"]):
                 scope, receive = await self.decoded(scope, receive)
         except GateError as err:
-            extra = [(b"accept-encoding", ", ".join(codings.SUPPORTED).encode())] if err.status == 415 else []
-            await send_bytes(send, err.status, error_headers(err) + extra, err.body())
+            await send_error(send, err)
             return
         scope = request.translate_validators(scope, self.cache)
         answer = Answer(request, send, self.cache, self.min_size)
@@ -178,7 +176,8 @@ class Compression:
             return scope, receive
         if coding not in codings.DECODABLE:
             raise UnsupportedMediaType(f"Content-Encoding {value!r} is not supported for request bodies; send the body "
-                                    f"as {', '.join(codings.DECODABLE)} (one coding) or uncompressed.")
+                                       f"as {', '.join(codings.DECODABLE)} (one coding) or uncompressed.",
+                                       ", ".join(codings.SUPPORTED))
         decoder = codings.Decoder(coding, self.max_decoded)
         pieces: list[bytes] = []
         received = 0

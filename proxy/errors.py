@@ -1,7 +1,22 @@
-"""The gate's exception family and the one place that turns it into an HTTP answer."""
+"""The gate's exception family, and the one place that turns it into an HTTP answer.
+
+Every step raises a `GateError`; `answer` renders it as MLflow's JSON error shape (or, for a
+browser page load without a credential, as the redirect to sign in). The raw-ASGI gate sends
+it with `send_error`, the Starlette pages return `error_response`.
+"""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from .decide import Decision
+
+Headers = list[tuple[bytes, bytes]]
 
 
 class GateError(Exception):
@@ -17,15 +32,26 @@ class GateError(Exception):
     def body(self) -> bytes:
         return json.dumps({"error_code": self.code, "message": self.message}).encode()
 
+    def headers(self) -> Headers:
+        return []
+
 
 class Unauthenticated(GateError):
     status = 401
     code = "UNAUTHENTICATED"
 
+    def headers(self) -> Headers:
+        return [(b"www-authenticate", b'Bearer realm="mlflow-gate", Basic realm="mlflow-gate"')]
+
 
 class PermissionDenied(GateError):
     status = 403
     code = "PERMISSION_DENIED"
+
+    def __init__(self, message: str, decision: Decision | None = None, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.decision = decision
+        self.detail = detail        # for the audit log only (what the upstream said), never for the caller
 
 
 class BadRequest(GateError):
@@ -38,6 +64,18 @@ class PayloadTooLarge(GateError):
     code = "INVALID_PARAMETER_VALUE"
 
 
+class RateLimited(GateError):
+    status = 429
+    code = "REQUEST_LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+    def headers(self) -> Headers:
+        return [(b"retry-after", str(self.retry_after).encode())]
+
+
 class NotAcceptable(GateError):
     """Accept-Encoding refuses every coding the gate can answer with (identity included)."""
 
@@ -46,10 +84,17 @@ class NotAcceptable(GateError):
 
 
 class UnsupportedMediaType(GateError):
-    """A request body in a content coding the gate does not decode."""
+    """A request body in a content coding the gate does not decode: the answer names those it does."""
 
     status = 415
     code = "INVALID_PARAMETER_VALUE"
+
+    def __init__(self, message: str, accepted: str) -> None:
+        super().__init__(message)
+        self.accepted = accepted
+
+    def headers(self) -> Headers:
+        return [(b"accept-encoding", self.accepted.encode())]
 
 
 class UpstreamUnavailable(GateError):
@@ -57,13 +102,59 @@ class UpstreamUnavailable(GateError):
     code = "TEMPORARILY_UNAVAILABLE"
 
 
+class Internal(GateError):
+    """Something the gate did not expect: logged with its traceback under the request id the message names."""
+
+
 class NotFound(GateError):
     status = 404
     code = "ENDPOINT_NOT_FOUND"
 
 
-def error_headers(err: GateError) -> list[tuple[bytes, bytes]]:
-    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-    if isinstance(err, Unauthenticated):
-        headers.append((b"www-authenticate", b'Bearer realm="mlflow-gate", Basic realm="mlflow-gate"'))
-    return headers
+class UpstreamAnswer(GateError):
+    """An upstream error met while the gate made calls of its own (search pages): passed on as MLflow gave it."""
+
+    def __init__(self, status: int, data: Any) -> None:
+        super().__init__(str(data))
+        self.status = status
+        self.data = data
+
+    def body(self) -> bytes:
+        return json.dumps(self.data).encode()
+
+
+class SignInRequired(GateError):
+    """A browser page load without a credential: answered with the redirect to the sign-in page."""
+
+    status = 302
+
+    def __init__(self, target: str) -> None:
+        super().__init__("Sign in first.")
+        self.location = "/_gate/login?next=" + quote(target, safe="")
+
+    def body(self) -> bytes:
+        return b""
+
+    def headers(self) -> Headers:
+        return [(b"location", self.location.encode())]
+
+
+def answer(err: GateError) -> tuple[int, Headers, bytes]:
+    """The HTTP answer for an error: status, headers, body."""
+    body = err.body()
+    ctype = [] if isinstance(err, SignInRequired) else [(b"content-type", b"application/json")]
+    headers = [*ctype, (b"cache-control", b"no-store"), *err.headers(), (b"content-length", str(len(body)).encode())]
+    return err.status, headers, body
+
+
+async def send_error(send: Callable[[dict[str, Any]], Awaitable[None]], err: GateError) -> None:
+    status, headers, body = answer(err)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def error_response(err: GateError) -> Response:
+    status, headers, body = answer(err)
+    response = Response(body, status_code=status)
+    response.raw_headers = [h for h in headers]
+    return response

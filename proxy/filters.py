@@ -2,7 +2,8 @@
 
 The gate pages through the upstream itself and hands the client its own page token, which
 records where in which upstream page the next gate page starts, so tokens keep working and no
-readable item is skipped or repeated. Pure functions, plus one loop over an injected fetcher.
+readable item is skipped or repeated. Pure functions, one loop over an injected fetcher, and
+`search`, which runs that loop against the upstream for one request.
 """
 from __future__ import annotations
 
@@ -10,9 +11,16 @@ import base64
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import BadRequest
+from .decide import decide, readable_prefixes
+from .errors import BadRequest, UpstreamAnswer
+from .forward import Upstream
+from .policy import Level
+from .routes import Search
+
+if TYPE_CHECKING:
+    from .call import Call
 
 _TOKEN_PREFIX = "gate1."
 
@@ -27,10 +35,11 @@ class SearchKind:
 
 
 SEARCHES = {
-    "experiments": SearchKind("experiments", "experiment", "name", 1000, 50_000),
-    "registered_models": SearchKind("registered_models", "model", "name", 100, 1000),
-    "model_versions": SearchKind("model_versions", "model", "name", 10_000, 200_000),
+    Search.EXPERIMENTS: SearchKind("experiments", "experiment", "name", 1000, 50_000),
+    Search.REGISTERED_MODELS: SearchKind("registered_models", "model", "name", 100, 1000),
+    Search.MODEL_VERSIONS: SearchKind("model_versions", "model", "name", 10_000, 200_000),
 }
+_PUSHED = (Search.EXPERIMENTS, Search.REGISTERED_MODELS)     # searches whose filter can narrow to a prefix
 
 
 @dataclass(frozen=True)
@@ -123,3 +132,40 @@ async def filtered_page(fetch: Fetch, keep: Callable[[dict[str, Any]], bool], ki
     if next_cursor is not None:
         result["next_page_token"] = encode_token(next_cursor)
     return result
+
+
+async def search(call: Call, upstream: Upstream) -> dict[str, Any]:
+    """One page of the caller's search: only what it may read, refilled to `max_results`."""
+    assert call.route.search is not None
+    which, params, policy, ident = call.route.search, call.params, call.rules, call.who
+    kind = SEARCHES[which]
+    max_results = parse_max_results(params.scalar("max_results"), kind)
+    pushed = None
+    if which in _PUSHED:
+        pushed = single_prefix_filter(readable_prefixes(policy, ident, kind.name_kind), params.scalar("filter"))
+
+    async def fetch(token: str | None, size: int) -> dict[str, Any]:
+        if params.query is not None:
+            query = [(k, v) for k, v in params.query if k not in ("max_results", "page_token")
+                     and not (pushed and k == "filter")]
+            query += [("max_results", str(size))] + ([("filter", pushed)] if pushed else []) \
+                + ([("page_token", token)] if token else [])
+            status, data = await upstream.get_json(call.path, query)  # type: ignore[arg-type]
+        else:
+            body = {k: v for k, v in (params.body or {}).items()
+                    if k not in ("max_results", "maxResults", "page_token", "pageToken")}
+            body["max_results"] = size
+            if pushed:
+                body["filter"] = pushed
+            if token:
+                body["page_token"] = token
+            status, data = await upstream.get_json(call.path, body=body, method=call.method)
+        if status != 200:
+            raise UpstreamAnswer(status, data)
+        return data
+
+    def keep(item: dict[str, Any]) -> bool:
+        return decide(policy, ident, kind.name_kind, str(item.get(kind.name_field, "")), Level.READ).allowed
+
+    return await filtered_page(fetch, keep, kind, max_results, params.scalar("page_token"),
+                               prefiltered=pushed is not None)

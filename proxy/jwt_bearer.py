@@ -18,10 +18,10 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from .cache import LRU
 from .errors import Unauthenticated, UpstreamUnavailable
 from .identity import Identity
 from .oidc_config import Discovery, OidcSettings
-from .resources import LRU
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 LEEWAY = 30

@@ -40,7 +40,6 @@ class Logs:
         self.listener.stop()
         if self.writer is not None:
             self.writer.close()
-            audit.use_writer(None)
 
 
 def configure(audit_target: str = "stderr") -> Logs:
@@ -51,7 +50,6 @@ def configure(audit_target: str = "stderr") -> Logs:
     writer = None
     if audit_target != "off":
         writer = audit.AuditWriter(_stream(audit_target))
-        audit.use_writer(writer)
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, ops, respect_handler_level=True)
     for name, level in (("mlflow_gate", logging.INFO), ("uvicorn", logging.WARNING)):

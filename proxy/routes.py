@@ -2,14 +2,17 @@
 
 Each row says, for one (method, path pattern): who may call it at all (`access`), where the ids
 it touches are read (`needs`: which parameter, what it names, the level needed), which rewrite
-applies before forwarding and which filter applies to the answer. Rows whose path starts with a
+applies before forwarding, and who answers it (the upstream, a filtered search, GraphQL, an
+artifact view or the artifact protocol of the gate's stores). Rows whose path starts with a
 version ("2.0/...", "3.0/...") exist under both `/api/` and `/ajax-api/`, as in MLflow.
 
+Every field is typed: a misspelt kind, rewrite or search fails when this module is imported.
 A route that no row matches is unknown: admins only. `tests/unit/test_route_coverage.py` checks
 that every route the installed MLflow serves matches a row.
 """
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 
@@ -17,159 +20,262 @@ from .policy import Level
 
 R, E, M = Level.READ, Level.EDIT, Level.MANAGE
 
-# access
-PUBLIC = "public"          # no credential needed
-SIGNED_IN = "signed_in"    # any authenticated caller
-CHECKED = "checked"        # authenticated, then every `need` is decided
-ADMIN = "admin"            # admins only
-REFUSED = "refused"        # nobody, admins included
+
+class Access(enum.Enum):
+    PUBLIC = "public"          # no credential needed
+    SIGNED_IN = "signed_in"    # any authenticated caller
+    CHECKED = "checked"        # authenticated, then every `need` is decided
+    ADMIN = "admin"            # admins only
+    REFUSED = "refused"        # nobody, admins included
+
+
+PUBLIC, SIGNED_IN, CHECKED, ADMIN, REFUSED = (Access.PUBLIC, Access.SIGNED_IN, Access.CHECKED, Access.ADMIN,
+                                              Access.REFUSED)
+
+
+class Source(enum.Enum):
+    """Where MLflow reads the request's parameters."""
+    PROTO = "proto"            # as MLflow's _get_request_message: the query of a GET, else the JSON body
+    QUERY = "query"            # request.args only
+    OTLP = "otlp"              # an OTLP ExportTraceServiceRequest (protobuf or JSON, maybe compressed): `otlp.py`
+    NONE = "none"              # no parameters the gate needs
+
+
+class Names(enum.Enum):
+    """What an id in a request names, and so how it is resolved to the name the policy decides on."""
+    EXPERIMENT = "experiment"              # an experiment id
+    EXPERIMENT_NAME = "experiment_name"    # an existing experiment's name
+    NEW_EXPERIMENT = "new_experiment"      # the name of an experiment to create
+    RUN = "run"
+    RUN_OWNED = "run_owned"                # a run; manage is needed unless the caller created it
+    TRACE = "trace"
+    NEW_TRACE = "new_trace"                # a trace id the client chooses: new (a create), or an existing trace
+    ASSESSMENT = "assessment"              # an assessment id: must be one of the trace's that `within` names
+    LOGGED_MODEL = "logged_model"
+    MODEL = "model"                        # a registered model's (or prompt's) name
+    PROMPT_URI = "prompt_uri"              # prompts:/NAME/VERSION or prompts:/NAME@ALIAS
+    NEW_MODEL = "new_model"
+    DATASET = "dataset"
+    ARTIFACT_PATH = "artifact_path"        # an mlflow-artifacts path: <experiment id>/...
+    SOURCE_URI = "source_uri"              # a model version's source
+
+
+class Rewrite(enum.Enum):
+    """A change the gate makes to the request body before forwarding (`rewrite.py`)."""
+    EXPERIMENT_CREATE = "experiment_create"
+    EXPERIMENT_TAG = "experiment_tag"
+    RUN_CREATE = "run_create"
+    RUN_SET_TAG = "run_set_tag"
+    RUN_LOG_BATCH = "run_log_batch"
+    TAG_VALUE = "tag_value"                # a key/value tag body: `mlflow.user` can only be the caller
+    TAG_LIST = "tag_list"                  # a `tags` list on an existing object: the same
+    CREATED_WITH_TAGS = "created_with_tags"    # a creation with a `tags` list: `mlflow.user` is the caller
+    TRACE_START_V3 = "trace_start_v3"      # the trace's `mlflow.user` metadata is the caller
+    TRACE_START_V2 = "trace_start_v2"
+    TRACE_END_V2 = "trace_end_v2"
+    OTLP_SPANS = "otlp_spans"              # root spans carry the caller as the trace's `mlflow.user` tag
+    DATASET_CREATE = "dataset_create"      # `tags` (a JSON string) gets `mlflow.user` = the caller
+    DATASET_TAGS = "dataset_tags"
+    DATASET_RECORDS = "dataset_records"    # each record's `mlflow.user` tag is the caller
+    ISSUE_CREATE = "issue_create"          # `created_by` is the caller
+
+
+class Search(enum.Enum):
+    """A search whose answer the gate cuts to what the caller may read (`filters.py`)."""
+    EXPERIMENTS = "experiments"
+    REGISTERED_MODELS = "registered_models"
+    MODEL_VERSIONS = "model_versions"
+
+
+class View(enum.Enum):
+    """One of the UI's artifact views, answered from the gate's own stores (`artifact_views.py`)."""
+    RUN_FILE = "run_file"
+    RUN_LIST = "run_list"
+    LOGGED_MODEL_FILE = "logged_model_file"
+    MODEL_VERSION_FILE = "model_version_file"
 
 
 @dataclass(frozen=True)
 class Need:
     """One resource a request touches.
 
-    what: experiment (by id) | experiment_name | run | run_owned | trace | logged_model | model (by name)
-          | dataset | artifact_path | source_uri
     fields: where the ids are: a parameter name (its camelCase twin is read too), `path:NAME` for a
             URL parameter, `header:NAME`, or a dotted path into the JSON body where `[]` walks a list.
+    within: for an id the client chooses, the field naming where an existing object must already lie
+            (NEW_TRACE: the experiment; ASSESSMENT: the trace).
     """
-    what: str
+    what: Names
     fields: tuple[str, ...]
     level: Level
     optional: bool = False
+    within: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "what", Names(self.what))
 
 
 @dataclass(frozen=True)
 class Route:
     methods: frozenset[str]
     pattern: str
-    access: str
+    access: Access
     needs: tuple[Need, ...] = ()
-    source: str = "proto"      # proto: as MLflow's _get_request_message | query: request.args only | none
-    rewrite: str | None = None
-    filter: str | None = None
-    serve: str | None = None   # an artifact view the gate answers from its stores (run_file, run_list, ...)
+    source: Source = Source.PROTO
+    rewrite: Rewrite | None = None
+    search: Search | None = None
+    view: View | None = None
+    graphql: bool = False          # a GraphQL document, authorized per root field (`graphql.py`)
+    artifacts: bool = False        # MLflow's artifact protocol, served from the gate's stores when they hold the path
+    renames: bool = False          # a success may rename the experiment: its cached name is dropped
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "access", Access(self.access))
+        object.__setattr__(self, "source", Source(self.source))
+        for name, kind in (("rewrite", Rewrite), ("search", Search), ("view", View)):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, kind(value))
 
 
-def need(what: str, *fields: str, level: Level, optional: bool = False) -> Need:
-    return Need(what, fields, level, optional)
+UNKNOWN = Route(frozenset(), "(unknown route)", Access.ADMIN)
+
+
+def need(what: Names | str, *fields: str, level: Level, optional: bool = False) -> Need:
+    return Need(Names(what), fields, level, optional)
 
 
 def exp(*fields: str, level: Level, optional: bool = False) -> Need:
-    return Need("experiment", fields or ("experiment_id",), level, optional)
+    return Need(Names.EXPERIMENT, fields or ("experiment_id",), level, optional)
 
 
 def run(*fields: str, level: Level, optional: bool = False) -> Need:
-    return Need("run", fields or ("run_id", "run_uuid"), level, optional)
+    return Need(Names.RUN, fields or ("run_id", "run_uuid"), level, optional)
 
 
 def trace(*fields: str, level: Level) -> Need:
-    return Need("trace", fields, level)
+    return Need(Names.TRACE, fields, level)
 
 
 def lm(*fields: str, level: Level, optional: bool = False) -> Need:
-    return Need("logged_model", fields or ("path:model_id",), level, optional)
+    return Need(Names.LOGGED_MODEL, fields or ("path:model_id",), level, optional)
 
 
 def model(*fields: str, level: Level) -> Need:
-    return Need("model", fields or ("name",), level)
+    return Need(Names.MODEL, fields or ("name",), level)
 
 
 def dataset(level: Level) -> Need:
-    return Need("dataset", ("path:dataset_id",), level)
+    return Need(Names.DATASET, ("path:dataset_id",), level)
 
 
 def art(level: Level) -> Need:
-    return Need("artifact_path", ("path:artifact_path",), level)
+    return Need(Names.ARTIFACT_PATH, ("path:artifact_path",), level, False)
 
 
-def row(methods: str, pattern: str, access: str = CHECKED, *needs: Need, **kw: str | None) -> Route:
-    return Route(frozenset(methods.split()), pattern, access, tuple(needs), **kw)  # type: ignore[arg-type]
+def row(methods: str, pattern: str, access: Access | str = CHECKED, *needs: Need, **kw: object) -> Route:
+    return Route(frozenset(methods.split()), pattern, Access(access), tuple(needs), **kw)  # type: ignore[arg-type]
 
 
-def checked(methods: str, pattern: str, *needs: Need, **kw: str | None) -> Route:
+def checked(methods: str, pattern: str, *needs: Need, **kw: object) -> Route:
     return row(methods, pattern, CHECKED, *needs, **kw)
 
+
+def artifacts(methods: str, pattern: str, *needs: Need) -> Route:
+    """A route of MLflow's artifact protocol (`mlflow-artifacts`)."""
+    return row(methods, pattern, CHECKED, *needs, source=Source.NONE, artifacts=True)
+
+
+_V3_EXPERIMENT = "trace.trace_info.trace_location.mlflow_experiment.experiment_id"
 
 ROUTES: tuple[Route, ...] = (
     # --- UI, server, misc --------------------------------------------------------------------
     row("GET", "/health", PUBLIC),
-    row("GET", "/", SIGNED_IN, source="none"),
-    row("GET", "/static-files/{path:path}", SIGNED_IN, source="none"),
-    row("GET", "/favicon.ico", SIGNED_IN, source="none"),
-    row("GET", "/version", SIGNED_IN, source="none"),
-    row("GET", "3.0/mlflow/server-info", SIGNED_IN, source="none"),
-    row("GET POST", "3.0/mlflow/ui-telemetry", SIGNED_IN, source="none"),
+    row("GET", "/", SIGNED_IN, source=Source.NONE),
+    row("GET", "/static-files/{path:path}", SIGNED_IN, source=Source.NONE),
+    row("GET", "/favicon.ico", SIGNED_IN, source=Source.NONE),
+    row("GET", "/version", SIGNED_IN, source=Source.NONE),
+    row("GET", "3.0/mlflow/server-info", SIGNED_IN, source=Source.NONE),
+    row("GET POST", "3.0/mlflow/ui-telemetry", SIGNED_IN, source=Source.NONE),
     row("GET", "/build/{filename:path}", ADMIN),
-    row("GET POST", "/graphql", SIGNED_IN, source="none", filter="graphql"),
+    row("GET POST", "/graphql", SIGNED_IN, source=Source.NONE, graphql=True),
     # --- experiments -------------------------------------------------------------------------
-    checked("POST", "2.0/mlflow/experiments/create", need("new_experiment", "name", level=E),
-            rewrite="experiment_create"),
+    checked("POST", "2.0/mlflow/experiments/create", need(Names.NEW_EXPERIMENT, "name", level=E),
+            rewrite=Rewrite.EXPERIMENT_CREATE),
     checked("POST", "2.0/mlflow/experiments/delete", exp(level=M)),
     checked("POST", "2.0/mlflow/experiments/restore", exp(level=M)),
-    checked("POST", "2.0/mlflow/experiments/delete-experiment-tag", exp(level=E), rewrite="experiment_tag"),
-    checked("POST", "2.0/mlflow/experiments/set-experiment-tag", exp(level=E), rewrite="experiment_tag"),
+    checked("POST", "2.0/mlflow/experiments/delete-experiment-tag", exp(level=E), rewrite=Rewrite.EXPERIMENT_TAG),
+    checked("POST", "2.0/mlflow/experiments/set-experiment-tag", exp(level=E), rewrite=Rewrite.EXPERIMENT_TAG),
     checked("GET", "2.0/mlflow/experiments/get", exp(level=R)),
-    checked("GET", "2.0/mlflow/experiments/get-by-name", need("experiment_name", "experiment_name", level=R)),
+    checked("GET", "2.0/mlflow/experiments/get-by-name", need(Names.EXPERIMENT_NAME, "experiment_name", level=R)),
     checked("POST", "2.0/mlflow/experiments/update", exp(level=M),
-            need("experiment_name", "new_name", level=M, optional=True), rewrite="experiment_rename"),
-    row("GET POST", "2.0/mlflow/experiments/search", SIGNED_IN, filter="experiments"),
+            need(Names.EXPERIMENT_NAME, "new_name", level=M, optional=True), renames=True),
+    row("GET POST", "2.0/mlflow/experiments/search", SIGNED_IN, search=Search.EXPERIMENTS),
     checked("POST", "2.0/mlflow/experiments/search-datasets", exp("experiment_ids", level=R)),
     row("POST", "2.0mlflow/experiments/search-datasets", ADMIN),         # Databricks stub (sic)
     # --- runs, metrics, params, tags ---------------------------------------------------------
-    checked("POST", "2.0/mlflow/runs/create", exp(level=E), rewrite="run_create"),
-    checked("POST", "2.0/mlflow/runs/create-promptlab-run", exp(level=E), rewrite="run_create"),
-    checked("POST", "2.0/mlflow/runs/delete", Need("run_owned", ("run_id", "run_uuid"), E)),
-    checked("POST", "2.0/mlflow/runs/restore", Need("run_owned", ("run_id", "run_uuid"), E)),
+    checked("POST", "2.0/mlflow/runs/create", exp(level=E), rewrite=Rewrite.RUN_CREATE),
+    checked("POST", "2.0/mlflow/runs/create-promptlab-run", exp(level=E), rewrite=Rewrite.RUN_CREATE),
+    checked("POST", "2.0/mlflow/runs/delete", Need(Names.RUN_OWNED, ("run_id", "run_uuid"), E)),
+    checked("POST", "2.0/mlflow/runs/restore", Need(Names.RUN_OWNED, ("run_id", "run_uuid"), E)),
     checked("POST", "2.0/mlflow/runs/delete-tag", run(level=E)),
-    checked("POST", "2.0/mlflow/runs/set-tag", run(level=E), rewrite="run_set_tag"),
+    checked("POST", "2.0/mlflow/runs/set-tag", run(level=E), rewrite=Rewrite.RUN_SET_TAG),
     checked("POST", "2.0/mlflow/runs/update", run(level=E)),
     checked("POST", "2.0/mlflow/runs/log-parameter", run(level=E)),
     checked("POST", "2.0/mlflow/runs/log-model", run(level=E)),
     checked("POST", "2.0/mlflow/runs/log-metric", run(level=E), lm("model_id", level=E, optional=True)),
     checked("POST", "2.0/mlflow/runs/log-batch", run(level=E), lm("metrics[].model_id", level=E, optional=True),
-            rewrite="run_log_batch"),
+            rewrite=Rewrite.RUN_LOG_BATCH),
     checked("POST", "2.0/mlflow/runs/log-inputs", run(level=E), lm("models[].model_id", level=E, optional=True)),
     checked("POST", "2.0/mlflow/runs/outputs", run(level=E), lm("models[].model_id", level=E, optional=True)),
     checked("GET", "2.0/mlflow/runs/get", run(level=R)),
     checked("POST", "2.0/mlflow/runs/search", exp("experiment_ids", level=R)),
     checked("GET", "2.0/mlflow/metrics/get-history", run(level=R)),
-    checked("GET", "2.0/mlflow/metrics/get-history-bulk", run("run_id", level=R), source="query"),
+    checked("GET", "2.0/mlflow/metrics/get-history-bulk", run("run_id", level=R), source=Source.QUERY),
     checked("GET", "2.0/mlflow/metrics/get-history-bulk-interval", run("run_ids", level=R)),
     # --- run artifacts (served by the tracking server from a run id) --------------------------
-    checked("GET", "/get-artifact", run(level=R), source="query", serve="run_file"),
-    checked("POST", "2.0/mlflow/upload-artifact", run(level=E), source="query"),
-    checked("GET", "2.0/mlflow/artifacts/list", run(level=R), serve="run_list"),
+    checked("GET", "/get-artifact", run(level=R), source=Source.QUERY, view=View.RUN_FILE),
+    checked("POST", "2.0/mlflow/upload-artifact", run(level=E), source=Source.QUERY),
+    checked("GET", "2.0/mlflow/artifacts/list", run(level=R), view=View.RUN_LIST),
     checked("POST", "2.0/mlflow/artifacts/presigned-download-url", run(level=R)),
     checked("POST", "2.0/mlflow/artifacts/presigned-upload-url", run("run_id", level=E, optional=True),
             lm("model_id", level=E, optional=True)),
     # --- proxied artifacts (mlflow-artifacts:/<experiment id>/...) -----------------------------
-    checked("GET", "2.0/mlflow-artifacts/artifacts", Need("artifact_path", ("path",), R)),
-    checked("GET", "2.0/mlflow-artifacts/artifacts/{artifact_path:path}", art(R), source="none"),
-    checked("PUT", "2.0/mlflow-artifacts/artifacts/{artifact_path:path}", art(E), source="none"),
-    checked("DELETE", "2.0/mlflow-artifacts/artifacts/{artifact_path:path}", art(M), source="none"),
-    checked("POST", "2.0/mlflow-artifacts/mpu/create/{artifact_path:path}", art(E), source="none"),
-    checked("POST", "2.0/mlflow-artifacts/mpu/complete/{artifact_path:path}", art(E), source="none"),
-    checked("POST", "2.0/mlflow-artifacts/mpu/abort/{artifact_path:path}", art(E), source="none"),
-    checked("GET", "2.0/mlflow-artifacts/presigned/{artifact_path:path}", art(R), source="none"),
+    checked("GET", "2.0/mlflow-artifacts/artifacts", Need(Names.ARTIFACT_PATH, ("path",), R), artifacts=True),
+    artifacts("GET", "2.0/mlflow-artifacts/artifacts/{artifact_path:path}", art(R)),
+    artifacts("PUT", "2.0/mlflow-artifacts/artifacts/{artifact_path:path}", art(E)),
+    artifacts("DELETE", "2.0/mlflow-artifacts/artifacts/{artifact_path:path}", art(M)),
+    artifacts("POST", "2.0/mlflow-artifacts/mpu/create/{artifact_path:path}", art(E)),
+    artifacts("POST", "2.0/mlflow-artifacts/mpu/complete/{artifact_path:path}", art(E)),
+    artifacts("POST", "2.0/mlflow-artifacts/mpu/abort/{artifact_path:path}", art(E)),
+    artifacts("GET", "2.0/mlflow-artifacts/presigned/{artifact_path:path}", art(R)),
     # --- traces and assessments --------------------------------------------------------------
-    checked("GET", "2.0/mlflow/get-trace-artifact", trace("request_id", level=R), source="query"),
-    checked("GET", "3.0/mlflow/get-trace-artifact", trace("request_id", level=R), source="query"),
+    checked("GET", "2.0/mlflow/get-trace-artifact", trace("request_id", level=R), source=Source.QUERY),
+    checked("GET", "3.0/mlflow/get-trace-artifact", trace("request_id", level=R), source=Source.QUERY),
     checked("GET", "2.0/mlflow/traces", exp("experiment_ids", level=R)),
-    checked("POST", "2.0/mlflow/traces", exp(level=E)),
-    checked("PATCH", "2.0/mlflow/traces/{request_id}", trace("path:request_id", level=E)),
+    checked("POST", "2.0/mlflow/traces", exp(level=E), rewrite=Rewrite.TRACE_START_V2),
+    checked("PATCH", "2.0/mlflow/traces/{request_id}", trace("path:request_id", level=E),
+            rewrite=Rewrite.TRACE_END_V2),
     checked("GET", "2.0/mlflow/traces/{request_id}/info", trace("path:request_id", level=R)),
-    checked("PATCH DELETE", "2.0/mlflow/traces/{request_id}/tags", trace("path:request_id", level=E)),
+    checked("PATCH", "2.0/mlflow/traces/{request_id}/tags", trace("path:request_id", level=E),
+            rewrite=Rewrite.TAG_VALUE),
+    checked("DELETE", "2.0/mlflow/traces/{request_id}/tags", trace("path:request_id", level=E)),
     checked("POST", "2.0/mlflow/traces/delete-traces", exp(level=M)),
     checked("POST", "3.0/mlflow/traces/delete-traces", exp(level=M)),
     checked("POST", "2.0/mlflow/traces/link-prompts", trace("trace_id", level=E),
             model("prompt_versions[].name", level=R)),
     checked("POST", "2.0/mlflow/traces/link-to-run", run("run_id", level=E), trace("trace_ids", level=R)),
+    # MLflow merges a start on an existing trace id (moving it, with its assessments): a chosen trace id is new
+    # or already in the target experiment, and assessment ids it carries are that trace's own.
     checked("POST", "3.0/mlflow/traces",
-            exp("trace.trace_info.trace_location.mlflow_experiment.experiment_id", level=E)),
+            exp(_V3_EXPERIMENT, level=E),
+            Need(Names.NEW_TRACE, ("trace.trace_info.trace_id",), E, within=_V3_EXPERIMENT),
+            Need(Names.ASSESSMENT, ("trace.trace_info.assessments[].assessment_id",
+                                    "trace.trace_info.assessments[].overrides"), E, optional=True,
+                 within="trace.trace_info.trace_id"),
+            rewrite=Rewrite.TRACE_START_V3),
     checked("GET", "3.0/mlflow/traces/{trace_id}", trace("path:trace_id", level=R)),
-    checked("PATCH DELETE", "3.0/mlflow/traces/{trace_id}/tags", trace("path:trace_id", level=E)),
+    checked("PATCH", "3.0/mlflow/traces/{trace_id}/tags", trace("path:trace_id", level=E), rewrite=Rewrite.TAG_VALUE),
+    checked("DELETE", "3.0/mlflow/traces/{trace_id}/tags", trace("path:trace_id", level=E)),
     checked("POST", "3.0/mlflow/traces/{trace_id}/assessments", trace("path:trace_id", level=E)),
     checked("GET", "3.0/mlflow/traces/{trace_id}/assessments/{assessment_id}", trace("path:trace_id", level=R)),
     checked("PATCH DELETE", "3.0/mlflow/traces/{trace_id}/assessments/{assessment_id}",
@@ -181,60 +287,74 @@ ROUTES: tuple[Route, ...] = (
             exp("locations[].mlflow_experiment.experiment_id", "experiment_ids", level=R)),
     checked("POST", "3.0/mlflow/traces/metrics", exp("experiment_ids", level=R)),
     checked("POST", "3.0/mlflow/traces/calculate-filter-correlation", exp("experiment_ids", level=R)),
-    checked("POST", "/v1/traces", exp("header:x-mlflow-experiment-id", level=E), source="none"),
+    # OTLP: spans of an existing trace are appended to it wherever it lives; the run header links the traces.
+    checked("POST", "/v1/traces", exp("header:x-mlflow-experiment-id", level=E),
+            run("header:x-mlflow-run-id", level=E, optional=True),
+            Need(Names.NEW_TRACE, ("trace_ids",), E, optional=True), source=Source.OTLP, rewrite=Rewrite.OTLP_SPANS),
     row("GET", "2.0/mlflow/unified-traces", ADMIN),                      # Databricks stub
     row("GET", "2.0/mlflow/get-online-trace-details", ADMIN),            # Databricks stub
+    # MLflow 2.22 and 3.1 serve traces through the 2.0 rows above (ids named `request_id`); these 2.0
+    # routes of theirs are stubs that answer "not implemented" (the POST is registered under the literal
+    # path `{assessment.trace_id}`).
+    row("GET", "2.0/mlflow/traces/{trace_id}", ADMIN),
+    row("POST", "2.0/mlflow/traces/{trace_id}/assessments", ADMIN),
+    row("GET PATCH DELETE", "2.0/mlflow/traces/{trace_id}/assessments/{assessment_id}", ADMIN),
+    row("POST", "2.0/mlflow/traces/search", ADMIN),                       # 3.1 only
     # --- logged models -----------------------------------------------------------------------
-    checked("POST", "2.0/mlflow/logged-models", exp(level=E), run("source_run_id", level=R, optional=True)),
+    checked("POST", "2.0/mlflow/logged-models", exp(level=E), run("source_run_id", level=R, optional=True),
+            rewrite=Rewrite.CREATED_WITH_TAGS),
     checked("POST", "2.0/mlflow/logged-models/search", exp("experiment_ids", level=R)),
     checked("GET", "2.0/mlflow/logged-models/{model_id}", lm(level=R)),
     checked("PATCH", "2.0/mlflow/logged-models/{model_id}", lm(level=E)),
     checked("DELETE", "2.0/mlflow/logged-models/{model_id}", lm(level=M)),
     checked("GET", "2.0/mlflow/logged-models/{model_id}/artifacts/directories", lm(level=R)),
-    checked("GET", "2.0/mlflow/logged-models/{model_id}/artifacts/files", lm(level=R), source="query",
-            serve="logged_model_file"),
+    checked("GET", "2.0/mlflow/logged-models/{model_id}/artifacts/files", lm(level=R), source=Source.QUERY,
+            view=View.LOGGED_MODEL_FILE),
     checked("POST", "2.0/mlflow/logged-models/{model_id}/params", lm(level=E)),
-    checked("PATCH", "2.0/mlflow/logged-models/{model_id}/tags", lm(level=E)),
+    checked("PATCH", "2.0/mlflow/logged-models/{model_id}/tags", lm(level=E), rewrite=Rewrite.TAG_LIST),
     checked("DELETE", "2.0/mlflow/logged-models/{model_id}/tags/{tag_key}", lm(level=E)),
     # --- model registry and prompts ----------------------------------------------------------
-    checked("POST", "2.0/mlflow/registered-models/create", need("new_model", "name", level=E),
-            rewrite="model_create"),
+    checked("POST", "2.0/mlflow/registered-models/create", need(Names.NEW_MODEL, "name", level=E),
+            rewrite=Rewrite.CREATED_WITH_TAGS),
     checked("GET", "2.0/mlflow/registered-models/get", model(level=R)),
     checked("GET POST", "2.0/mlflow/registered-models/get-latest-versions", model(level=R)),
     checked("POST", "2.0/mlflow/registered-models/rename", model(level=M), model("new_name", level=M)),
     checked("PATCH", "2.0/mlflow/registered-models/update", model(level=E)),
     checked("DELETE", "2.0/mlflow/registered-models/delete", model(level=M)),
-    checked("POST", "2.0/mlflow/registered-models/set-tag", model(level=E)),
+    checked("POST", "2.0/mlflow/registered-models/set-tag", model(level=E), rewrite=Rewrite.TAG_VALUE),
     checked("DELETE", "2.0/mlflow/registered-models/delete-tag", model(level=E)),
     checked("GET", "2.0/mlflow/registered-models/alias", model(level=R)),
     checked("POST DELETE", "2.0/mlflow/registered-models/alias", model(level=E)),
-    row("GET", "2.0/mlflow/registered-models/search", SIGNED_IN, filter="registered_models"),
+    row("GET", "2.0/mlflow/registered-models/search", SIGNED_IN, search=Search.REGISTERED_MODELS),
     checked("POST", "2.0/mlflow/model-versions/create", model(level=E), run("run_id", level=R, optional=True),
-            lm("model_id", level=R, optional=True), Need("source_uri", ("source",), R, optional=True)),
+            lm("model_id", level=R, optional=True), Need(Names.SOURCE_URI, ("source",), R, optional=True),
+            rewrite=Rewrite.CREATED_WITH_TAGS),
     checked("GET", "2.0/mlflow/model-versions/get", model(level=R)),
     checked("GET", "2.0/mlflow/model-versions/get-download-uri", model(level=R)),
-    checked("GET", "/model-versions/get-artifact", model(level=R), source="query", serve="model_version_file"),
+    checked("GET", "/model-versions/get-artifact", model(level=R), source=Source.QUERY, view=View.MODEL_VERSION_FILE),
     checked("PATCH", "2.0/mlflow/model-versions/update", model(level=E)),
-    checked("POST", "2.0/mlflow/model-versions/set-tag", model(level=E)),
+    checked("POST", "2.0/mlflow/model-versions/set-tag", model(level=E), rewrite=Rewrite.TAG_VALUE),
     checked("DELETE", "2.0/mlflow/model-versions/delete-tag", model(level=E)),
     checked("POST", "2.0/mlflow/model-versions/transition-stage", model(level=E)),
     checked("DELETE", "2.0/mlflow/model-versions/delete", model(level=M)),
-    row("GET", "2.0/mlflow/model-versions/search", SIGNED_IN, filter="model_versions"),
+    row("GET", "2.0/mlflow/model-versions/search", SIGNED_IN, search=Search.MODEL_VERSIONS),
     # --- evaluation datasets -----------------------------------------------------------------
-    checked("POST", "3.0/mlflow/datasets/create", exp("experiment_ids", level=E)),
+    checked("POST", "3.0/mlflow/datasets/create", exp("experiment_ids", level=E), rewrite=Rewrite.DATASET_CREATE),
     checked("GET POST", "3.0/mlflow/datasets/search", exp("experiment_ids", level=R)),
     checked("GET", "3.0/mlflow/datasets/{dataset_id}", dataset(R)),
     checked("DELETE", "3.0/mlflow/datasets/{dataset_id}", dataset(M)),
     checked("GET", "3.0/mlflow/datasets/{dataset_id}/experiment-ids", dataset(R)),
     checked("GET", "3.0/mlflow/datasets/{dataset_id}/records", dataset(R)),
-    checked("POST DELETE", "3.0/mlflow/datasets/{dataset_id}/records", dataset(E)),
-    checked("PATCH", "3.0/mlflow/datasets/{dataset_id}/tags", dataset(E)),
+    checked("POST", "3.0/mlflow/datasets/{dataset_id}/records", dataset(E), rewrite=Rewrite.DATASET_RECORDS),
+    checked("DELETE", "3.0/mlflow/datasets/{dataset_id}/records", dataset(E)),
+    checked("PATCH", "3.0/mlflow/datasets/{dataset_id}/tags", dataset(E), rewrite=Rewrite.DATASET_TAGS),
     checked("DELETE", "3.0/mlflow/datasets/{dataset_id}/tags/{key}", dataset(E)),
     checked("POST", "3.0/mlflow/datasets/{dataset_id}/add-experiments", dataset(E), exp("experiment_ids", level=E)),
     checked("POST", "3.0/mlflow/datasets/{dataset_id}/remove-experiments", dataset(E),
             exp("experiment_ids", level=E)),
     # --- issues, label schemas, review queues, scorers, evaluation: experiment-scoped ---------
-    checked("POST", "3.0/mlflow/issues", exp(level=E), run("source_run_id", level=R, optional=True)),
+    checked("POST", "3.0/mlflow/issues", exp(level=E), run("source_run_id", level=R, optional=True),
+            rewrite=Rewrite.ISSUE_CREATE),
     checked("POST", "3.0/mlflow/issues/search", exp(level=R)),
     checked("POST", "3.0/mlflow/label-schemas/create", exp(level=M)),
     checked("GET", "3.0/mlflow/label-schemas/get-by-name", exp(level=R)),
@@ -251,7 +371,9 @@ ROUTES: tuple[Route, ...] = (
     checked("PUT", "3.0/mlflow/scorers/online-config", exp(level=E)),
     checked("POST", "3.0/mlflow/scorer/invoke", exp(level=E), trace("trace_ids", level=R)),
     checked("POST", "3.0/mlflow/genai/evaluate/invoke", exp(level=E)),
-    checked("POST", "3.0/mlflow/prompt-optimization/jobs", exp(level=E)),
+    # The job copies the dataset into the run and registers new versions of the prompt.
+    checked("POST", "3.0/mlflow/prompt-optimization/jobs", exp(level=E), Need(Names.PROMPT_URI, ("source_prompt_uri",), E),
+            Need(Names.DATASET, ("config.dataset_id",), R, optional=True)),
     checked("GET POST", "3.0/mlflow/prompt-optimization/jobs/search", exp(level=R)),
     # Ids these rows carry (issue, schema, queue, job, scorer config) are not resolved to an
     # experiment by the gate yet: admins only, never allowed by guess.
@@ -343,3 +465,7 @@ class RouteTable:
             if found:
                 return route, found.groupdict()
         return None
+
+    def lookup(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The row for (method, path); `UNKNOWN` (admins only) when there is none."""
+        return self.match(method, path) or (UNKNOWN, {})

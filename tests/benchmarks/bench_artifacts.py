@@ -37,7 +37,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -53,28 +52,23 @@ from pathlib import Path
 from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support from the checkout's root
 
-from benchlib import (  # the shared harness of the benchmarks
-    ROOT,
-    VENV_BIN,
-    Proc,
-    base_env,
-    free_port,
-    gate_argv,
-    gate_cli,
-    git_head,
-    group_cpu_seconds,
-    group_pids,
+from benchlib import (  # the benchmarks' own helpers
+    Guard,
+    Table,
+    finish,
     log,
-    print_table,
+    new_record,
     raise_on_sigterm,
-    rss_kib,
     start_py_spy,
     stop_py_spy,
-    table_row,
-    wait_http_ok,
 )
+
+from tests.support.gate import gate_process, internal_token, mint_token, write_policy
+from tests.support.mlflow_server import mlflow_process
+from tests.support.moto import start_moto
+from tests.support.process import Process, child_env, free_port, group_cpu_seconds, group_pids, rss_kib
 
 MiB = 1024 * 1024
 CHUNK = MiB
@@ -142,14 +136,6 @@ def self_cpu() -> float:
 # servers
 
 
-def scrubbed_env() -> dict[str, str]:
-    """base_env() without a developer's cloud or tracking settings: no server and no client here may use them."""
-    env = base_env()
-    for k in [k for k in env if k.startswith(("AWS_", "MLFLOW_TRACKING_", "MLFLOW_S3_"))]:
-        del env[k]
-    return env
-
-
 def policy_yaml(moto_port: int) -> str:
     return textwrap.dedent(f"""\
         admins: [admin@corp.test]
@@ -166,29 +152,24 @@ def policy_yaml(moto_port: int) -> str:
 class Servers:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.procs: dict[str, Proc] = {}
+        self.procs: dict[str, Process] = {}
         self.ports: dict[str, int] = {}
 
     def start_all(self) -> None:
-        env = scrubbed_env()
-        self.ports = {"moto": free_port(), "mlflow": free_port(), "gate": free_port()}
-        moto_env = dict(env, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_DEFAULT_REGION="us-east-1")
-        self.procs["moto"] = Proc("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p",
-                                           str(self.ports["moto"])], moto_env, self.tmp / "moto.log", self.tmp)
+        """moto (no IAM: any key works), then the mlflow server and the gate; moto is ready, the others are started."""
+        moto = start_moto(self.tmp / "moto", timeout=60)
+        self.procs["moto"] = moto.process
+        self.ports = {"moto": int(moto.url.rsplit(":", 1)[1]), "mlflow": free_port(), "gate": free_port()}
         internal = (f"http://127.0.0.1:{self.ports['gate']}/_gate/internal/api/2.0/mlflow-artifacts/artifacts")
-        mlflow_env = dict(env, MLFLOW_TRACKING_TOKEN=gate_cli("internal-token"))
-        self.procs["mlflow"] = Proc("mlflow", [
-            str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.tmp}/mlflow.db",
-            "--artifacts-destination", internal, "--host", "127.0.0.1", "--port", str(self.ports["mlflow"]),
-            "--workers", "1"], mlflow_env, self.tmp / "mlflow.log", self.tmp)
-        policy = self.tmp / "policy.yaml"
-        policy.write_text(policy_yaml(self.ports["moto"]))
+        self.procs["mlflow"] = mlflow_process(self.tmp, f"sqlite:///{self.tmp}/mlflow.db", internal,
+                                              port=self.ports["mlflow"],
+                                              env={"MLFLOW_TRACKING_TOKEN": internal_token()}).start()
+        policy = write_policy(self.tmp, policy_yaml(self.ports["moto"]))
         (self.tmp / "default").mkdir()
-        gate_env = dict(env, TEAMA_AWS_ACCESS_KEY_ID="x", TEAMA_AWS_SECRET_ACCESS_KEY="y")
-        self.procs["gate"] = Proc("gate", gate_argv() + [
-            "serve", "--policy", str(policy), "--host", "127.0.0.1", "--port", str(self.ports["gate"]),
-            "--upstream", f"http://127.0.0.1:{self.ports['mlflow']}",
-            "--artifacts-destination", f"file://{self.tmp}/default"], gate_env, self.tmp / "gate.log", ROOT)
+        self.procs["gate"] = gate_process(
+            self.tmp, policy, f"http://127.0.0.1:{self.ports['mlflow']}", port=self.ports["gate"],
+            args=["--artifacts-destination", f"file://{self.tmp}/default"],
+            env={"TEAMA_AWS_ACCESS_KEY_ID": "x", "TEAMA_AWS_SECRET_ACCESS_KEY": "y"}).start()
 
     def stop(self) -> None:
         """SIGTERM to every group at once, then wait for each (SIGKILL after 8 s). A second Ctrl-C or
@@ -197,9 +178,9 @@ class Servers:
         try:
             order = [self.procs[n] for n in ("client", "gate", "mlflow", "moto") if n in self.procs]
             for p in order:
-                if p.alive():
+                if p.alive:
                     try:
-                        os.killpg(p.pgid, signal.SIGTERM)
+                        os.killpg(p.pid, signal.SIGTERM)
                     except ProcessLookupError:
                         pass
             for p in order:
@@ -230,6 +211,16 @@ def file_chunks(path: Path):
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             yield chunk
+
+
+def sha256_of(chunks) -> tuple[str, int]:
+    """The sha256 (hex) and the length of the bytes CHUNKS yields."""
+    h = hashlib.sha256()
+    n = 0
+    for chunk in chunks:
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,17 +265,13 @@ class Transfers:
         return took
 
     def gate_down(self) -> float:
-        h = hashlib.sha256()
-        n = 0
         t0 = time.perf_counter()
         with self.session.get(self.url, stream=True, timeout=(10, 180)) as r:
             if r.status_code != 200:
                 raise RuntimeError(f"gate download -> {r.status_code}: {r.content[:300]!r}")
-            for chunk in r.iter_content(CHUNK):
-                h.update(chunk)
-                n += len(chunk)
+            digest, n = sha256_of(r.iter_content(CHUNK))
         took = time.perf_counter() - t0
-        self._check(h.hexdigest(), n, "gate download")
+        self._check(digest, n, "gate download")
         return took
 
     def direct_up(self) -> float:
@@ -319,22 +306,14 @@ class Transfers:
             t0 = time.perf_counter()
             self.s3.download_file(BUCKET, DIRECT_KEY, str(self.dl))
             took = time.perf_counter() - t0
-            h = hashlib.sha256()
-            with open(self.dl, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    h.update(chunk)
-            n = self.dl.stat().st_size
+            digest, n = sha256_of(file_chunks(self.dl))
             self.dl.unlink()
         else:
-            h = hashlib.sha256()
-            n = 0
             t0 = time.perf_counter()
             body = self.s3.get_object(Bucket=BUCKET, Key=DIRECT_KEY)["Body"]
-            for chunk in body.iter_chunks(CHUNK):
-                h.update(chunk)
-                n += len(chunk)
+            digest, n = sha256_of(body.iter_chunks(CHUNK))
             took = time.perf_counter() - t0
-        self._check(h.hexdigest(), n, "direct download")
+        self._check(digest, n, "direct download")
         return took
 
     def _check(self, digest: str, n: int, what: str) -> None:
@@ -400,10 +379,8 @@ def summarize(size: int, times: list[float]) -> dict:
 
 
 def build_table(res: dict) -> list[dict]:
-    rows: list[dict] = []
-
-    def add(*cells: object) -> None:
-        rows.append(table_row(*cells))
+    rows = Table()
+    add = rows.add
 
     tr = TARGETS["throughput_ratio_min"]
     for way in ("up", "down"):
@@ -481,27 +458,16 @@ def main() -> int:
     size_mib = args.size_mib or (256 if args.quick else 1024)
     budget = args.budget or (150.0 if args.quick else 420.0)
     started = time.time()
-    res: dict = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": "quick" if args.quick else "full",
-        "config": {"size_mib": size_mib, "rounds": args.rounds, "direct_method": args.direct,
+    config = {"size_mib": size_mib, "rounds": args.rounds, "direct_method": args.direct,
                    "direct_method_detail": ("boto3 upload_file/download_file, default TransferConfig (8 MiB "
                                             "multipart threshold and parts, 10 threads)" if args.direct == "transfer"
                                             else "boto3 put_object(Body=<open file>) / get_object streamed in "
                                                  "1 MiB chunks, sha256 inline"),
                    "gate_method": "httpx PUT with a 1 MiB-chunk file generator and Content-Length / "
                                   "GET streamed (iter_raw), sha256 inline",
-                   "budget_s": budget, "rss_interval_s": 0.05},
-        "targets": TARGETS,
-        "env": {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
-                "git_head": git_head()},
-        "notes": [],
-    }
-    try:
-        from importlib.metadata import version
-
-        res["env"].update({p: version(p) for p in ("mlflow", "moto", "boto3", "httpx")})
-    except Exception as exc:  # noqa: BLE001
-        res["env"]["versions"] = repr(exc)
+                   "budget_s": budget, "rss_interval_s": 0.05}
+    res = new_record("quick" if args.quick else "full", config, TARGETS, ("mlflow", "moto", "boto3", "httpx"))
+    res["notes"] = []
 
     raise_on_sigterm(sigint_too=True)   # SIGINT also when started in the background
 
@@ -510,7 +476,14 @@ def main() -> int:
     sampler: RssSampler | None = None
     spy = None
     transfers: Transfers | None = None
-    rc = 0
+
+    def show_logs() -> None:
+        for name in ("gate", "mlflow", "moto"):
+            if name in s.procs:
+                print(f"--- {name} log tail ({s.procs[name].log_path}) ---\n{s.procs[name].tail(30)}",
+                      file=sys.stderr)
+
+    guard = Guard(res, show_logs)
     try:
         log(f"starting moto, mlflow server (workers 1, sqlite) and the gate in {tmp}")
         t0 = time.monotonic()
@@ -520,16 +493,15 @@ def main() -> int:
         t1 = time.monotonic()
         sha = make_file(big, size_mib)
         res["file"] = {"size": big.stat().st_size, "sha256": sha, "write_s": round(time.monotonic() - t1, 1)}
-        wait_http_ok(s.ports["moto"], "/moto-api/", s.procs["moto"], 60)
-        wait_http_ok(s.ports["mlflow"], "/health", s.procs["mlflow"], 120)
-        wait_http_ok(s.ports["gate"], "/_gate/health", s.procs["gate"], 60)
+        s.procs["mlflow"].wait_ready(120)
+        s.procs["gate"].wait_ready(60)
         res["startup_s"] = round(time.monotonic() - t0, 1)
         log(f"  ready after {res['startup_s']} s: moto :{s.ports['moto']}, mlflow :{s.ports['mlflow']}, "
-            f"gate :{s.ports['gate']} (pid {s.procs['gate'].popen.pid})")
+            f"gate :{s.ports['gate']} (pid {s.procs['gate'].pid})")
 
         import httpx
 
-        token = gate_cli("token", "create", "--user", USER, "--name", "bench-artifacts")
+        token = mint_token(USER, name="bench-artifacts")
         api = httpx.Client(base_url=f"http://127.0.0.1:{s.ports['gate']}/api/2.0/mlflow",
                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
         r = api.post("/experiments/create", json={"name": "a/bench"})
@@ -550,7 +522,7 @@ def main() -> int:
         transfers = Transfers(s, token, exp_id, run_id, big, sha, args.direct)
         transfers.s3.create_bucket(Bucket=BUCKET)
 
-        sampler = RssSampler({"gate": s.procs["gate"].pgid, "moto": s.procs["moto"].pgid})
+        sampler = RssSampler({"gate": s.procs["gate"].pid, "moto": s.procs["moto"].pid})
         sampler.start()
         time.sleep(0.5)
         res["memory"] = {"gate_cold_mib": sampler.now_mib("gate")}
@@ -599,7 +571,7 @@ def main() -> int:
                 if args.py_spy and rnd == 1 and target == "gate":
                     log(f"  py-spy on the gate during gate-{way}")
                     spy = start_py_spy(args.py_spy, spy_handle)
-                cpu0 = {n: group_cpu_seconds(s.procs[n].pgid) for n in ("gate", "moto")}
+                cpu0 = {n: group_cpu_seconds(s.procs[n].pid) for n in ("gate", "moto")}
                 me0 = self_cpu()
                 w0 = time.time()
                 took = fn()
@@ -608,7 +580,7 @@ def main() -> int:
                     res.setdefault("gate_profile", {})[way] = stop_py_spy(spy, spy_handle)
                     (tmp / "gate.pyspy.txt").rename(tmp / f"gate.pyspy.{way}.txt")
                     spy = None
-                cpu = {n: round(group_cpu_seconds(s.procs[n].pgid) - cpu0[n], 2) for n in ("gate", "moto")}
+                cpu = {n: round(group_cpu_seconds(s.procs[n].pid) - cpu0[n], 2) for n in ("gate", "moto")}
                 rec = {"round": rnd, "target": target, "way": way, "seconds": round(took, 3),
                        "mb_s": mbps(transfers.size, took), "gate_cpu_s": cpu["gate"], "moto_cpu_s": cpu["moto"],
                        "client_cpu_s": round(self_cpu() - me0, 2), "t0": w0, "t1": w1,
@@ -681,22 +653,23 @@ def main() -> int:
             script = tmp / "client.py"
             script.write_text(CLIENT_SCRIPT)
             (tmp / "client-dl").mkdir()
-            env = scrubbed_env()
+            env = child_env()
             # multipart for any size here (mlflow's default minimum is 500 MB, above the --quick file)
             env.update(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{s.ports['gate']}", MLFLOW_TRACKING_TOKEN=token,
                        MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD="true",
                        MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE=str(5 * MiB))
             gate_log_before = (tmp / "gate.log").read_text(errors="replace")
-            cpu0 = {n: group_cpu_seconds(s.procs[n].pgid) for n in ("gate", "moto")}
-            client = s.procs["client"] = Proc("client", [sys.executable, str(script), run_id, str(big),
-                                                         str(tmp / "client-dl"), sha], env, tmp / "client.log", tmp)
+            cpu0 = {n: group_cpu_seconds(s.procs[n].pid) for n in ("gate", "moto")}
+            client = s.procs["client"] = Process("client", [sys.executable, str(script), run_id, str(big),
+                                                            str(tmp / "client-dl"), sha], env, tmp, tmp / "client.log")
+            client.start()
             try:
-                client.popen.wait(timeout=max(60.0, budget + 60 - (time.time() - started)))
+                client.proc.wait(timeout=max(60.0, budget + 60 - (time.time() - started)))
             except subprocess.TimeoutExpired:
                 res["notes"].append("the mlflow client part timed out")
             out = [line for line in (tmp / "client.log").read_text(errors="replace").splitlines()
                    if line.startswith("RESULT ")]
-            cpu = {n: round(group_cpu_seconds(s.procs[n].pgid) - cpu0[n], 2) for n in ("gate", "moto")}
+            cpu = {n: round(group_cpu_seconds(s.procs[n].pid) - cpu0[n], 2) for n in ("gate", "moto")}
             if not out:
                 res["mlflow_client"] = {"error": client.tail(15)}
                 log(f"  failed:\n{client.tail(15)}")
@@ -734,18 +707,9 @@ def main() -> int:
             client.stop()
         mem["gate_end_mib"] = sampler.now_mib("gate")
         mem["moto_end_mib"] = sampler.now_mib("moto")
-    except KeyboardInterrupt:
-        log("interrupted")
-        res["error"] = "interrupted"
-        rc = 130
-    except Exception as exc:  # noqa: BLE001 - reported, servers still stopped
-        traceback.print_exc()
-        res["error"] = f"{type(exc).__name__}: {exc}"
-        rc = 1
-        for name in ("gate", "mlflow", "moto"):
-            if name in s.procs:
-                print(f"--- {name} log tail ({s.procs[name].logfile}) ---\n{s.procs[name].tail(30)}",
-                      file=sys.stderr)
+    except BaseException as exc:
+        if not guard.absorb(exc):
+            raise
     finally:
         try:
             if spy is not None and spy[0].poll() is None:
@@ -759,7 +723,7 @@ def main() -> int:
             traceback.print_exc()
         log("stopping servers")
         s.stop()
-        if args.keep or rc:
+        if args.keep or guard.rc:
             for f in ("big.bin", "small.bin", "download.bin"):
                 (tmp / f).unlink(missing_ok=True)
             log(f"kept {tmp} (without the data files)")
@@ -767,17 +731,10 @@ def main() -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    res["elapsed_s"] = round(time.time() - started, 1)
-    res["env"]["loadavg_end"] = os.getloadavg()
     for r in res.get("transfers", []):
         r.pop("t0", None), r.pop("t1", None)
-    res["summary"] = build_table(res)
-    print_table(res["summary"], TABLE_COLS, ".1f")
-    for note in res["notes"]:
-        log(f"note: {note}")
-    Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n")
-    log(f"wrote {args.out} (elapsed {res['elapsed_s']} s)")
-    return rc
+    finish(res, started, build_table, TABLE_COLS, ".1f", args.out)
+    return guard.rc
 
 
 if __name__ == "__main__":

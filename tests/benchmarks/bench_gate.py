@@ -28,8 +28,7 @@ import argparse
 import concurrent.futures
 import http.client
 import json
-import os
-import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,30 +38,30 @@ import threading
 import time
 import timeit
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support from the checkout's root
 
-from benchlib import (  # the shared harness of the benchmarks
+from benchlib import (  # the benchmarks' own helpers
     ROOT,
-    VENV_BIN,
-    Proc,
-    base_env,
-    free_port,
-    gate_argv,
-    gate_cli,
-    git_head,
+    Guard,
+    Table,
+    finish,
     log,
+    new_record,
     pct,
-    print_table,
     raise_on_sigterm,
     start_py_spy,
     stop_py_spy,
-    table_row,
-    wait_http_ok,
+    time_boxed,
 )
+
+from tests.support.gate import gate_process, mint_token, write_policy
+from tests.support.mlflow_server import mlflow_process
+from tests.support.process import Process, child_env, free_port
 
 USER = "alice@corp.test"
 TEAM = "t00"
@@ -126,31 +125,25 @@ class Client:
 # policies
 
 
+def team_yaml(name: str, members: list[str], maintainers: list[str] | None = None) -> list[str]:
+    """The policy lines of team NAME, owner of the experiments `NAME/` and the models `NAME-`."""
+    return [f"  {name}:", f"    members: [{', '.join(members)}]",
+            *([f"    maintainers: [{', '.join(maintainers)}]"] if maintainers else []),
+            f'    experiments: ["{name}/"]', f'    models: ["{name}-"]']
+
+
 def bench_policy_yaml(n_teams: int = N_TEAMS) -> str:
     lines = ["admins: [admin@corp.test]", "default: none", "teams:"]
     for t in range(n_teams):
         name = f"t{t:02d}"
-        members = [f"group:{name}"] + ([USER] if name == TEAM else [])
-        lines += [
-            f"  {name}:",
-            f"    members: [{', '.join(members)}]",
-            f'    experiments: ["{name}/"]',
-            f'    models: ["{name}-"]',
-        ]
+        lines += team_yaml(name, [f"group:{name}"] + ([USER] if name == TEAM else []))
     return "\n".join(lines) + "\n"
 
 
 def decision_policy_yaml(n_teams: int = 1000) -> str:
     lines = ["admins: [group:mlflow-admins, root@corp.test]", "default: none", "teams:"]
     for t in range(n_teams):
-        name = f"t{t:04d}"
-        lines += [
-            f"  {name}:",
-            f"    members: [u{t:04d}@corp.test, group:g{t:04d}]",
-            f"    maintainers: [m{t:04d}@corp.test]",
-            f'    experiments: ["{name}/"]',
-            f'    models: ["{name}-"]',
-        ]
+        lines += team_yaml(f"t{t:04d}", [f"u{t:04d}@corp.test", f"group:g{t:04d}"], [f"m{t:04d}@corp.test"])
     lines.append("grants:")
     grants = [
         ("everyone", '["shared/"]', '["shared-"]', "edit"),
@@ -238,14 +231,15 @@ def _allowed(result: object) -> bool | None:
 @dataclass
 class Servers:
     tmp: Path
-    mlflow: Proc | None = None
+    mlflow: Process | None = None
     mlflow_port: int = 0
-    gate: Proc | None = None
+    gate: Process | None = None
     gate_port: int = 0
     token: str = ""
     gate_kind: str = "mlflow-gate"
-    stub: Proc | None = None       # --baseline: a bare pass-through, as a third target
+    stub: Process | None = None    # --baseline: a bare pass-through as a third target; --compare: another gate
     stub_port: int = 0
+    stub_kind: str = "bare pass-through"
     startup: dict = field(default_factory=dict)
 
     def stop(self) -> None:
@@ -259,13 +253,7 @@ class Servers:
 
 def start_mlflow(s: Servers) -> None:
     s.mlflow_port = free_port()
-    argv = [
-        str(VENV_BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{s.tmp}/mlflow.db",
-        "--artifacts-destination", str(s.tmp / "art"),
-        "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", "1",
-    ]
-    s.mlflow = Proc("mlflow", argv, base_env(), s.tmp / "mlflow.log", s.tmp)
+    s.mlflow = mlflow_process(s.tmp, f"sqlite:///{s.tmp}/mlflow.db", str(s.tmp / "art"), port=s.mlflow_port).start()
 
 
 STUB_GATE = textwrap.dedent(
@@ -329,13 +317,26 @@ def start_stub(s: Servers, as_gate: bool) -> None:
     script = s.tmp / "stub_gate.py"
     script.write_text(STUB_GATE)
     argv = [sys.executable, str(script), str(port), f"http://127.0.0.1:{s.mlflow_port}"]
+    name = "gate" if as_gate else "stub"
+    stub = Process(name, argv, child_env(), s.tmp, s.tmp / f"{name}.log", f"http://127.0.0.1:{port}",
+                   "/_gate/health").start()
     if as_gate:
         s.gate_kind = "bare pass-through (uvicorn + aiohttp, no auth)"
-        s.gate_port = port
-        s.gate = Proc("gate", argv, base_env(), s.tmp / "gate.log", ROOT)
+        s.gate_port, s.gate = port, stub
     else:
-        s.stub_port = port
-        s.stub = Proc("stub", argv, base_env(), s.tmp / "stub.log", ROOT)
+        s.stub_port, s.stub = port, stub
+
+
+def start_compare(s: Servers, checkout: Path) -> None:
+    """A second mlflow-gate, of the code in another checkout, in the third target's place: the same policy,
+    secret key and upstream, so both gates are measured in one run against one mlflow server."""
+    port = free_port()
+    root = s.tmp / "compare"
+    root.mkdir()
+    s.stub_kind = f"gate of {checkout}"
+    s.stub_port = port
+    s.stub = gate_process(root, write_policy(root, bench_policy_yaml()), f"http://127.0.0.1:{s.mlflow_port}",
+                          port=port, env={"PYTHONPATH": str(checkout)}, name="compare").start()
 
 
 def start_gate(s: Servers, stub: bool) -> None:
@@ -343,17 +344,14 @@ def start_gate(s: Servers, stub: bool) -> None:
         start_stub(s, as_gate=True)
         return
     s.gate_port = free_port()
-    policy = s.tmp / "policy.yaml"
-    policy.write_text(bench_policy_yaml())
-    argv = gate_argv() + ["serve", "--policy", str(policy), "--host", "127.0.0.1", "--port", str(s.gate_port),
-             "--upstream", f"http://127.0.0.1:{s.mlflow_port}"]
-    s.gate = Proc("gate", argv, base_env(), s.tmp / "gate.log", ROOT)
+    s.gate = gate_process(s.tmp, write_policy(s.tmp, bench_policy_yaml()), f"http://127.0.0.1:{s.mlflow_port}",
+                          port=s.gate_port).start()
 
 
-def mint_token(stub: bool) -> str:
+def bench_token(stub: bool) -> str:
     if stub:
         return "stub-token"
-    return gate_cli("token", "create", "--user", USER, "--group", TEAM, "--name", "bench")
+    return mint_token(USER, (TEAM,), name="bench")
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,9 +409,9 @@ def timed(op, c: Client) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def _targets(s: Servers) -> dict[str, tuple[int, Proc | None]]:
+def _targets(s: Servers) -> dict[str, tuple[int, Process | None]]:
     """name -> (port, the proxy process in the path or None). Order of rounds rotates over these."""
-    t: dict[str, tuple[int, Proc | None]] = {"gate": (s.gate_port, s.gate), "direct": (s.mlflow_port, None)}
+    t: dict[str, tuple[int, Process | None]] = {"gate": (s.gate_port, s.gate), "direct": (s.mlflow_port, None)}
     if s.stub is not None:
         t["stub"] = (s.stub_port, s.stub)
     return t
@@ -447,9 +445,9 @@ def bench_sequential(s: Servers, run_id: str, n: int, block: int) -> dict:
         for r in range(rounds):
             for t in _order(names, r):
                 proxy = targets[t][1]
-                p0, m0 = proxy.cpu() if proxy else 0.0, s.mlflow.cpu()
+                p0, m0 = proxy.cpu_seconds() if proxy else 0.0, s.mlflow.cpu_seconds()
                 v = [timed(op, clients[t]) for _ in range(block)]
-                p1, m1 = proxy.cpu() if proxy else 0.0, s.mlflow.cpu()
+                p1, m1 = proxy.cpu_seconds() if proxy else 0.0, s.mlflow.cpu_seconds()
                 lat[t] += v
                 block_medians[t].append(statistics.median(v))
                 proxy_cpu[t] += p1 - p0
@@ -471,7 +469,7 @@ def bench_sequential(s: Servers, run_id: str, n: int, block: int) -> dict:
         out[kind] = d
         log(f"  sequential {kind:10s} " + fmt_lat(d) + f"  paired {d['ratio_median_paired']:.3f}")
         log(f"    gate CPU {d['gate_cpu_ms_per_req']} ms/req"
-            + (f" (bare stub {d['stub_cpu_ms_per_req']})" if "stub" in names else "")
+            + (f" ({s.stub_kind} {d['stub_cpu_ms_per_req']})" if "stub" in names else "")
             + f"; upstream calls per gate request {d['upstream_calls_per_gate_req']}; mlflow CPU ms/req "
             f"{d['mlflow_cpu_ms_per_req']}")
     for c in clients.values():
@@ -505,32 +503,17 @@ def run_concurrent_block(port: int, headers: dict, op, workers: int, seconds: fl
     clients = [Client(port, headers) for _ in range(workers)]
     for c in clients:  # open the connections outside the timed window
         c.conn.connect()
-    barrier = threading.Barrier(workers + 1)
     lats: list[list[float]] = [[] for _ in range(workers)]
-    errors: list[BaseException] = []
-    deadline = [0.0]
 
-    def worker(i: int) -> None:
-        barrier.wait()
-        try:
-            while time.perf_counter() < deadline[0]:
-                lats[i].append(timed(op, clients[i]))
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller
-            errors.append(exc)
+    def worker(i: int, running: Callable[[], bool]) -> None:
+        while running():
+            lats[i].append(timed(op, clients[i]))
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(workers)]
-    for t in threads:
-        t.start()
-    t0 = time.perf_counter()
-    deadline[0] = t0 + seconds
-    barrier.wait()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    for c in clients:
-        c.close()
-    if errors:
-        raise errors[0]
+    try:
+        wall = time_boxed(workers, worker, seconds)
+    finally:
+        for c in clients:
+            c.close()
     return [x for v in lats for x in v], wall
 
 
@@ -553,9 +536,9 @@ def bench_concurrent(s: Servers, run_id: str, workers: int, seconds: float, roun
         for r in range(rounds):
             for t in _order(names, r):
                 port, proxy = targets[t]
-                p0, m0, c0 = proxy.cpu() if proxy else 0.0, s.mlflow.cpu(), time.process_time()
+                p0, m0, c0 = proxy.cpu_seconds() if proxy else 0.0, s.mlflow.cpu_seconds(), time.process_time()
                 v, w = run_concurrent_block(port, auth, op, workers, seconds)
-                p1, m1, c1 = proxy.cpu() if proxy else 0.0, s.mlflow.cpu(), time.process_time()
+                p1, m1, c1 = proxy.cpu_seconds() if proxy else 0.0, s.mlflow.cpu_seconds(), time.process_time()
                 busy[t]["proxy"] += p1 - p0
                 busy[t]["mlflow"] += m1 - m0
                 busy[t]["client"] += c1 - c0
@@ -584,7 +567,7 @@ def bench_concurrent(s: Servers, run_id: str, workers: int, seconds: float, roun
             + f"  | {rps['gate']:.1f} vs {rps['direct']:.1f} req/s ratio {d['throughput_ratio']:.3f}"
             + f" (paired median {d['throughput_ratio_paired_median']:.3f})")
         if "stub" in names:
-            log(f"    bare stub: median ratio {d['stub_ratio_median']:.3f}, {rps['stub']:.1f} req/s ratio "
+            log(f"    {s.stub_kind}: median ratio {d['stub_ratio_median']:.3f}, {rps['stub']:.1f} req/s ratio "
                 f"{d['stub_throughput_ratio']:.3f}")
         log(f"    cores busy {d['cpu_cores_busy']}")
     return out
@@ -595,7 +578,7 @@ def bench_concurrent(s: Servers, run_id: str, workers: int, seconds: float, roun
 
 
 def access_log_lines(s: Servers) -> list[str]:
-    text = s.mlflow.logfile.read_text(errors="replace")
+    text = s.mlflow.log_path.read_text(errors="replace")
     return [ln for ln in text.splitlines() if '" ' in ln and ("HTTP/1.1" in ln or "HTTP/1.0" in ln)]
 
 
@@ -674,7 +657,7 @@ def bench_search(s: Servers, per_team: int, n: int) -> dict:
     for r in range(max(1, n // block)):
         order = (("gate", gate), ("direct", direct)) if r % 2 == 0 else (("direct", direct), ("gate", gate))
         for t, c in order:
-            g0, m0 = s.gate.cpu(), s.mlflow.cpu()
+            g0, m0 = s.gate.cpu_seconds(), s.mlflow.cpu_seconds()
             for _ in range(block):
                 t0 = time.perf_counter()
                 status, data = c.request("POST", path, body)
@@ -682,7 +665,7 @@ def bench_search(s: Servers, per_team: int, n: int) -> dict:
                 if status != 200:
                     raise RuntimeError(f"search via {t} -> {status}: {data[:300]!r}")
                 size[t] = len(data)
-            g1, m1 = s.gate.cpu(), s.mlflow.cpu()
+            g1, m1 = s.gate.cpu_seconds(), s.mlflow.cpu_seconds()
             mlflow_cpu[t] += m1 - m0
             if t == "gate":
                 gate_cpu += g1 - g0
@@ -710,10 +693,8 @@ def bench_search(s: Servers, per_team: int, n: int) -> dict:
 
 
 def build_table(res: dict) -> list[dict]:
-    rows: list[dict] = []
-
-    def add(*cells: object) -> None:
-        rows.append(table_row(*cells))
+    rows = Table()
+    add = rows.add
 
     lr, tr = TARGETS["latency_ratio_max"], TARGETS["throughput_ratio_min"]
     for mode, key in (("seq", "sequential"), ("8c", "concurrent")):
@@ -722,13 +703,14 @@ def build_table(res: dict) -> list[dict]:
                 add(f"{kind} {mode} {stat.split('_')[0]} (ms)", d["gate"][stat], d["direct"][stat], d[rkey],
                     f"ratio <= {lr}", d[rkey] <= lr if stat == "median_ms" else None)
             if "stub" in d:
-                add(f"  {kind} {mode} median, bare pass-through", d["stub"]["median_ms"], d["direct"]["median_ms"],
+                add(f"  {kind} {mode} median, {res.get('reference', 'bare pass-through')}", d["stub"]["median_ms"],
+                    d["direct"]["median_ms"],
                     d["stub_ratio_median"], "(reference)", None)
             if key == "concurrent":
                 add(f"{kind} 8c throughput (req/s)", d["throughput_rps"]["gate"], d["throughput_rps"]["direct"],
                     d["throughput_ratio"], f"ratio >= {tr}", d["throughput_ratio"] >= tr)
                 if "stub" in d:
-                    add(f"  {kind} 8c throughput, bare pass-through", d["throughput_rps"]["stub"],
+                    add(f"  {kind} 8c throughput, {res.get('reference', 'bare pass-through')}", d["throughput_rps"]["stub"],
                         d["throughput_rps"]["direct"], d["stub_throughput_ratio"], "(reference)", None)
     se = res.get("search")
     if se and "latency" in se:
@@ -758,7 +740,8 @@ def build_table(res: dict) -> list[dict]:
         for kind, d in res.get(key, {}).items():
             add(f"gate CPU per {kind} ({key[:3]}, ms)", d.get("gate_cpu_ms_per_req"), "-", "-", "(report)", None)
             if "stub_cpu_ms_per_req" in d:
-                add(f"  bare pass-through CPU per {kind} ({key[:3]}, ms)", d["stub_cpu_ms_per_req"], "-", "-",
+                add(f"  {res.get('reference', 'bare pass-through')} CPU per {kind} ({key[:3]}, ms)",
+                    d["stub_cpu_ms_per_req"], "-", "-",
                     "(reference)", None)
     return rows
 
@@ -778,6 +761,9 @@ def main() -> int:
     ap.add_argument("--baseline", action="store_true",
                     help="also run the bare pass-through beside the gate as a third target in the latency and "
                          "throughput parts: separates what forwarding costs from what the gate's own work costs")
+    ap.add_argument("--compare", metavar="CHECKOUT", type=Path, default=None,
+                    help="also run the gate of another checkout (e.g. a worktree of the previous commit) beside this "
+                         "one, as the third target: before/after figures from one run against one mlflow server")
     ap.add_argument("--skip-decision", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, db)")
@@ -796,18 +782,7 @@ def main() -> int:
         "per_team": 25 if quick else 100, "search_n": 20 if quick else 40,
     }
     started = time.time()
-    res: dict = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": "quick" if quick else "full", "config": cfg,
-        "targets": TARGETS,
-        "env": {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
-                "git_head": git_head()},
-    }
-    try:
-        from importlib.metadata import version
-
-        res["env"]["mlflow"] = version("mlflow")
-    except Exception as exc:  # noqa: BLE001
-        res["env"]["mlflow"] = repr(exc)
+    res = new_record("quick" if quick else "full", cfg, TARGETS, ("mlflow",))
 
     # Ctrl-C and SIGTERM both unwind through the finally below
     raise_on_sigterm()
@@ -823,21 +798,31 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-gate-"))
     s = Servers(tmp=tmp)
     spy: tuple[subprocess.Popen, Path] | None = None
-    rc = 0
+
+    def show_log() -> None:
+        if s.gate is not None:
+            print(f"--- gate log tail ({s.gate.log_path}) ---\n{s.gate.tail(40)}", file=sys.stderr)
+
+    guard = Guard(res, show_log)
     try:
         log(f"starting mlflow server (workers 1, sqlite) in {tmp}")
         start_mlflow(s)
-        s.startup["mlflow_s"] = round(wait_http_ok(s.mlflow_port, "/health", s.mlflow, 120), 1)
+        s.startup["mlflow_s"] = round(s.mlflow.wait_ready(120), 1)
         log(f"  mlflow ready on :{s.mlflow_port} after {s.startup['mlflow_s']} s")
         start_gate(s, args.stub_gate)
         t1 = time.monotonic()
-        s.token = mint_token(args.stub_gate)
-        wait_http_ok(s.gate_port, "/_gate/health", s.gate, 60)
+        s.token = bench_token(args.stub_gate)
+        s.gate.wait_ready(60)
         s.startup["gate_s"] = round(time.monotonic() - t1, 1)
         log(f"  gate ({s.gate_kind}) ready on :{s.gate_port} after {s.startup['gate_s']} s")
-        if args.baseline and not args.stub_gate:
+        if args.compare is not None and not args.stub_gate:
+            start_compare(s, args.compare.resolve())
+            s.stub.wait_ready(60)
+            log(f"  {s.stub_kind} ready on :{s.stub_port}")
+            res["reference"] = s.stub_kind
+        elif args.baseline and not args.stub_gate:
             start_stub(s, as_gate=False)
-            wait_http_ok(s.stub_port, "/_gate/health", s.stub, 30)
+            s.stub.wait_ready(30)
             log(f"  bare pass-through (baseline) ready on :{s.stub_port}")
         res["gate_kind"] = s.gate_kind
         res["startup"] = s.startup
@@ -864,7 +849,7 @@ def main() -> int:
         direct.close()
 
         if args.hold:
-            log(f"holding {args.hold:.0f} s (gate pgid {s.gate.pgid}, mlflow pgid {s.mlflow.pgid})")
+            log(f"holding {args.hold:.0f} s (gate pgid {s.gate.pid}, mlflow pgid {s.mlflow.pid})")
             time.sleep(args.hold)
 
         spy = start_py_spy(args.py_spy, s) if args.py_spy else None
@@ -880,37 +865,23 @@ def main() -> int:
         if not args.skip_search:
             log("experiments/search as a one-team user")
             res["search"] = bench_search(s, cfg["per_team"], cfg["search_n"])
-    except KeyboardInterrupt:
-        log("interrupted")
-        res["error"] = "interrupted"
-        rc = 130
-    except Exception as exc:  # noqa: BLE001 - reported, servers still stopped
-        traceback.print_exc()
-        res["error"] = f"{type(exc).__name__}: {exc}"
-        rc = 1
-        if s.gate is not None:
-            print(f"--- gate log tail ({s.gate.logfile}) ---\n{s.gate.tail(40)}", file=sys.stderr)
+    except BaseException as exc:
+        if not guard.absorb(exc):
+            raise
     finally:
         if spy is not None and spy[0].poll() is None:
             spy[0].kill()
         log("stopping servers")
         s.stop()
         res["gate_log_bytes"] = (tmp / "gate.log").stat().st_size if (tmp / "gate.log").exists() else None
-        if args.keep or rc:
+        if args.keep or guard.rc:
             log(f"kept {tmp}")
             res["tmp"] = str(tmp)
         else:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
 
-    res["elapsed_s"] = round(time.time() - started, 1)
-    res["env"]["loadavg_end"] = os.getloadavg()
-    res["summary"] = build_table(res)
-    print_table(res["summary"], TABLE_COLS, ".2f")
-    Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n")
-    log(f"wrote {args.out} (elapsed {res['elapsed_s']} s)")
-    return rc
+    finish(res, started, build_table, TABLE_COLS, ".2f", args.out)
+    return guard.rc
 
 
 if __name__ == "__main__":

@@ -43,26 +43,14 @@ from pathlib import Path
 import brotli
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support from the checkout's root
 
-from benchlib import (  # the shared harness of the benchmarks
-    ROOT,
-    VENV_BIN,
-    Proc,
-    base_env,
-    free_port,
-    gate_argv,
-    gate_cli,
-    git_head,
-    log,
-    print_table,
-    raise_on_sigterm,
-    table_row,
-    wait_http_ok,
-)
+from benchlib import git_head, log, print_table, raise_on_sigterm, verdict  # the benchmarks' own helpers
 
 from proxy.codings import zstd  # the same zstd module the gate uses
+from tests.support.gate import gate_process, mint_token, write_policy
+from tests.support.mlflow_server import mlflow_process
+from tests.support.process import Process, child_env, free_port
 
 USER = "alice@corp.test"
 BROWSER_AE = "gzip, deflate, br, zstd"
@@ -158,37 +146,29 @@ class Waits:
 class Bench:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.procs: list[Proc] = []
+        self.procs: list[Process] = []
         self.mlflow_port = self.gate_port = 0
-        self.gate: Proc | None = None
+        self.gate: Process | None = None
 
     def start(self) -> None:
         self.mlflow_port, self.gate_port = free_port(), free_port()
-        mlflow = Proc("mlflow", [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.tmp}/m.db",
-                                 "--artifacts-destination", str(self.tmp / "art"), "--host", "127.0.0.1", "--port",
-                                 str(self.mlflow_port), "--workers", "1"], base_env(), self.tmp / "mlflow.log", self.tmp)
-        self.procs.append(mlflow)
-        wait_http_ok(self.mlflow_port, "/health", mlflow, 180)
-        (self.tmp / "policy.yaml").write_text(POLICY)
-        self.start_gate()
-
-    def start_gate(self) -> None:
-        self.gate = Proc("gate", gate_argv() + ["serve", "--policy", str(self.tmp / "policy.yaml"), "--host", "127.0.0.1",
-                                                "--port", str(self.gate_port), "--upstream",
-                                                f"http://127.0.0.1:{self.mlflow_port}"],
-                         base_env(), self.tmp / "gate.log", ROOT)
-        self.procs.append(self.gate)
-        wait_http_ok(self.gate_port, "/_gate/health", self.gate, 60)
+        mlflow = mlflow_process(self.tmp, f"sqlite:///{self.tmp}/m.db", str(self.tmp / "art"), port=self.mlflow_port)
+        self.procs.append(mlflow.start())
+        mlflow.wait_ready(180)
+        self.gate = gate_process(self.tmp, write_policy(self.tmp, POLICY), f"http://127.0.0.1:{self.mlflow_port}",
+                                 port=self.gate_port)
+        self.procs.append(self.gate.start())
+        self.gate.wait_ready(60)
 
     def relay(self, to: int, mbit: float, rtt: float) -> int:
         port = free_port()
-        p = Proc(f"relay:{to}", [sys.executable, str(HERE / "linkrelay.py"), "--listen", str(port), "--to", str(to),
-                                 "--mbit", str(mbit), "--rtt-ms", str(rtt)], base_env(), self.tmp / f"relay-{port}.log",
-                 ROOT)
-        self.procs.append(p)
+        log_path = self.tmp / f"relay-{port}.log"
+        p = Process(f"relay:{to}", [sys.executable, str(HERE / "linkrelay.py"), "--listen", str(port), "--to", str(to),
+                                    "--mbit", str(mbit), "--rtt-ms", str(rtt)], child_env(), self.tmp, log_path)
+        self.procs.append(p.start())
         deadline = time.monotonic() + 20
-        while b"relay" not in (self.tmp / f"relay-{port}.log").read_bytes():
-            if time.monotonic() > deadline or not p.alive():
+        while b"relay" not in (log_path.read_bytes() if log_path.exists() else b""):
+            if time.monotonic() > deadline or not p.alive:
                 raise RuntimeError(f"relay did not start: {p.tail()}")
             time.sleep(0.1)
         return port
@@ -199,6 +179,10 @@ class Bench:
                 p.stop()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 traceback.print_exc()
+
+
+def table_row(metric: str, gate: object, direct: object, value: object, target: str, ok: bool | None) -> dict:
+    return {"metric": metric, "gate": gate, "direct": direct, "value": value, "target": target, "verdict": verdict(ok)}
 
 
 def seed(port: int) -> dict:
@@ -297,12 +281,12 @@ def cpu_per_mb(b: Bench, waits: Waits, n: int) -> dict:
     mb: dict[str, float] = {}
     for _ in range(2):
         for ae in ["identity", "zstd", "br", "gzip"]:
-            before = b.gate.cpu()
+            before = b.gate.cpu_seconds()
             size = 0
             for _ in range(n):
                 for wait in ("metric_history_20k", "search_500_runs"):
                     size += waits.run(wait, b.gate_port, ae)["size"]
-            cpu[ae] = cpu.get(ae, 0.0) + b.gate.cpu() - before
+            cpu[ae] = cpu.get(ae, 0.0) + b.gate.cpu_seconds() - before
             mb[ae] = mb.get(ae, 0.0) + size / 1e6
     base = cpu["identity"] / mb["identity"]
     return {ae: {"gate_cpu_ms_per_mb": round(1000 * cpu[ae] / mb[ae], 2),
@@ -313,9 +297,9 @@ def cpu_per_mb(b: Bench, waits: Waits, n: int) -> dict:
 def static_first(b: Bench, waits: Waits) -> dict:
     """The UI's first load right after the gate started (its files compressed then), and the next one."""
     assert b.gate is not None
-    before = b.gate.cpu()
+    before = b.gate.cpu_seconds()
     cold = waits.run("ui_first_load", b.gate_port, BROWSER_AE)
-    cpu = b.gate.cpu() - before
+    cpu = b.gate.cpu_seconds() - before
     warm = waits.run("ui_first_load", b.gate_port, BROWSER_AE)
     return {"cold_s": round(cold["s"], 3), "cold_gate_cpu_s": round(cpu, 3), "warm_s": round(warm["s"], 3),
             "bundle_and_css_wire_bytes": cold["wire"], "uncoded_bytes": cold["size"]}
@@ -387,7 +371,7 @@ def main() -> int:
     ok = False
     try:
         b.start()
-        token = gate_cli("token", "create", "--user", USER, "--name", "bench-remote")
+        token = mint_token(USER, name="bench-remote")
         log("seeding: 500 runs, a 20,000-point history, 1,000 experiments (directly on mlflow)")
         t0 = time.perf_counter()
         waits = Waits(seed(b.mlflow_port), token)

@@ -36,29 +36,20 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "integration" / "production"))
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support from the checkout's root
 
-from benchlib import log, pct, raise_on_sigterm  # the shared harness of the benchmarks
-from prod_it import (
-    ALICE,
-    SharedSetup,
-    create_experiment,
-    create_run,
-    group_cpu_seconds,
-    proc_cpu_seconds,
-    start_shared_setup,
-)
+from benchlib import log, pct, raise_on_sigterm, time_boxed  # the benchmarks' own helpers
 
-from tests.conftest import PgCluster, mint_token, pg_bindir
+from tests.integration.production.prod_it import ALICE, SharedSetup, create_experiment, create_run, start_shared_setup
+from tests.support.gate import mint_token
+from tests.support.mlflow_server import PgCluster, pg_bindir, start_pg
+from tests.support.process import group_cpu_seconds, proc_cpu_seconds
 
 CLIENTS = 16
 TARGETS = ("one", "both", "direct")
@@ -102,14 +93,11 @@ def block(setup: SharedSetup, op: str, target: str, seconds: float, token: str, 
     lat: list[list[float]] = [[] for _ in range(CLIENTS)]
     per_url: dict[str, int] = {}
     errors = [0] * CLIENTS
-    start_evt = threading.Event()
-    end = [0.0]
 
-    def worker(i: int) -> None:
+    def worker(i: int, running: Callable[[], bool]) -> None:
         c = Client(urls[i], None if target == "direct" else token)
-        start_evt.wait()
         try:
-            while time.monotonic() < end[0]:
+            while running():
                 if op == "runs_get":
                     method, path, body = "GET", f"/api/2.0/mlflow/runs/get?run_id={run_ids[0]}", None
                 else:
@@ -126,17 +114,9 @@ def block(setup: SharedSetup, op: str, target: str, seconds: float, token: str, 
         finally:
             c.close()
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(CLIENTS)]
-    for th in threads:
-        th.start()
     cpu0 = {g.name: proc_cpu_seconds(g.pid) for g in setup.gates}
     mlflow0 = group_cpu_seconds(setup.mlflow.pid)
-    t0 = time.monotonic()
-    end[0] = t0 + seconds
-    start_evt.set()
-    for th in threads:
-        th.join()
-    wall = time.monotonic() - t0
+    wall = time_boxed(CLIENTS, worker, seconds)
     cpu1 = {g.name: proc_cpu_seconds(g.pid) for g in setup.gates}
     mlflow1 = group_cpu_seconds(setup.mlflow.pid)
     for i, u in enumerate(urls):
@@ -233,8 +213,7 @@ def main() -> int:
         t = time.monotonic()
         if backend == "postgres":
             assert bindir is not None
-            pg = PgCluster(bindir, Path(tempfile.mkdtemp(prefix="bench-replicas-pg-")))
-            pg.start()
+            pg = start_pg(bindir, "bench-replicas-pg-")
         setup = start_shared_setup(tmp / "setup", pg, with_oidc=False)
         log(f"servers up in {time.monotonic() - t:.1f} s ({backend}); gates {setup.gates[0].url} (pid "
             f"{setup.gates[0].pid}) and {setup.gates[1].url} (pid {setup.gates[1].pid}), mlflow {setup.mlflow.url}")
@@ -275,10 +254,8 @@ def main() -> int:
                 for g in setup.services():
                     print(f"--- {g.name} log tail ({g.log_path}) ---\n{g.tail(30)}", file=sys.stderr)
             setup.stop()
-        elif pg is not None:
-            pg.stop()
         if pg is not None:
-            shutil.rmtree(pg.root, ignore_errors=True)
+            pg.destroy()
         if args.keep or not ok:
             log(f"kept {tmp}")
         else:

@@ -1,30 +1,29 @@
-"""The shared harness of the benchmark scripts in this folder (bench_gate.py, bench_artifacts.py, bench_replicas.py).
+"""What the benchmark scripts in this folder (bench_gate.py, bench_artifacts.py, bench_replicas.py) share besides the
+servers (those come from tests/support, as for the tests): logging, percentiles, SIGTERM handling, the summary table
+and py-spy.
 
-Servers in their own process groups logging to files, free ports, waiting for a health URL, CPU and RSS of a
-process group from /proc, the environment the servers get, SIGTERM handling, the summary table and py-spy.
+The scripts run as `python tests/benchmarks/X.py` and import this module from their own folder, tests.support from
+the checkout's root:
 
-The scripts run as `python tests/benchmarks/X.py` and import this module from their own folder:
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path[:0] = [str(HERE), str(HERE.parents[1])]
     from benchlib import ...
 
 Not named test_*.py: pytest must not collect it.
 """
 from __future__ import annotations
 
-import http.client
+import json
 import os
+import platform
 import signal
-import socket
 import subprocess
-import sys
+import threading
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-SECRET = "bench-secret-key-0123456789abcdef0123456789abcdef"
 
 
 # --------------------------------------------------------------------------------------------
@@ -33,12 +32,6 @@ SECRET = "bench-secret-key-0123456789abcdef0123456789abcdef"
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -65,156 +58,91 @@ def raise_on_sigterm(sigint_too: bool = False) -> None:
 
 def git_head() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
     except Exception:  # noqa: BLE001
         return None
 
 
 # --------------------------------------------------------------------------------------------
-# /proc: process groups, CPU, RSS
+# the record of a run (written as JSON at the end), its errors
 
 
-def _proc_stats() -> Iterator[tuple[int, list[str]]]:
-    """(pid, fields of /proc/<pid>/stat after the command name) for every process that can be read:
-    fields[0] = state (field 3 of stat(5)), fields[2] = pgrp (5), fields[11..14] = utime, stime, cutime, cstime."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read().decode()
-        except OSError:
-            continue
-        yield int(entry), data[data.rfind(")") + 2:].split()
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """utime + stime of every live process in process group `pgid` (children that exited and
-    were reaped are included in their parent's cutime/cstime, which we add too)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for _, rest in _proc_stats():
-        if int(rest[2]) != pgid:
-            continue
-        total += int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
-    return total / tick
-
-
-def group_pids(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group `pgid`."""
-    return [pid for pid, rest in _proc_stats() if rest[0] != "Z" and int(rest[2]) == pgid]
-
-
-def rss_kib(pid: int) -> int:
+def new_record(mode: str, config: dict, targets: dict, packages: tuple[str, ...]) -> dict:
+    """When, what was asked, the machine and the versions of PACKAGES."""
+    env: dict = {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
+                 "git_head": git_head()}
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        from importlib.metadata import version
+
+        env.update({p: version(p) for p in packages})
+    except Exception as exc:  # noqa: BLE001
+        env["versions"] = repr(exc)
+    return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": mode, "config": config, "targets": targets,
+            "env": env}
 
 
-# --------------------------------------------------------------------------------------------
-# servers
+class Guard:
+    """`except BaseException as exc: if not guard.absorb(exc): raise` turns an interruption (Ctrl-C, SIGTERM) or an
+    error into `record["error"]` and the exit code `rc` (130, 1) instead of raising, so that the script's `finally`
+    stops the servers and the record is still written. On an error, the traceback is printed and `on_error` called
+    (to show the servers' logs)."""
+
+    def __init__(self, record: dict, on_error: Callable[[], None] = lambda: None) -> None:
+        self.record, self.on_error, self.rc = record, on_error, 0
+
+    def absorb(self, exc: BaseException) -> bool:
+        if isinstance(exc, KeyboardInterrupt):
+            log("interrupted")
+            self.record["error"], self.rc = "interrupted", 130
+            return True
+        if isinstance(exc, Exception):
+            traceback.print_exception(exc)
+            self.record["error"], self.rc = f"{type(exc).__name__}: {exc}", 1
+            self.on_error()
+            return True
+        return False
 
 
-class Proc:
-    """A server in its own session/process group, logging to a file."""
+def finish(record: dict, started: float, table: Callable[[dict], list[dict]], cols: list[tuple[str, int]],
+           gate_direct_spec: str, out: str) -> None:
+    """Close the record (elapsed time, load), print its summary table and notes, write it to OUT as JSON."""
+    record["elapsed_s"] = round(time.time() - started, 1)
+    record["env"]["loadavg_end"] = os.getloadavg()
+    record["summary"] = table(record)
+    print_table(record["summary"], cols, gate_direct_spec)
+    for note in record.get("notes", []):
+        log(f"note: {note}")
+    Path(out).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    log(f"wrote {out} (elapsed {record['elapsed_s']} s)")
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], logfile: Path, cwd: Path) -> None:
-        self.name = name
-        self.logfile = logfile
-        self._log = open(logfile, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.pgid = self.popen.pid
 
-    def alive(self) -> bool:
-        return self.popen.poll() is None
+def time_boxed(workers: int, work: Callable[[int, Callable[[], bool]], None], seconds: float) -> float:
+    """`work(i, running)` in WORKERS threads released together; `running()` is true until SECONDS after the release.
+    Returns the wall time from the release to the end of the last thread; re-raises the first error of a thread."""
+    go = threading.Barrier(workers + 1)
+    end = [0.0]
+    errors: list[BaseException] = []
 
-    def cpu(self) -> float:
-        return group_cpu_seconds(self.pgid)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None and not group_pids(self.pgid):
-                break
-            time.sleep(0.1)
-        if group_pids(self.pgid):
-            try:
-                os.killpg(self.pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    def run(i: int) -> None:
+        go.wait()
         try:
-            self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        self._log.close()
+            work(i, lambda: time.perf_counter() < end[0])
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
 
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-
-def wait_http_ok(port: int, path: str, proc: Proc, timeout: float) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", path)
-            r = c.getresponse()
-            r.read()
-            c.close()
-            if r.status == 200:
-                return time.monotonic() - t0
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{proc.name} not ready on :{port}{path} after {timeout:.0f}s:\n{proc.tail()}")
-
-
-def base_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        DO_NOT_TRACK="true",
-        MLFLOW_GATE_SECRET_KEY=SECRET,
-        PYTHONUNBUFFERED="1",
-    )
-    for k in list(env):  # never let the benchmark pick up a developer's gate configuration
-        if k.startswith("MLFLOW_GATE_") and k != "MLFLOW_GATE_SECRET_KEY":
-            del env[k]
-    return env
-
-
-def gate_argv() -> list[str]:
-    exe = VENV_BIN / "mlflow-gate"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
-
-
-def gate_cli(*args: str) -> str:
-    """`mlflow-gate ARGS` with the benchmark's secret key; its last line of output."""
-    r = subprocess.run(gate_argv() + list(args), check=False, env=base_env(), cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"mlflow-gate {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()[-500:]}")
-    return r.stdout.strip().splitlines()[-1].strip()
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(workers)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    end[0] = t0 + seconds
+    go.wait()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return wall
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,9 +161,12 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "MISS")
 
 
-def table_row(metric: str, gate: object, direct: object, value: object, target: str, ok: bool | None) -> dict:
-    return {"metric": metric, "gate": gate, "direct": direct, "value": value, "target": target,
-            "verdict": verdict(ok)}
+class Table(list[dict]):
+    """The summary rows."""
+
+    def add(self, metric: str, gate: object, direct: object, value: object, target: str, ok: bool | None) -> None:
+        self.append({"metric": metric, "gate": gate, "direct": direct, "value": value, "target": target,
+                     "verdict": verdict(ok)})
 
 
 def print_table(rows: list[dict], cols: list[tuple[str, int]], gate_direct_spec: str) -> None:
@@ -254,12 +185,12 @@ def print_table(rows: list[dict], cols: list[tuple[str, int]], gate_direct_spec:
 
 
 # --------------------------------------------------------------------------------------------
-# optional: where the gate's CPU goes (py-spy). `s` has `tmp` (a folder) and `gate` (a Proc).
+# optional: where the gate's CPU goes (py-spy). `s` has `tmp` (a folder) and `gate` (a tests.support Process).
 
 
 def start_py_spy(binary: str, s: object) -> tuple[subprocess.Popen, Path]:
     out = s.tmp / "gate.pyspy.txt"
-    argv = [binary, "record", "--pid", str(s.gate.popen.pid), "--subprocesses", "--format", "raw",
+    argv = [binary, "record", "--pid", str(s.gate.pid), "--subprocesses", "--format", "raw",
             "--rate", "250", "--output", str(out), "--nonblocking", "--full-filenames"]
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(s.tmp / "py-spy.log", "wb"),  # noqa: SIM115
                          start_new_session=True)

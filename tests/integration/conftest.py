@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from gate_it import ALICE, BOB, MO, World
+
+from tests.integration.gate_it import ALICE, BOB, MO, World
 
 
 @pytest.fixture(scope="session")

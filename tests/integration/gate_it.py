@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 from mlflow.exceptions import MlflowException
@@ -14,6 +15,18 @@ ALICE, MO, BOB, ROOT = "alice@corp.test", "mo@corp.test", "bob@corp.test", "root
 
 def uid() -> str:
     return uuid.uuid4().hex[:8]
+
+
+def search_pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """Each page of a paged search of the mlflow client (`search_experiments`, `search_registered_models`, ...),
+    following the page tokens to the end."""
+    token = None
+    while True:
+        page = search(page_token=token, **kwargs)
+        yield page
+        token = page.token
+        if not token:
+            return
 
 
 def is_denied(exc: BaseException, code: str = "PERMISSION_DENIED", status: int = 403) -> bool:

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-from gate_it import ALICE, BOB, ROOT, World, denied, uid
+
+from tests.integration.gate_it import ALICE, BOB, ROOT, World, denied, uid
 
 pytestmark = pytest.mark.integration
 

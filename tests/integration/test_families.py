@@ -8,24 +8,18 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from gate_it import ALICE, BOB, MO, ROOT, World, denied, uid
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
+from tests.integration.gate_it import ALICE, BOB, MO, ROOT, World, denied, search_pages, uid
+
 pytestmark = pytest.mark.integration
 
 
 def all_experiment_names(client, **kwargs) -> list[str]:  # type: ignore[no-untyped-def]
-    names: list[str] = []
-    token = None
-    while True:
-        page = client.search_experiments(max_results=50, page_token=token, **kwargs)
-        names += [e.name for e in page]
-        token = page.token
-        if not token:
-            return names
+    return [e.name for page in search_pages(client.search_experiments, max_results=50, **kwargs) for e in page]
 
 
 # ---------------------------------------------------------------------------------------------------------- identity
@@ -250,7 +244,7 @@ def assert_denied_or_without(call, forbidden: set[str]) -> None:  # type: ignore
     try:
         results = call()
     except Exception as exc:  # noqa: BLE001 - checked below
-        from gate_it import is_denied
+        from tests.integration.gate_it import is_denied
 
         assert is_denied(exc), f"unexpected error: {exc!r}"
         return

@@ -5,8 +5,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from gate_it import ALICE, BOB, World, denied, is_denied, uid
 from sklearn.linear_model import LogisticRegression
+
+from tests.integration.gate_it import ALICE, BOB, World, denied, is_denied, uid
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BIN, SECRET_KEY, TEST_POLICY, child_env, free_port, log_tail, start_gate, stop_process
+from tests.support.gate import TEST_POLICY, gate_process, start_gate
+from tests.support.process import free_port, group_alive, log_tail
 
 pytestmark = pytest.mark.integration
 SEARCH = "/api/2.0/mlflow/experiments/search"
@@ -78,11 +79,11 @@ class Relay:
 def relayed_gate(mlflow_server, tmp_path: Path) -> Iterator[tuple[object, Relay]]:  # type: ignore[no-untyped-def]
     relay = Relay(int(mlflow_server.url.rsplit(":", 1)[1]))
     relay.start()
-    gate, stop = start_gate(f"http://127.0.0.1:{relay.port}", tmp_path / "gate")
+    gate = start_gate(tmp_path / "gate", f"http://127.0.0.1:{relay.port}")
     try:
         yield gate, relay
     finally:
-        stop()
+        gate.stop()
         relay.close()
 
 
@@ -96,23 +97,25 @@ def test_upstream_down_gives_503_and_the_gate_recovers(relayed_gate) -> None:  #
         assert r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
         r = http.get("/api/2.0/mlflow/runs/get", params={"run_id": "0" * 32})
         assert r.status_code == 503 and r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        admin = {"Authorization": f"Bearer {gate.token('root@corp.test')}"}  # type: ignore[attr-defined]
         health = httpx.get(gate.url + "/_gate/health", timeout=10)  # type: ignore[attr-defined]
         time.sleep(2.1)   # the health answer is cached for 2 s
-        health = httpx.get(gate.url + "/_gate/health", timeout=10)  # type: ignore[attr-defined]
+        health = httpx.get(gate.url + "/_gate/health", headers=admin, timeout=10)  # type: ignore[attr-defined]
         assert health.status_code == 503 and health.json()["upstream"]["ok"] is False
         relay.start()
         assert http.post(SEARCH, json={"max_results": 5}).status_code == 200
 
 
 def test_a_broken_policy_keeps_the_last_good_one_serving(mlflow_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    gate, stop = start_gate(mlflow_server.url, tmp_path / "gate")
+    gate = start_gate(tmp_path / "gate", mlflow_server.url)
+    admin = {"Authorization": f"Bearer {gate.token('root@corp.test')}"}    # the policy's details are for admins
     try:
         with gate.http("alice") as alice:
             assert alice.post("/api/2.0/mlflow/experiments/create", json={"name": "alpha/reload-a"}).status_code == 200
             gate.policy_path.write_text(TEST_POLICY + "\nbogus_key: true\n")
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                health = httpx.get(gate.url + "/_gate/health", timeout=10).json()
+                health = httpx.get(gate.url + "/_gate/health", headers=admin, timeout=10).json()
                 if health["policy"]["error"]:
                     break
                 time.sleep(0.2)
@@ -129,35 +132,23 @@ def test_a_broken_policy_keeps_the_last_good_one_serving(mlflow_server, tmp_path
                     break
                 time.sleep(0.2)
             assert status == 403
-            assert httpx.get(gate.url + "/_gate/health", timeout=10).json()["policy"]["error"] is None
+            assert httpx.get(gate.url + "/_gate/health", headers=admin, timeout=10).json()["policy"]["error"] is None
     finally:
-        stop()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+        gate.stop()
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_the_embedded_server_stops_with_the_gate(tmp_path: Path, how: signal.Signals) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(TEST_POLICY)
-    port = free_port()
-    log = tmp_path / "gate.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(BIN / "mlflow-gate"), "serve", "--policy", str(policy), "--port", str(port)],
-                                cwd=tmp_path, env=child_env(MLFLOW_GATE_SECRET_KEY=SECRET_KEY), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    gate = gate_process(tmp_path, policy, None).start()  # no upstream: the gate starts its embedded mlflow server
+    proc, log = gate.proc, gate.log_path
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             assert proc.poll() is None, log_tail(log)
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/_gate/health", timeout=2).status_code == 200:
+                if httpx.get(f"{gate.url}/_gate/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -170,12 +161,12 @@ def test_the_embedded_server_stops_with_the_gate(tmp_path: Path, how: signal.Sig
         os.kill(proc.pid, how)
         proc.wait(timeout=60)
         deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and any(_group_alive(g) for g in mlflow_pgids):
+        while time.monotonic() < deadline and any(group_alive(g) for g in mlflow_pgids):
             time.sleep(0.2)
-        assert not any(_group_alive(g) for g in mlflow_pgids), "the embedded mlflow server outlived the gate"
+        assert not any(group_alive(g) for g in mlflow_pgids), "the embedded mlflow server outlived the gate"
         assert (tmp_path / "mlflow.db").exists()       # the quick start's default store, in the working folder
     finally:
-        stop_process(proc)
+        gate.stop()
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -187,12 +178,13 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_requests_decisions_and_upstream_calls(gate) -> None:  # type: ignore[no-untyped-def]
-    before = httpx.get(gate.url + "/_gate/metrics", timeout=10).text
+    admin = {"Authorization": f"Bearer {gate.token('root@corp.test')}"}     # /_gate/metrics is for admins
+    before = httpx.get(gate.url + "/_gate/metrics", headers=admin, timeout=10).text
     with gate.http("alice") as alice, gate.http() as anonymous:
         assert alice.post(SEARCH, json={"max_results": 1}).status_code == 200
         assert alice.post("/api/2.0/mlflow/experiments/create", json={"name": "beta/nope"}).status_code == 403
         assert anonymous.post(SEARCH, json={"max_results": 1}).status_code == 401
-    after = httpx.get(gate.url + "/_gate/metrics", timeout=10).text
+    after = httpx.get(gate.url + "/_gate/metrics", headers=admin, timeout=10).text
     for name, labels, at_least in [
         ("mlflow_gate_requests_total", {"method": "POST", "status": "2xx"}, 1),
         ("mlflow_gate_requests_total", {"method": "POST", "status": "4xx"}, 2),
@@ -227,16 +219,11 @@ def test_graceful_shutdown_finishes_in_flight_requests_and_audit_is_its_own_stre
     audit_log = tmp_path / "audit.jsonl"
     policy = tmp_path / "policy.yaml"
     policy.write_text(TEST_POLICY)
-    port = free_port()
-    log = tmp_path / "gate.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "mlflow-gate"), "serve", "--policy", str(policy), "--port", str(port),
-             "--upstream", f"http://127.0.0.1:{upstream.server_port}"], cwd=tmp_path, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-            env=child_env(MLFLOW_GATE_SECRET_KEY=SECRET_KEY, MLFLOW_GATE_AUDIT_LOG=str(audit_log)))
+    gate = gate_process(tmp_path, policy, f"http://127.0.0.1:{upstream.server_port}",
+                        env={"MLFLOW_GATE_AUDIT_LOG": str(audit_log)}).start()
+    proc, log = gate.proc, gate.log_path
     try:
-        url = f"http://127.0.0.1:{port}"
+        url = gate.url
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -263,7 +250,7 @@ def test_graceful_shutdown_finishes_in_flight_requests_and_audit_is_its_own_stre
         operational = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
         assert operational and all("level" in e and "allowed" not in e for e in operational)
     finally:
-        stop_process(proc)
+        gate.stop()
         upstream.shutdown()
         upstream.server_close()
 

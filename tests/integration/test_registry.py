@@ -5,20 +5,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from gate_it import ALICE, BOB, MO, ROOT, World, denied, is_denied, uid
+
+from tests.integration.gate_it import ALICE, BOB, MO, ROOT, World, denied, is_denied, search_pages, uid
 
 pytestmark = pytest.mark.integration
 
 
 def model_names(client, **kwargs) -> list[str]:  # type: ignore[no-untyped-def]
-    names: list[str] = []
-    token = None
-    while True:
-        page = client.search_registered_models(max_results=100, page_token=token, **kwargs)
-        names += [m.name for m in page]
-        token = page.token
-        if not token:
-            return names
+    return [m.name for page in search_pages(client.search_registered_models, max_results=100, **kwargs) for m in page]
 
 
 def run_with_model_files(client, experiment_id: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
@@ -53,7 +47,7 @@ def test_registered_models(gate):
     with denied():
         bob.set_registered_model_tag(f"alpha-m-{n}", "k", "bob")
     model = alice.get_registered_model(f"alpha-m-{n}")
-    assert (model.description, model.tags) == ("v2", {"k": "v"})
+    assert (model.description, model.tags) == ("v2", {"k": "v", "mlflow.user": ALICE})  # the gate records the creator
 
     # search: only readable names, also with a filter
     assert set(model_names(alice, filter_string=f"name LIKE '%{n}%'")) == {f"alpha-m-{n}", f"shared-m-{n}"}
@@ -89,7 +83,7 @@ def test_model_versions(gate, world: World, tmp_path: Path):
     alice.update_model_version(name, "1", description="first")
     alice.set_model_version_tag(name, "1", "validated", "yes")
     got = alice.get_model_version(name, "1")
-    assert (got.description, got.tags) == ("first", {"validated": "yes"})
+    assert (got.description, got.tags) == ("first", {"validated": "yes", "mlflow.user": ALICE})
     versions = alice.search_model_versions(f"name = '{name}'")
     assert [v.version for v in versions] == ["1"]
 

@@ -2,21 +2,18 @@
 from __future__ import annotations
 
 import pytest
-from gate_it import ALICE, BOB, ROOT, uid
+
+from tests.integration.gate_it import ALICE, BOB, ROOT, search_pages, uid
 
 pytestmark = pytest.mark.integration
 
 
 def pages_of(search, max_results: int, **kwargs) -> list[list]:  # type: ignore[no-untyped-def]
     pages: list[list] = []
-    token = None
-    while True:
-        page = search(max_results=max_results, page_token=token, **kwargs)
-        pages.append(list(page))
-        token = page.token
-        if not token:
-            return pages
+    for page in search_pages(search, max_results=max_results, **kwargs):
         assert len(pages) < 100, "page tokens never end"
+        pages.append(list(page))
+    return pages
 
 
 def assert_full_pages(pages: list[list], size: int) -> None:

@@ -23,14 +23,11 @@ Nothing here talks to anything but 127.0.0.1: following a redirect to another ho
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -40,6 +37,8 @@ from typing import Any, Self
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
+
+from tests.support.process import LogSource, Process
 
 OP_DIR = Path(__file__).resolve().parent
 OP_SCRIPT = OP_DIR / "op.mjs"
@@ -124,19 +123,18 @@ def parse_forms(html: str) -> list[Form]:
 
 # ---------------------------------------------------------------------------------------------------- the provider
 
-class OidcProvider:
+class OidcProvider(LogSource):
     """One `node op.mjs` process. Start it with `start()`, stop it with `stop()` (or use it as a context manager)."""
 
     def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: Process | None = None
         self.port: int | None = None
         self.issuer = ""
         self.resource = ""
         self._env: dict[str, str] = {}
         self._discovery: dict[str, Any] | None = None
-        self._log_file: Any = None
 
     # -------------------------------------------------------------------------------------------- lifecycle
 
@@ -148,7 +146,7 @@ class OidcProvider:
         discovery document answers. `resource` is the audience of JWT access tokens (the gate's URL);
         `redirects` / `post_logout` are the mlflow-gate client's redirect URIs (default: resource + /_gate/callback,
         none); `groups` maps login or client id -> groups; `claims` maps login -> extra/overriding user claims."""
-        if self.proc is not None:
+        if self.process is not None:
             raise OidcDriverError("the OP is already running")
         reason = unavailable_reason()
         if reason:
@@ -173,27 +171,24 @@ class OidcProvider:
 
     def _spawn(self, timeout: float) -> None:
         assert self.workdir is not None
-        log_path = self.workdir / "op.log"
-        self._log_file = open(log_path, "ab")  # noqa: SIM115 - kept open for the process' lifetime
-        offset = log_path.stat().st_size
         env = {k: v for k, v in os.environ.items() if not k.startswith("OP_")}
         env.update(self._env, OP_EXIT_ON_STDIN_EOF="1", NO_COLOR="1")
         # stdin stays an open pipe: when this Python process dies, the OP sees EOF and exits.
-        self.proc = subprocess.Popen(["node", str(OP_SCRIPT)], cwd=OP_DIR, env=env, stdin=subprocess.PIPE,
-                                     stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        process = Process("OIDC provider", ["node", str(OP_SCRIPT)], env, OP_DIR, self.workdir / "op.log",
+                          stdin_pipe=True)
+        offset = process.log_size()
+        self.process = process.start()
         deadline = time.monotonic() + timeout
         ready: dict[str, Any] | None = None
         while ready is None:
-            rc = self.proc.poll()
+            rc = process.proc.poll()
             if rc is not None:
                 out = self.log()
-                self._reap()
+                self._kill()
                 raise OidcDriverError(f"the OP exited with {rc}:\n{out}")
-            with open(log_path, "rb") as f:
-                f.seek(offset)
-                for line in f.read().decode(errors="replace").splitlines():
-                    if line.startswith("OP_READY "):
-                        ready = json.loads(line[len("OP_READY "):])
+            for line in process.log_since(offset).splitlines():
+                if line.startswith("OP_READY "):
+                    ready = json.loads(line[len("OP_READY "):])
             if ready is None:
                 if time.monotonic() > deadline:
                     out = self.log()
@@ -232,32 +227,12 @@ class OidcProvider:
             self.workdir = None
 
     def _kill(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        self._reap()
-
-    def _reap(self) -> None:
-        if self.proc is not None:
-            if self.proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    self.proc.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=5)
-        self.proc = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        if self.process is not None:
+            self.process.stop(timeout=5)
+        self.process = None
 
     def __enter__(self) -> Self:
-        if self.proc is None:
+        if self.process is None:
             self.start()
         return self
 
@@ -266,7 +241,10 @@ class OidcProvider:
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.alive
+
+    def logs(self) -> dict[str, Path]:
+        return {"OIDC provider": self.workdir / "op.log"} if self.workdir is not None else {}
 
     def log(self) -> str:
         """Everything the OP printed (warnings, key reloads, errors)."""

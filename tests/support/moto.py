@@ -1,5 +1,5 @@
-"""moto_server as the S3 store of team artifacts, with IAM enforced: shared by tests/integration/artifacts and
-tests/integration/production (each starts and owns its own server; this module only builds the pieces).
+"""moto_server as the S3 store of team artifacts, with IAM enforced (tests/integration/artifacts and production),
+or without (the artifact benchmark): `start_moto` starts one, `Moto` is what a test holds of it.
 
 moto answers the first INITIAL_NO_AUTH_ACTION_COUNT requests without checking credentials; `setup_requests` is how
 many `create_buckets_and_users` sends, so IAM is enforced from the request after it.
@@ -7,14 +7,13 @@ many `create_buckets_and_users` sends, so IAM is enforced from the request after
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.process import BIN, Process, Server, child_env, free_port
+
 REGION = "us-east-1"
-
-
-def moto_cmd(bin_dir: Path, port: int) -> list[str]:
-    return [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
 
 
 def setup_requests(buckets: int) -> int:
@@ -73,3 +72,71 @@ def create_buckets_and_users(url: str, buckets: dict[str, str]) -> tuple[Any, di
             "Statement": [{"Effect": "Allow", "Action": "*" if who == "admin" else "s3:*",
                            "Resource": resources}]}))
     return setup["s3"], keys
+
+
+def check_iam_enforced(url: str, setup_s3: Any, keys: dict[str, tuple[str, str]], buckets: dict[str, str]) -> None:
+    """IAM must be enforced once the setup is done: the setup key is unknown to IAM, and each team's key is refused
+    on every other team's bucket. AssertionError otherwise."""
+    from botocore.exceptions import ClientError
+
+    probes = [(setup_s3, "setup", bucket, "InvalidAccessKeyId") for bucket in list(buckets.values())[:1]]
+    probes += [(s3_client(url, *keys[team]), team, bucket, "AccessDenied")
+               for team in buckets for other, bucket in buckets.items() if other != team]
+    for client, who, bucket, code in probes:
+        try:
+            client.list_objects_v2(Bucket=bucket)
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == code, exc.response
+        else:
+            raise AssertionError(f"moto does not enforce IAM: {who} listed {bucket}")
+
+
+@dataclass
+class Moto(Server):
+    """A running moto_server: each team's key (allowed on its own bucket only) and an admin key for inspection
+    (none of them when IAM is not enforced: any key works then)."""
+
+    process: Process
+    keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # team, "admin" -> (access key id, secret)
+
+    def client(self, who: str = "admin") -> Any:
+        return s3_client(self.url, *self.keys[who])
+
+    def keys_in(self, bucket: str, prefix: str = "", who: str = "admin") -> list[str]:
+        return list_keys(self.client(who), bucket, prefix)
+
+    def get(self, bucket: str, key: str, who: str = "admin") -> bytes:
+        return self.client(who).get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
+
+    def exists(self, bucket: str, key: str, who: str = "admin") -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client(who).head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
+                return False
+            raise
+
+
+def start_moto(root: Path, buckets: dict[str, str] | None = None, timeout: float = 30) -> Moto:
+    """moto_server on a free port, working in ROOT, logging to ROOT/moto.log; ready.
+
+    With `buckets` (team -> bucket): the buckets, an IAM user per team allowed on its own bucket only and an `admin`
+    user allowed on everything, and IAM enforced from then on (checked). Without: no bucket and no IAM.
+    """
+    port = free_port()
+    env = child_env(INITIAL_NO_AUTH_ACTION_COUNT=str(setup_requests(len(buckets)))) if buckets else child_env()
+    process = Process("moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], env, root,
+                      root / "moto.log", f"http://127.0.0.1:{port}", "/moto-api/")
+    try:
+        process.start().wait_ready(timeout)
+        if not buckets:
+            return Moto(process)
+        setup_s3, keys = create_buckets_and_users(process.url, buckets)
+        check_iam_enforced(process.url, setup_s3, keys, buckets)
+        return Moto(process, keys)
+    except BaseException:
+        process.stop()
+        raise

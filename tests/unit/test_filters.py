@@ -8,8 +8,9 @@ import pytest
 
 from proxy.errors import BadRequest
 from proxy.filters import SEARCHES, decode_token, filtered_page, parse_max_results
+from proxy.routes import Search
 
-KIND = SEARCHES["experiments"]
+KIND = SEARCHES[Search.EXPERIMENTS]
 
 
 class FakeUpstream:

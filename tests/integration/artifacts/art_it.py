@@ -13,9 +13,11 @@ from urllib.parse import urlsplit
 import httpx
 import mlflow
 import numpy as np
+import yaml
 
-from tests.conftest import Gate
-from tests.support.moto import list_keys, s3_client
+from tests.support.gate import Gate
+from tests.support.moto import Moto
+from tests.support.process import LogSource
 
 BUCKETS = {"alpha": "team-alpha", "beta": "team-beta"}
 ALICE, BOB, CAROL, MO, ROOT = "alice@corp.test", "bob@corp.test", "carol@corp.test", "mo@corp.test", "root@corp.test"
@@ -149,52 +151,65 @@ def raw_request(base_url: str, method: str, raw_path: str, token: str | None = N
 
 
 # --------------------------------------------------------------------------------------------------------------
+# the policy: alpha and beta on their own S3 bucket, gamma in a folder, everything else in the default store
+
+
+def team_policy(name: str, members: list[str], **settings: Any) -> dict[str, Any]:
+    """A team owning the experiments `NAME/` and the models `NAME-`."""
+    return {"members": members, "experiments": [f"{name}/"], "models": [f"{name}-"], **settings}
+
+
+def s3_store(bucket: str, endpoint: str, credentials_env: str) -> dict[str, Any]:
+    """A team's artifacts in BUCKET on the S3 server at ENDPOINT, with the keys in CREDENTIALS_ENV_AWS_*."""
+    return {"artifact_root": f"s3://{bucket}/mlflow",
+            "storage": {"endpoint_url": endpoint, "region": "us-east-1", "credentials_env": credentials_env}}
+
+
+def render_policy(s3: Moto, gamma_root: Path, alpha_env: str = "ALPHA", beta_env: str = "BETA",
+                  extra_teams: dict[str, Any] | None = None) -> str:
+    teams = {
+        "alpha": team_policy("alpha", [ALICE], maintainers=[MO], **s3_store(BUCKETS["alpha"], s3.url, alpha_env)),
+        "beta": team_policy("beta", [BOB], **s3_store(BUCKETS["beta"], s3.url, beta_env)),
+        "gamma": team_policy("gamma", [CAROL], artifact_root=gamma_root.as_uri()),
+        **(extra_teams or {}),
+    }
+    grants = [{"to": ["everyone"], "experiments": ["shared/"], "models": ["shared-"], "permission": "edit"}]
+    return yaml.safe_dump({"admins": [ROOT], "default": "none", "teams": teams, "grants": grants}, sort_keys=False)
+
+
+def team_env(s3: Moto, **extra: str) -> dict[str, str]:
+    """The gate's extra environment: each team's keys."""
+    return dict(ALPHA_AWS_ACCESS_KEY_ID=s3.keys["alpha"][0], ALPHA_AWS_SECRET_ACCESS_KEY=s3.keys["alpha"][1],
+                BETA_AWS_ACCESS_KEY_ID=s3.keys["beta"][0], BETA_AWS_SECRET_ACCESS_KEY=s3.keys["beta"][1], **extra)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the servers
-
-
-@dataclass
-class S3:
-    """The moto server: each team's key (allowed on its own bucket only) and an admin key for inspection."""
-
-    url: str
-    keys: dict[str, tuple[str, str]]  # alpha, beta, admin -> (access key id, secret)
-    log_path: Path
-
-    def client(self, who: str) -> Any:
-        return s3_client(self.url, *self.keys[who])
-
-    def keys_in(self, bucket: str, prefix: str = "", who: str = "admin") -> list[str]:
-        return list_keys(self.client(who), bucket, prefix)
-
-    def get(self, bucket: str, key: str, who: str = "admin") -> bytes:
-        return self.client(who).get_object(Bucket=bucket, Key=key)["Body"].read()
-
-    def exists(self, bucket: str, key: str, who: str = "admin") -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client(who).head_object(Bucket=bucket, Key=key)
-            return True
-        except ClientError as exc:
-            if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
-                return False
-            raise
 
 
 @dataclass
 class ArtGate(Gate):
     """The gate plus what the artifact tests need to look behind it."""
 
-    s3: S3 = None  # type: ignore[assignment]  # always set; a default only because Gate has defaults
-    root: Path = Path()
-    default_root: Path = Path()  # the gate's --artifacts-destination (file://)
-    gamma_root: Path = Path()  # team gamma's artifact_root (file://)
-    mlflow_log: Path = Path()
-    internal_token: str = ""
-    env: dict[str, str] = field(default_factory=dict)  # the gate's environment (secrets included)
+    s3: Moto
+    root: Path
+    default_root: Path  # the gate's --artifacts-destination (file://)
+    gamma_root: Path  # team gamma's artifact_root (file://)
+    mlflow_log: Path
+    internal_token: str
 
-    def health(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/_gate/health", timeout=30).json()
+    @property
+    def env(self) -> dict[str, str]:
+        """The gate's environment (secrets included)."""
+        return self.process.env
+
+    def logs(self) -> dict[str, Path]:
+        return {**super().logs(), "mlflow server": self.mlflow_log}
+
+    def health(self) -> httpx.Response:
+        """/_gate/health as an admin (anonymous callers get the status only)."""
+        return httpx.get(self.url + "/_gate/health", headers={"Authorization": f"Bearer {self.token('root@corp.test')}"},
+                         timeout=30)
 
 
 @dataclass
@@ -205,10 +220,13 @@ class Version:
 
 
 @dataclass
-class BadGate:
+class BadGate(LogSource):
     """A second gate on the same upstream whose policy breaks two stores: beta's keys have the wrong secret,
     delta's endpoint is a closed port."""
 
     gate: ArtGate
     wrong_secret: str
     delta_secret: str
+
+    def logs(self) -> dict[str, Path]:
+        return {"second gate (broken stores)": self.gate.log_path}

@@ -9,8 +9,19 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from art_it import ALICE, BOB, BUCKETS, INTERNAL_PREFIX, ROOT, ArtGate, Logged, Version, raw_request
-from gate_it import denied
+
+from tests.integration.artifacts.art_it import (
+    ALICE,
+    BOB,
+    BUCKETS,
+    INTERNAL_PREFIX,
+    ROOT,
+    ArtGate,
+    Logged,
+    Version,
+    raw_request,
+)
+from tests.integration.gate_it import denied
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from art_it import ALICE, BUCKETS, CAROL, ArtGate, Logged, raw_request, sha256, uid
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 
-from tests.conftest import env_vars
+from tests.integration.artifacts.art_it import ALICE, BUCKETS, CAROL, ArtGate, Logged, raw_request, sha256, uid
+from tests.support.client import env_vars
 
 pytestmark = pytest.mark.integration
 
@@ -221,6 +221,6 @@ def test_aborted_multipart_upload_leaves_nothing(gate: ArtGate, alpha_log: Logge
 
 
 def test_gate_healthy_after_interruptions(gate: ArtGate) -> None:
-    r = httpx.get(gate.url + "/_gate/health", timeout=30)
+    r = gate.health()
     assert r.status_code == 200, r.text
     assert all(v.get("ok") for k, v in r.json().get("stores", {}).items()), r.text

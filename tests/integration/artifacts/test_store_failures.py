@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from art_it import ALICE, BOB, BUCKETS, BadGate, Logged, uid
 from mlflow.exceptions import MlflowException
+
+from tests.integration.artifacts.art_it import ALICE, BOB, BUCKETS, ArtGate, BadGate, Logged, uid
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +39,18 @@ def wait_store_state(bad: BadGate, team: str, ok: bool, timeout: float = 20) -> 
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        body = httpx.get(bad.gate.url + "/_gate/health", timeout=30).json()
+        body = bad.gate.health().json()
         if body.get("stores", {}).get(team, {}).get("ok") is ok:
             return body
         time.sleep(0.5)
     raise AssertionError(f"store of {team} never showed ok={ok}: {body}")
+
+
+def new_run(g: ArtGate, user: str, exp_name: str) -> tuple[str, str]:
+    """As USER through G: a new experiment EXP_NAME and a run in it; their ids."""
+    with g.as_user(user) as c:
+        exp_id = c.create_experiment(exp_name)
+        return exp_id, c.create_run(exp_id).info.run_id
 
 
 def test_health_shows_broken_stores(bad_gate: BadGate) -> None:
@@ -58,9 +66,7 @@ def test_health_shows_broken_stores(bad_gate: BadGate) -> None:
 
 def test_refused_credentials_give_503(bad_gate: BadGate, beta_log: Logged) -> None:
     g = bad_gate.gate
-    with g.as_user(BOB) as bob:  # experiment and run through the broken gate (the tracking store is fine)
-        exp_id = bob.create_experiment(f"beta/broken-{uid()}")
-        run_id = bob.create_run(exp_id).info.run_id
+    exp_id, run_id = new_run(g, BOB, f"beta/broken-{uid()}")  # through the broken gate (the tracking store is fine)
     with g.http(BOB) as h:
         assert_unavailable(bad_gate, h.put(f"{API}/artifacts/{exp_id}/{run_id}/artifacts/x.txt", content=b"x"), "beta")
         # artifacts that exist (logged through the good gate) cannot be read either
@@ -86,9 +92,7 @@ def test_mlflow_client_sees_temporarily_unavailable(bad_gate: BadGate) -> None:
 
 def test_store_down_gives_503(bad_gate: BadGate) -> None:
     g = bad_gate.gate
-    with g.as_user(DAVE) as dave:
-        exp_id = dave.create_experiment(f"delta/down-{uid()}")
-        run_id = dave.create_run(exp_id).info.run_id
+    exp_id, run_id = new_run(g, DAVE, f"delta/down-{uid()}")
     with g.http(DAVE) as h:
         t0 = time.monotonic()
         assert_unavailable(bad_gate, h.put(f"{API}/artifacts/{exp_id}/{run_id}/artifacts/x.txt", content=b"x"),

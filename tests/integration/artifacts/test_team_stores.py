@@ -9,13 +9,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
 import mlflow
 import pytest
-from art_it import ALICE, BOB, BUCKETS, MO, ROOT, ArtGate, Logged, Version, uid
 from botocore.exceptions import ClientError
-from gate_it import is_denied
 from mlflow.exceptions import MlflowException
+
+from tests.integration.artifacts.art_it import ALICE, BOB, BUCKETS, MO, ROOT, ArtGate, Logged, Version, uid
+from tests.integration.gate_it import is_denied
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def test_moto_refuses_each_team_the_other_bucket(gate: ArtGate) -> None:
 
 
 def test_health_reports_each_team_store(gate: ArtGate) -> None:
-    r = httpx.get(gate.url + "/_gate/health", timeout=30)
+    r = gate.health()
     body = r.json()
     assert r.status_code == 200, body
     stores = body.get("stores")
@@ -124,28 +124,24 @@ def test_buckets_hold_only_their_teams_experiments(gate: ArtGate, alpha_log: Log
     assert beta_log.exp_id not in alpha_ids and gamma_log.exp_id not in alpha_ids and shared_log.exp_id not in alpha_ids
 
 
-def test_file_team_root_holds_gamma_artifacts(gate: ArtGate, gamma_log: Logged) -> None:
-    s3 = gate.s3
-    for path, content in gamma_log.expected_paths().items():
-        f = gate.gamma_root / path
-        assert f.is_file(), f"missing on disk: {f}"
+def assert_only_in_folder(gate: ArtGate, log: Logged, root: Path, other_root: Path, missing: str) -> None:
+    """Every file LOG produced is in the folder store ROOT, none in a bucket or in the folder store OTHER_ROOT."""
+    for path, content in log.expected_paths().items():
+        f = root / path
+        assert f.is_file(), f"{missing}: {f}"
         if content is not None:
             assert f.read_bytes() == content, path
     for bucket in BUCKETS.values():
-        assert gamma_log.exp_id not in exp_ids_in(s3.keys_in(bucket, ""))
-    assert not (gate.default_root / gamma_log.exp_id).exists()
+        assert log.exp_id not in exp_ids_in(gate.s3.keys_in(bucket, ""))
+    assert not (other_root / log.exp_id).exists()
+
+
+def test_file_team_root_holds_gamma_artifacts(gate: ArtGate, gamma_log: Logged) -> None:
+    assert_only_in_folder(gate, gamma_log, gate.gamma_root, gate.default_root, "missing on disk")
 
 
 def test_shared_experiment_uses_default_store(gate: ArtGate, shared_log: Logged) -> None:
-    s3 = gate.s3
-    for path, content in shared_log.expected_paths().items():
-        f = gate.default_root / path
-        assert f.is_file(), f"missing in the default store: {f}"
-        if content is not None:
-            assert f.read_bytes() == content, path
-    for bucket in BUCKETS.values():
-        assert shared_log.exp_id not in exp_ids_in(s3.keys_in(bucket, ""))
-    assert not (gate.gamma_root / shared_log.exp_id).exists()
+    assert_only_in_folder(gate, shared_log, gate.default_root, gate.gamma_root, "missing in the default store")
 
 
 def test_upstream_keeps_no_artifacts_of_its_own(gate: ArtGate, alpha_log: Logged, shared_log: Logged) -> None:

@@ -16,28 +16,15 @@ Without node or without tests/oidc/node_modules (`npm ci` in tests/oidc), every 
 """
 from __future__ import annotations
 
-import contextlib
-import socket
-import subprocess
-import sys
-from collections.abc import Generator, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import (
-    BIN,
-    SECRET_KEY,
-    Gate,
-    MlflowServer,
-    child_env,
-    import_mlflow_client_modules,
-    start_process,
-    stop_process,
-    wait_http,
-)
 from tests.oidc.provider import OidcProvider, unavailable_reason
+from tests.support.client import import_mlflow_client_modules
+from tests.support.gate import Gate, start_gate
+from tests.support.mlflow_server import MlflowServer
+from tests.support.process import free_port
 
 # Groups the OP puts in ID tokens and access tokens (login or client id -> groups).
 OIDC_GROUPS: dict[str, list[str]] = {
@@ -45,12 +32,6 @@ OIDC_GROUPS: dict[str, list[str]] = {
     "bob@corp.test": ["beta"],
     "carol@corp.test": ["beta-team"],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def require_oidc() -> None:
@@ -127,34 +108,6 @@ grants:
     permission: read
 """
 
-def start_oidc_gate(upstream: str, root: Path, url: str, issuer: str, policy: str = OIDC_POLICY,
-                    **extra_env: str) -> tuple[Gate, subprocess.Popen[bytes]]:
-    """`mlflow-gate serve --upstream UPSTREAM` on URL's port, signing in through ISSUER (the client `mlflow-gate`,
-    audience and public URL = URL), JWKS re-fetched on every unknown kid."""
-    root.mkdir(parents=True, exist_ok=True)
-    policy_path = root / "policy.yaml"
-    policy_path.write_text(policy)
-    log_path = root / "gate.log"
-    port = url.rsplit(":", 1)[1].rstrip("/")
-    exe = BIN / "mlflow-gate"
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
-    cmd = [*base, "serve", "--policy", str(policy_path), "--host", "127.0.0.1", "--port", port,
-           "--upstream", upstream]
-    env = child_env(
-        MLFLOW_GATE_SECRET_KEY=SECRET_KEY,
-        MLFLOW_GATE_OIDC_ISSUER=issuer,
-        MLFLOW_GATE_OIDC_CLIENT_ID="mlflow-gate",
-        MLFLOW_GATE_OIDC_CLIENT_SECRET="gate-secret",
-        MLFLOW_GATE_OIDC_AUDIENCE=url,
-        MLFLOW_GATE_PUBLIC_URL=url,
-        MLFLOW_GATE_OIDC_JWKS_REFRESH_INTERVAL="0",
-        **extra_env,
-    )
-    proc = start_process(cmd, log_path, env, cwd=root)
-    gate = Gate(url, policy_path, log_path, upstream, "sqlite-oidc", proc)
-    wait_http(url + "/_gate/health", proc, log_path, "mlflow-gate (OIDC)", timeout=60)
-    return gate, proc
-
 
 @pytest.fixture(scope="session")
 def oidc_gate(mlflow_server: MlflowServer, oidc_provider: OidcProvider, oidc_gate_url: str,
@@ -162,37 +115,17 @@ def oidc_gate(mlflow_server: MlflowServer, oidc_provider: OidcProvider, oidc_gat
     """One gate for the session at `oidc_gate_url`, in front of the session's mlflow server, with `oidc_provider`
     as its identity provider and OIDC_POLICY. `Gate.token()` / `Gate.mint()` still give personal tokens."""
     import_mlflow_client_modules()
-    gate, proc = start_oidc_gate(mlflow_server.url, tmp_path_factory.mktemp("oidc-gate"), oidc_gate_url,
-                                 oidc_provider.issuer)
+    env = {
+        "MLFLOW_GATE_OIDC_ISSUER": oidc_provider.issuer,
+        "MLFLOW_GATE_OIDC_CLIENT_ID": "mlflow-gate",
+        "MLFLOW_GATE_OIDC_CLIENT_SECRET": "gate-secret",
+        "MLFLOW_GATE_OIDC_AUDIENCE": oidc_gate_url,
+        "MLFLOW_GATE_PUBLIC_URL": oidc_gate_url,
+        "MLFLOW_GATE_OIDC_JWKS_REFRESH_INTERVAL": "0",  # JWKS re-fetched on every unknown kid
+    }
+    gate = start_gate(tmp_path_factory.mktemp("oidc-gate"), mlflow_server.url, OIDC_POLICY, backend="sqlite-oidc",
+                      port=int(oidc_gate_url.rsplit(":", 1)[1]), env=env)
     try:
         yield gate
     finally:
-        stop_process(proc)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item,
-                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """On failure, show what the OIDC gate (and the OP) logged during the test."""
-    report = yield
-    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
-    g = funcargs.get("oidc_gate")
-    op = funcargs.get("oidc_provider")
-    if g is not None and hasattr(g, "log_since"):
-        if call.when == "setup" and report.passed:
-            item.stash[_OIDC_GATE_LOG] = g.log_size()
-            if isinstance(op, OidcProvider):
-                item.stash[_OP_LOG] = len(op.log())
-        elif report.failed and call.when == "call":
-            lines = g.log_since(item.stash.get(_OIDC_GATE_LOG, 0)).splitlines()
-            report.sections.append((f"OIDC gate log during the test ({g.log_path}), last 80 lines",
-                                    "\n".join(lines[-80:]) or "<empty>"))
-            if isinstance(op, OidcProvider):
-                with contextlib.suppress(Exception):
-                    tail = op.log()[item.stash.get(_OP_LOG, 0):].splitlines()
-                    report.sections.append(("OP log during the test, last 40 lines", "\n".join(tail[-40:]) or "<empty>"))
-    return report
-
-
-_OIDC_GATE_LOG = pytest.StashKey[int]()
-_OP_LOG = pytest.StashKey[int]()
+        gate.stop()

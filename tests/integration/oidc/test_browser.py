@@ -19,9 +19,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from tests.conftest import Gate, UserClient
 from tests.integration.gate_it import uid
 from tests.oidc.provider import OidcProvider
+from tests.support.client import UserClient
+from tests.support.gate import Gate
 
 # One mlflow server is enough (sign-in does not touch the store): reuse the session's sqlite one.
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("mlflow_server", ["sqlite"], indirect=True)]

@@ -36,9 +36,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from tests.conftest import BIN, Gate, UserClient, child_env
 from tests.integration.gate_it import denied, uid
 from tests.oidc.provider import OidcProvider, jwt_parts
+from tests.support.client import UserClient
+from tests.support.gate import Gate, gate_command
+from tests.support.process import child_env
 
 # One mlflow server is enough (sign-in does not touch the store): reuse the session's sqlite one.
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("mlflow_server", ["sqlite"], indirect=True)]
@@ -641,9 +643,7 @@ def test_mlflow_gate_login_with_the_device_grant(oidc_gate: Gate, oidc_provider:
                                                  bob_experiment: tuple[str, str], tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    exe = BIN / "mlflow-gate"
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
-    proc = subprocess.Popen([*base, "login", oidc_gate.url, "--poll-interval", "1", "--no-browser"],
+    proc = subprocess.Popen([*gate_command(), "login", oidc_gate.url, "--poll-interval", "1", "--no-browser"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=child_env(HOME=str(home)), cwd=tmp_path)
     lines: queue.Queue[str] = queue.Queue()

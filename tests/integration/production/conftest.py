@@ -11,40 +11,34 @@ folder never holds an mlflow server while another suite's runs.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Generator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-from prod_it import SharedSetup, start_shared_setup
 
-from tests.conftest import PgCluster, import_mlflow_client_modules, pg_bindir
+from tests.integration.production.prod_it import SharedSetup, start_shared_setup
 from tests.oidc.provider import unavailable_reason
+from tests.support.client import import_mlflow_client_modules
+from tests.support.mlflow_server import PG_MISSING, pg_bindir, start_pg
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSetup]:
     bindir = pg_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries not installed (/usr/lib/postgresql/*/bin/initdb missing): "
-                    "`apt-get install postgresql`, as .ci/run does")
+        pytest.skip(PG_MISSING)
     import_mlflow_client_modules()
     root = tmp_path_factory.mktemp("production")
-    # A directory the postgres user can enter (pytest's own tmp dirs are 0700 root).
-    pg = PgCluster(bindir, Path(tempfile.mkdtemp(prefix="gate-prod-pg-")))
+    pg = start_pg(bindir, "gate-prod-pg-")
     try:
-        pg.start()
         setup = start_shared_setup(root, pg, with_oidc=unavailable_reason() is None)
     except BaseException:
-        pg.stop()
-        shutil.rmtree(pg.root, ignore_errors=True)
+        pg.destroy()
         raise
     try:
         yield setup
     finally:
         setup.stop()
-        shutil.rmtree(pg.root, ignore_errors=True)
+        pg.destroy()
 
 
 @pytest.fixture
@@ -62,31 +56,10 @@ def up(shared: SharedSetup) -> SharedSetup:
     return shared
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item,
-                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """On failure, show what both gates and the mlflow server logged during the test."""
-    report = yield
-    setup = getattr(item, "funcargs", {}).get("shared") or getattr(item, "funcargs", {}).get("up")
-    if isinstance(setup, SharedSetup):
-        if call.when == "setup" and report.passed:
-            item.stash[_OFFSETS] = {s.name: s.log_size() for s in setup.services()}
-        elif report.failed and call.when == "call":
-            offsets = item.stash.get(_OFFSETS, {})
-            for s in setup.services():
-                lines = s.log_since(offsets.get(s.name, 0)).splitlines()
-                report.sections.append((f"{s.name} log during the test ({s.log_path}), last 60 lines",
-                                        "\n".join(lines[-60:]) or "<empty>"))
-    return report
-
-
-_OFFSETS = pytest.StashKey[dict[str, int]]()
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     import json
 
-    from prod_it import FIGURES
+    from tests.integration.production.prod_it import FIGURES
 
     if FIGURES:
         terminalreporter.section("production setup: measured figures")

@@ -16,8 +16,6 @@ import itertools
 import json
 import os
 import random
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,29 +25,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tests.conftest import (
-    BIN,
-    SECRET_KEY,
-    PgCluster,
-    child_env,
-    free_port,
-    gate_base_cmd,
-    internal_token,
-    log_since,
-    log_size,
-    log_tail,
-    start_process,
-    stop_process,
-    wait_http,
-)
-from tests.support.moto import REGION, create_buckets_and_users, list_keys, moto_cmd, s3_client, setup_requests
+from tests.support.gate import gate_process, internal_token
+from tests.support.mlflow_server import PgCluster, mlflow_process
+from tests.support.moto import REGION, Moto, start_moto
+from tests.support.process import LogSource, Process, free_port
 
 ALPHA_BUCKET = "team-alpha"
 ALICE, BOB, ROOT = "alice@corp.test", "bob@corp.test", "root@corp.test"
 INTERNAL_DESTINATION = "/_gate/internal/api/2.0/mlflow-artifacts/artifacts"
-# moto answers this many requests without checking credentials (create_bucket + 2 users x (user, key, policy)); IAM is
-# enforced from then on, so the gates really reach the bucket with alpha's own keys.
-MOTO_SETUP_REQUESTS = setup_requests(1)
 # Figures the tests measured (title, data), printed in pytest's terminal summary by conftest.py.
 FIGURES: list[tuple[str, dict[str, Any]]] = []
 # Groups the test OP puts in ID tokens and access tokens.
@@ -86,144 +69,18 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# processes
-
-
-@dataclass
-class Service:
-    """One server process (and its process group) that can be stopped, killed and started again on the same port
-    with the same command line and environment."""
-
-    name: str
-    cmd: list[str]
-    env: dict[str, str]
-    cwd: Path
-    log_path: Path
-    url: str
-    health_path: str
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    def start(self) -> None:
-        self.cwd.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as f:
-            f.write(f"\n===== start #{self.starts + 1} at {time.strftime('%H:%M:%S')} =====\n".encode())
-        self.proc = start_process(self.cmd, self.log_path, self.env, cwd=self.cwd)
-        self.starts += 1
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        assert self.proc is not None, f"{self.name} was not started"
-        wait_http(self.url + self.health_path, self.proc, self.log_path, self.name, timeout=timeout)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 20) -> None:
-        """SIGTERM the process group, wait, SIGKILL what is left."""
-        if self.proc is not None:
-            stop_process(self.proc, timeout=timeout)
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group at once (a crash: nothing is finished, nothing is flushed)."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-
-    def log_size(self) -> int:
-        return log_size(self.log_path)
-
-    def log_since(self, offset: int) -> str:
-        return log_since(self.log_path, offset)
-
-    def tail(self, lines: int = 60) -> str:
-        return log_tail(self.log_path, lines)
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, from /proc (children not included)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / ticks  # fields 14 and 15 of stat(5), after pid and comm
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """utime + stime of every live process of a process group (children that already exited are not counted)."""
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # field 5: pgrp
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-# --------------------------------------------------------------------------------------------------------------
-# moto
-
-
-@dataclass
-class Moto:
-    service: Service
-    keys: dict[str, tuple[str, str]]  # alpha, admin -> (access key id, secret)
-
-    @property
-    def url(self) -> str:
-        return self.service.url
-
-    def client(self, who: str = "admin") -> Any:
-        return s3_client(self.url, *self.keys[who])
-
-    def keys_in(self, bucket: str, prefix: str = "") -> list[str]:
-        return list_keys(self.client(), bucket, prefix)
-
-    def get(self, bucket: str, key: str) -> bytes:
-        return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
-
-
-def start_moto(root: Path) -> Moto:
-    """moto_server with one bucket (team-alpha), an IAM user allowed on it only, and an admin user for inspection."""
-    port = free_port()
-    svc = Service("moto_server", moto_cmd(BIN, port),
-                  child_env(INITIAL_NO_AUTH_ACTION_COUNT=str(MOTO_SETUP_REQUESTS)), root, root / "moto.log",
-                  f"http://127.0.0.1:{port}", "/moto-api/")
-    svc.start()
-    try:
-        svc.wait_ready(timeout=30)
-        _, keys = create_buckets_and_users(svc.url, {"alpha": ALPHA_BUCKET})
-        return Moto(svc, keys)
-    except BaseException:
-        svc.stop()
-        raise
-
-
-# --------------------------------------------------------------------------------------------------------------
 # the whole setup
 
 
 @dataclass
-class SharedSetup:
+class SharedSetup(LogSource):
     """PostgreSQL + moto + (optional) OIDC provider + one mlflow server + two gates on one shared policy folder."""
 
     root: Path
     pg: PgCluster | None  # None: SQLite backend store
-    moto: Moto
-    mlflow: Service
-    gates: list[Service]
+    moto: Moto  # team alpha's bucket, IAM enforced
+    mlflow: Process
+    gates: list[Process]
     policy_dir: Path
     op: Any = None  # tests.oidc.provider.OidcProvider when node and tests/oidc/node_modules are there
     internal_token: str = ""
@@ -257,8 +114,12 @@ class SharedSetup:
         for g in self.gates:
             g.wait_ready(timeout=60)
 
-    def services(self) -> list[Service]:
-        return [*self.gates, self.mlflow, self.moto.service]
+    def services(self) -> list[Process]:
+        return [*self.gates, self.mlflow, self.moto.process]
+
+    def logs(self) -> dict[str, Path]:
+        logs = {s.name: s.log_path for s in self.services()}
+        return {**logs, **(self.op.logs() if self.op is not None else {})}
 
     def stop(self) -> None:
         for svc in self.services():
@@ -272,59 +133,49 @@ class SharedSetup:
                 self.pg.stop()
 
 
-def start_shared_setup(root: Path, pg: PgCluster | None, *, with_oidc: bool = True, gates: int = 2,
-                       extra_gate_env: dict[str, str] | None = None) -> SharedSetup:
+def start_shared_setup(root: Path, pg: PgCluster | None, *, with_oidc: bool = True, gates: int = 2) -> SharedSetup:
     """Start everything (pg, when given, must already be started; None: a SQLite file in `root`). On failure, stops
     what it started (not pg) and re-raises."""
     root.mkdir(parents=True, exist_ok=True)
     gate_ports = [free_port() for _ in range(gates)]
     gate_urls = [f"http://127.0.0.1:{p}" for p in gate_ports]
-    mlflow_port = free_port()
     moto: Moto | None = None
     op = None
-    services: list[Service] = []
+    services: list[Process] = []
     try:
-        moto = start_moto(root / "moto")
+        moto = start_moto(root / "moto", {"alpha": ALPHA_BUCKET})
         policy_dir = root / "policy"
         policy_dir.mkdir()
         (policy_dir / "10-teams.yaml").write_text(TEAMS_YAML.format(
             root=ROOT, alice=ALICE, bob=BOB, bucket=ALPHA_BUCKET, s3=moto.url, region=REGION))
         write_atomically(policy_dir / "20-access.yaml", access_yaml())
 
-        oidc_env: dict[str, str] = {}
+        alpha_key, alpha_secret = moto.keys["alpha"]
+        gate_env = {"ALPHA_AWS_ACCESS_KEY_ID": alpha_key, "ALPHA_AWS_SECRET_ACCESS_KEY": alpha_secret}
         if with_oidc:
             from tests.oidc.provider import OidcProvider
 
             op = OidcProvider(root / "op").start(
                 resource=gate_urls[0], redirects=[u + "/_gate/callback" for u in gate_urls],
                 post_logout=[u + "/_gate/signed-out" for u in gate_urls], groups=OIDC_GROUPS)
-            oidc_env = {"MLFLOW_GATE_OIDC_ISSUER": op.issuer, "MLFLOW_GATE_OIDC_CLIENT_ID": "mlflow-gate",
-                        "MLFLOW_GATE_OIDC_CLIENT_SECRET": "gate-secret", "MLFLOW_GATE_OIDC_AUDIENCE": gate_urls[0]}
+            gate_env |= {"MLFLOW_GATE_OIDC_ISSUER": op.issuer, "MLFLOW_GATE_OIDC_CLIENT_ID": "mlflow-gate",
+                         "MLFLOW_GATE_OIDC_CLIENT_SECRET": "gate-secret", "MLFLOW_GATE_OIDC_AUDIENCE": gate_urls[0]}
 
         token = internal_token()
         store_uri = pg.uri if pg is not None else f"sqlite:///{root}/mlflow.db"
-        mlflow_cmd = [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port",
-                      str(mlflow_port), "--backend-store-uri", store_uri,
-                      "--artifacts-destination", gate_urls[0] + INTERNAL_DESTINATION]
-        mlflow = Service("mlflow server", mlflow_cmd, child_env(MLFLOW_TRACKING_TOKEN=token), root / "mlflow",
-                         root / "mlflow-server.log", f"http://127.0.0.1:{mlflow_port}", "/health")
-        services.append(mlflow)
-        mlflow.start()
+        mlflow = mlflow_process(root / "mlflow", store_uri, gate_urls[0] + INTERNAL_DESTINATION,
+                                env={"MLFLOW_TRACKING_TOKEN": token})
+        services.append(mlflow.start())
 
         default_store = root / "default-artifacts"
         gate_list = []
         for i, (port, url) in enumerate(zip(gate_ports, gate_urls, strict=True), start=1):
-            env = child_env(MLFLOW_GATE_SECRET_KEY=SECRET_KEY,
-                            ALPHA_AWS_ACCESS_KEY_ID=moto.keys["alpha"][0],
-                            ALPHA_AWS_SECRET_ACCESS_KEY=moto.keys["alpha"][1],
-                            **oidc_env, **({"MLFLOW_GATE_PUBLIC_URL": url} if with_oidc else {}),
-                            **(extra_gate_env or {}))
-            cmd = [*gate_base_cmd(), "serve", "--policy", str(policy_dir), "--host", "127.0.0.1", "--port", str(port),
-                   "--upstream", mlflow.url, "--artifacts-destination", default_store.as_uri()]
-            g = Service(f"gate {i}", cmd, env, root / f"gate{i}", root / f"gate{i}.log", url, "/_gate/health")
-            services.append(g)
+            public_url = {"MLFLOW_GATE_PUBLIC_URL": url} if with_oidc else {}
+            g = gate_process(root / f"gate{i}", policy_dir, mlflow.url, port=port, name=f"gate {i}",
+                             args=["--artifacts-destination", default_store.as_uri()],
+                             env=gate_env | public_url)
+            services.append(g.start())
             gate_list.append(g)
-            g.start()
         mlflow.wait_ready(timeout=180)
         for g in gate_list:
             g.wait_ready(timeout=60)
@@ -339,7 +190,7 @@ def start_shared_setup(root: Path, pg: PgCluster | None, *, with_oidc: bool = Tr
                 op.stop()
         if moto is not None:
             with contextlib.suppress(Exception):
-                moto.service.stop()
+                moto.stop()
         raise
 
 

@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from prod_it import (
+
+from tests.integration.production.prod_it import (
     ALICE,
     ALPHA_BUCKET,
     BOB,
@@ -38,8 +39,8 @@ from prod_it import (
     merged_stats,
     metric_history,
 )
-
-from tests.conftest import UserClient, mint_token
+from tests.support.client import UserClient
+from tests.support.gate import mint_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
