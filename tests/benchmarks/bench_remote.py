@@ -3,8 +3,8 @@
 
 Run from the checkout root:
 
-    .venv/bin/python tests/benchmarks/bench_remote.py            # about 6 minutes
-    .venv/bin/python tests/benchmarks/bench_remote.py --quick    # about 3 minutes
+    .venv/bin/python tests/benchmarks/bench_remote.py            # 8-16 minutes (16 at load average 10)
+    .venv/bin/python tests/benchmarks/bench_remote.py --quick    # 5-10 minutes
 
 One run starts a real `mlflow server --workers 1` (SQLite) and `mlflow-gate serve --upstream ...` in front of it,
 seeds them (500 runs with 10 params and 10 metrics each, a 20,000-point metric history, 1,000 experiments), and puts
