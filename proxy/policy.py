@@ -61,6 +61,10 @@ class Storage:
     endpoint_url: str | None = None
     region: str | None = None
     credentials_env: str | None = None
+    role_arn: str | None = None          # assumed through STS with the gate's own AWS identity
+    external_id: str | None = None       # sent with role_arn
+    direct: bool = False                 # presigned URLs: bytes go straight to the bucket
+    object_tags: tuple[tuple[str, str], ...] = ()   # S3 object tags set on every upload
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,8 @@ EMPTY = Policy()
 
 TOP_KEYS = {"admins", "default", "teams", "grants", "users", "revoked_tokens", "checks"}
 TEAM_KEYS = {"members", "maintainers", "experiments", "models", "artifact_root", "storage", "tags"}
-STORAGE_KEYS = {"endpoint_url", "region", "credentials_env"}
+STORAGE_KEYS = {"endpoint_url", "region", "credentials_env", "role_arn", "external_id", "direct", "object_tags"}
+_STORAGE_TEXT = ("endpoint_url", "region", "credentials_env", "role_arn", "external_id")
 GRANT_KEYS = {"to", "experiments", "models", "permission"}
 USER_KEYS = {"password", "groups"}
 CHECK_KEYS = {"user", "groups", "experiment", "model", "allow", "deny"}
@@ -367,12 +372,7 @@ def _read_team(r: _Reader, name: str, spec: dict, path: tuple, parts: _Parts) ->
     if root is not None and (not isinstance(root, str) or not root.startswith(("s3://", "file:///"))):
         r.problem(path + ("artifact_root",), "must be s3://bucket[/prefix] or file:///absolute/path")
         root = None
-    storage_spec = r.mapping(spec.get("storage"), path + ("storage",))
-    r.keys(storage_spec, STORAGE_KEYS, path + ("storage",))
-    for key, value in storage_spec.items():
-        if key in STORAGE_KEYS and not isinstance(value, str):
-            r.problem(path + ("storage", key), "must be a string")
-    storage = Storage(**{k: v for k, v in storage_spec.items() if k in STORAGE_KEYS and isinstance(v, str)})
+    storage = _read_storage(r, spec.get("storage"), path + ("storage",), root)
     tags = r.mapping(spec.get("tags"), path + ("tags",))
     for key, value in tags.items():
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -380,6 +380,25 @@ def _read_team(r: _Reader, name: str, spec: dict, path: tuple, parts: _Parts) ->
     return Team(name=name, members=tuple(members), maintainers=tuple(maintainers), experiments=tuple(exps),
                 models=tuple(models), artifact_root=root, storage=storage,
                 tags=tuple((str(k), str(v)) for k, v in tags.items()))
+
+
+def _read_storage(r: _Reader, value: Any, path: tuple, root: str | None) -> Storage:
+    spec = r.mapping(value, path)
+    r.keys(spec, STORAGE_KEYS, path)
+    text = {k: v for k, v in spec.items() if k in _STORAGE_TEXT and isinstance(v, str) and v}
+    for key in set(_STORAGE_TEXT) & set(spec) - set(text):
+        r.problem(path + (key,), "must be a non-empty string")
+    direct = spec.get("direct", False)
+    if not isinstance(direct, bool):
+        r.problem(path + ("direct",), f"must be true or false, got {direct!r}")
+        direct = False
+    tags = r.mapping(spec.get("object_tags"), path + ("object_tags",))
+    for key, item in tags.items():
+        if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+            r.problem(path + ("object_tags", key), "tag values must be strings or numbers")
+    if (text.get("role_arn") or direct or tags) and not (root or "").startswith("s3://"):
+        r.problem(path, "role_arn, direct and object_tags apply to an s3:// artifact_root only")
+    return Storage(**text, direct=direct, object_tags=tuple((str(k), str(v)) for k, v in tags.items()))
 
 
 def _prefixes(r: _Reader, value: Any, path: tuple, *, allow_user: bool) -> list[str]:
