@@ -1,11 +1,12 @@
 """Per-team artifact storage, end to end: a moto S3 server with IAM enforced, an `mlflow server` whose only
 artifact store is the gate's internal endpoint, and `mlflow-gate serve` in front of it with a policy that gives
-team alpha and team beta their own bucket (each reached with the team's own keys), team gamma a folder, and
-everything else the default folder store.
+team alpha and team beta their own bucket (each reached with the team's own keys), team eta and team theta theirs
+(each reached through a role the gate assumes with its own AWS identity; eta's URLs presigned, `storage.direct`),
+team gamma a folder, and everything else the default folder store.
 
 One moto server, one mlflow server and one gate for the session (a second gate with broken store settings is
 started only by the tests that need it). All bound to 127.0.0.1. The client side (this process) holds no AWS
-credentials; only the gate's environment has the teams' keys.
+credentials; only the gate's environment has the teams' keys and its own.
 
 The fixture that starts the pair is named `gate` (it overrides tests/conftest.py's parametrized one here), so the
 suites use it as they use the others; a failed test shows what the gate, the mlflow server and moto logged meanwhile.
@@ -26,7 +27,9 @@ from tests.integration.artifacts.art_it import (
     BOB,
     BUCKETS,
     CAROL,
+    EXTERNAL_IDS,
     INTERNAL_PREFIX,
+    ROLE_BUCKETS,
     ArtGate,
     BadGate,
     Logged,
@@ -49,6 +52,7 @@ for _var in [v for v in os.environ if v.startswith("AWS_")] + ["MLFLOW_S3_ENDPOI
     os.environ.pop(_var, None)
 
 HERE = Path(__file__).parent
+WRONG_EXTERNAL_ID = "not-the-external-id"   # the second gate's eta: its role refuses to be assumed
 
 # Servers started here, stopped as soon as the last test of this folder is done (see pytest_runtest_teardown):
 # session fixtures would otherwise live on while the other integration suites start their own mlflow servers.
@@ -61,8 +65,9 @@ _RUNNING: list[Process] = []
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    """moto with a bucket for alpha and one for beta, each team's key allowed on its own bucket only (IAM enforced)."""
-    moto = start_moto(tmp_path_factory.mktemp("moto"), BUCKETS)
+    """moto with a bucket for alpha, beta, eta and theta, each team's key allowed on its own bucket only, a role for
+    eta and theta that the gate's own identity may assume (IAM enforced)."""
+    moto = start_moto(tmp_path_factory.mktemp("moto"), {**BUCKETS, **ROLE_BUCKETS}, roles=EXTERNAL_IDS)
     _RUNNING.append(moto.process)
     try:
         yield moto
@@ -119,7 +124,8 @@ def bad_gate(gate: ArtGate, s3: Moto) -> Iterator[BadGate]:
     delta = team_policy("delta", ["dave@corp.test"], **s3_store("team-delta", f"http://127.0.0.1:{dead}", "DELTA"))
     env = team_env(s3, WRONGBETA_AWS_ACCESS_KEY_ID=s3.keys["beta"][0], WRONGBETA_AWS_SECRET_ACCESS_KEY=wrong_secret,
                    DELTA_AWS_ACCESS_KEY_ID="AKIADELTA0000000000", DELTA_AWS_SECRET_ACCESS_KEY=delta_secret)
-    policy = render_policy(s3, gate.gamma_root, beta_env="WRONGBETA", extra_teams={"delta": delta})
+    policy = render_policy(s3, gate.gamma_root, beta_env="WRONGBETA", extra_teams={"delta": delta},
+                           eta_external_id=WRONG_EXTERNAL_ID)
     process = art_gate_process(root, gate.upstream, policy, env, gate.default_root)
     g = dataclasses.replace(gate, policy_path=root / "policy.yaml", process=process, root=root)
     try:
