@@ -47,7 +47,7 @@ def session_name(caller: str | None) -> str:
     if not caller:
         return GATE_SESSION
     clean = _NOT_ALLOWED.sub("-", caller)
-    if clean == caller and 2 <= len(caller) <= 64:
+    if clean == caller and 2 <= len(caller) <= 64 and caller != GATE_SESSION:
         return caller
     return f"{clean[:53]}-{hashlib.sha256(caller.encode()).hexdigest()[:10]}"
 

@@ -22,14 +22,16 @@ from tests.support.process import BIN, Process, Server, child_env, free_port
 REGION = "us-east-1"
 ACCOUNT = "123456789012"       # moto's account
 GATE_USER = "mlflow-gate"      # the gate's own AWS identity, with `roles`
+WEB_ROLE = "mlflow-gate-web"   # the same, as an EKS pod has it: a role assumed with a web identity token
+WEB_SESSION = "mlflow-gate-pod"  # the session name such a gate is given (AWS_ROLE_SESSION_NAME)
 PRESIGNED_MOTO = Path(__file__).with_name("moto_presigned.py")
 
 
 def setup_requests(buckets: int, roles: int = 0) -> int:
     """Requests `create_buckets_and_users` sends for this many team buckets: one create_bucket each, then
     (create_user, create_access_key, put_user_policy) for each team and for the admin; with roles, the same three
-    for the gate's user and (create_role, put_role_policy) for each role."""
-    return buckets + 3 * (buckets + 1) + (3 + 2 * roles if roles else 0)
+    for the gate's user and (create_role, put_role_policy) for each role and for WEB_ROLE."""
+    return buckets + 3 * (buckets + 1) + (3 + 2 * (roles + 1) if roles else 0)
 
 
 def role_arn(team: str) -> str:
@@ -41,16 +43,25 @@ def _policy(*statements: dict[str, Any]) -> str:
 
 
 def create_roles(iam: Any, buckets: dict[str, str], roles: dict[str, str]) -> tuple[str, str]:
-    """The gate's user (allowed only to assume the team roles) and a role per team of ROLES (team -> external id)
-    trusting it with that external id, allowed on the team's bucket only. Returns the gate's (key id, secret)."""
+    """The gate's user (allowed only to assume the team roles), the same as a web identity role (WEB_ROLE), and a
+    role per team of ROLES (team -> external id) trusting both with that external id, allowed on the team's bucket
+    only. Returns the gate's (key id, secret)."""
+    assume = _policy({"Effect": "Allow", "Action": "sts:AssumeRole",
+                      "Resource": f"arn:aws:iam::{ACCOUNT}:role/mlflow-*"})
     iam.create_user(UserName=GATE_USER)
     k = iam.create_access_key(UserName=GATE_USER)["AccessKey"]
-    iam.put_user_policy(UserName=GATE_USER, PolicyName="assume-team-roles", PolicyDocument=_policy(
-        {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": f"arn:aws:iam::{ACCOUNT}:role/mlflow-*"}))
+    iam.put_user_policy(UserName=GATE_USER, PolicyName="assume-team-roles", PolicyDocument=assume)
+    iam.create_role(RoleName=WEB_ROLE, AssumeRolePolicyDocument=_policy(
+        {"Effect": "Allow", "Principal": {"Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.example"},
+         "Action": "sts:AssumeRoleWithWebIdentity"}))
+    iam.put_role_policy(RoleName=WEB_ROLE, PolicyName="assume-team-roles", PolicyDocument=assume)
+    # AWS matches a role session against the role's ARN in a trust policy; moto compares the session's own ARN
+    gate_principals = [f"arn:aws:iam::{ACCOUNT}:user/{GATE_USER}",
+                       f"arn:aws:sts::{ACCOUNT}:assumed-role/{WEB_ROLE}/{WEB_SESSION}"]
     for team, external_id in roles.items():
         bucket = buckets[team]
         iam.create_role(RoleName=f"mlflow-{team}", AssumeRolePolicyDocument=_policy(
-            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/{GATE_USER}"},
+            {"Effect": "Allow", "Principal": {"AWS": gate_principals},
              "Action": "sts:AssumeRole", "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}))
         iam.put_role_policy(RoleName=f"mlflow-{team}", PolicyName="team-bucket", PolicyDocument=_policy(
             {"Effect": "Allow", "Action": "s3:*", "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}))

@@ -6,7 +6,8 @@ request signed in its query string (a presigned URL, SigV4 `X-Amz-Signature`) fa
 the query form, as S3 does it: the signature is recomputed with the signer's secret over the method, the path, the
 query without the signature and the signed headers; a URL past X-Amz-Date + X-Amz-Expires is refused ("Request has
 expired"); then the signer's own policies decide, as for any other request. Presigned URLs of the old form (SigV2,
-`AWSAccessKeyId=...&Signature=...`) are refused. It also keeps /moto-api/data.json answering (see `_model_data`).
+`AWSAccessKeyId=...&Signature=...`) are refused. It also lets STS AssumeRoleWithWebIdentity through unsigned, as AWS
+does (an EKS pod's identity), and keeps /moto-api/data.json answering (see `_model_data`).
 
 Run by file path (it imports only moto and botocore): `python tests/support/moto_presigned.py -H 127.0.0.1 -p PORT`.
 """
@@ -98,6 +99,17 @@ def _s3_action(self: Any, bucket_name: str | None = None, key_name: str | None =
     self._authenticate_and_authorize_action(QuerySignedRequest, f"arn:{get_partition(self.region)}:s3:::{arn}")
 
 
+_signed_check = ActionAuthenticatorMixin._authenticate_and_authorize_normal_action
+
+
+def _normal_action(self: Any, resource: str = "*") -> None:
+    """STS AssumeRoleWithWebIdentity is unsigned (the web identity token is the proof); moto 5.2.5 fails on it (no
+    Authorization header) once IAM is enforced. moto checks neither the token nor the role's trust for it."""
+    if "Authorization" not in self.headers and self._get_action() == "AssumeRoleWithWebIdentity":
+        return
+    _signed_check(self, resource)
+
+
 def _model_data(self: Any, request: Any, full_url: str, headers: Any) -> tuple[int, dict[str, str], str]:
     """moto's /moto-api/data.json (the tests read the STS role sessions from it), skipping attributes that fail to
     read: moto 5.2.5's FakeKey.status raises MissingBucket for some keys, which fails the whole answer."""
@@ -127,6 +139,7 @@ def install() -> None:
     from moto.moto_api._internal.responses import MotoAPIResponse
 
     ActionAuthenticatorMixin._authenticate_and_authorize_s3_action = _s3_action  # type: ignore[method-assign]
+    ActionAuthenticatorMixin._authenticate_and_authorize_normal_action = _normal_action  # type: ignore[method-assign]
     MotoAPIResponse.model_data = _model_data  # type: ignore[method-assign]
 
 

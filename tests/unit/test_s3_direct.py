@@ -31,7 +31,7 @@ def test_session_name_is_the_callers_id(caller: str | None, expected: str) -> No
     assert session_name(caller) == expected
 
 
-@pytest.mark.parametrize("caller", ["x", "a b/c:d", "élise@corp.test", "u" * 65, "svc:team/robot#1"])
+@pytest.mark.parametrize("caller", ["x", "a b/c:d", "élise@corp.test", "u" * 65, "svc:team/robot#1", "mlflow-gate"])
 def test_session_name_fits_sts_and_stays_distinct(caller: str) -> None:
     name = session_name(caller)
     assert 2 <= len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "_+=,.@-") for c in name), name

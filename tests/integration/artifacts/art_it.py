@@ -29,6 +29,8 @@ ETA_TAGS = {"cost-center": "eta-42", "team": "eta"}
 ERIN, TOM = "erin@corp.test", "tom@corp.test"
 INTERNAL_PREFIX = "/_gate/internal/api/2.0/mlflow-artifacts/artifacts"
 
+FIGURES: list[tuple[str, Any]] = []  # what the suites measured, shown at the end of the session (conftest.py)
+
 UNSAFE_MARKERS = ("flavors:", "sklearn_version", '"spans"')  # bytes of an MLmodel file or of trace data
 
 

@@ -44,7 +44,7 @@ from tests.integration.artifacts.art_it import (
 from tests.support.client import import_mlflow_client_modules
 from tests.support.gate import gate_process, internal_token, write_policy
 from tests.support.mlflow_server import mlflow_process
-from tests.support.moto import Moto, start_moto
+from tests.support.moto import ACCOUNT, WEB_ROLE, WEB_SESSION, Moto, start_moto
 from tests.support.process import Process, free_port
 
 # The client (this process) must not hold or find any AWS credentials: everything goes through the gate.
@@ -135,6 +135,25 @@ def bad_gate(gate: ArtGate, s3: Moto) -> Iterator[BadGate]:
         g.stop()
 
 
+@pytest.fixture(scope="session")
+def web_identity_gate(gate: ArtGate, s3: Moto) -> Iterator[ArtGate]:
+    """A third gate on the same upstream whose own AWS identity is a web identity token file, as on EKS (IRSA): no
+    AWS key in its environment, AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE for botocore's default chain."""
+    root = gate.root / "web-identity-gate"
+    root.mkdir()
+    (token := root / "token").write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6bWxmbG93In0.c2ln")
+    env = {k: v for k, v in team_env(s3).items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env.update(AWS_ROLE_ARN=f"arn:aws:iam::{ACCOUNT}:role/{WEB_ROLE}", AWS_WEB_IDENTITY_TOKEN_FILE=str(token),
+               AWS_ROLE_SESSION_NAME=WEB_SESSION)
+    process = art_gate_process(root, gate.upstream, render_policy(s3, gate.gamma_root), env, gate.default_root)
+    g = dataclasses.replace(gate, policy_path=root / "policy.yaml", process=process, root=root)
+    try:
+        g.wait_ready()
+        yield g
+    finally:
+        g.stop()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # what each team logged (once per session)
 
@@ -163,6 +182,17 @@ def alpha_version(gate: ArtGate, alpha_log: Logged) -> Version:
         mv = mlflow.register_model(alpha_log.model_uri, "alpha-x")
     assert str(mv.version) == "1", mv
     return Version("alpha-x", str(mv.version), alpha_log)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    import json
+
+    from tests.integration.artifacts.art_it import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("artifacts: measured figures")
+        for title, data in FIGURES:
+            terminalreporter.write_line(f"{title}: {json.dumps(data, default=str)}")
 
 
 def _in_this_folder(item: pytest.Item | None) -> bool:

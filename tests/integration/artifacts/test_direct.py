@@ -27,6 +27,7 @@ from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 from tests.integration.artifacts.art_it import (
     ERIN,
     ETA_TAGS,
+    FIGURES,
     ROLE_BUCKETS,
     TOM,
     ArtGate,
@@ -35,7 +36,7 @@ from tests.integration.artifacts.art_it import (
     uid,
 )
 from tests.support.client import UserClient, env_vars
-from tests.support.moto import GATE_USER, Moto, s3_client
+from tests.support.moto import GATE_USER, WEB_ROLE, WEB_SESSION, Moto, s3_client
 from tests.support.relay import CountingRelay
 
 pytestmark = pytest.mark.integration
@@ -157,8 +158,12 @@ def test_direct_bytes_land_in_the_team_bucket(gate: ArtGate, eta_run: TeamRun) -
         assert not pending.get("Uploads"), pending
 
 
-def test_direct_bytes_do_not_go_through_the_gate(eta_run: TeamRun) -> None:
+def test_direct_bytes_do_not_go_through_the_gate(eta_run: TeamRun, theta_run: TeamRun) -> None:
     small, large = eta_run.transfers["small"], eta_run.transfers["large"]
+    FIGURES.append(("bytes through the gate, mlflow client, 12 and 36 MiB up then down", {
+        f"{run.team} ({'direct' if run.team == 'eta' else 'proxied'})": {
+            name: {"up": t.up_bytes, "down": t.down_bytes} for name, t in run.transfers.items()}
+        for run in (eta_run, theta_run)}))
     for way in ("up_bytes", "down_bytes"):
         a, b = getattr(small, way), getattr(large, way)
         assert a < MiB and b < MiB, f"{way}: {a} and {b} bytes through the gate for 12 and 36 MiB"
@@ -314,6 +319,19 @@ def test_proxied_role_transfers_run_as_the_callers_session(gate: ArtGate, theta_
     sessions = httpx.get(gate.s3.url + "/moto-api/data.json", timeout=30).json()["sts"]["AssumedRole"]
     names = {r["session_name"] for r in sessions if r["role_arn"] == gate.s3.roles["theta"]}
     assert TOM in names, names
+
+
+def test_the_gates_identity_may_be_a_web_identity(web_identity_gate: ArtGate, eta_run: TeamRun) -> None:
+    """EKS (IRSA): botocore's default chain reads the token file and assumes the gate's role with it; that role
+    session assumes the team's role, per caller."""
+    with web_identity_gate.http(ERIN) as h:
+        r = h.get(f"{API}/presigned/{eta_run.exp_id}/{eta_run.run_id}/artifacts/small/small.bin")
+    assert r.status_code == 200, r.text
+    url = r.json()["url"]
+    assert role_session_of(web_identity_gate.s3, url) == (web_identity_gate.s3.roles["eta"], ERIN)
+    assert sha256(httpx.get(url, timeout=30).content) == eta_run.transfers["small"].digest
+    sessions = httpx.get(web_identity_gate.s3.url + "/moto-api/data.json", timeout=30).json()["sts"]["AssumedRole"]
+    assert any(r["role_arn"].endswith(f":role/{WEB_ROLE}") and r["session_name"] == WEB_SESSION for r in sessions)
 
 
 # --------------------------------------------------------------------------------------------------------------
