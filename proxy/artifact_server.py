@@ -139,7 +139,7 @@ class ArtifactServer:
 
     def _count(self, direction: str, store: Store, size: int) -> None:
         if self.metrics is not None:
-            self.metrics.artifact_bytes.labels(direction, store.label).inc(size)
+            self.metrics.artifact_bytes.labels(direction, store.name).inc(size)
 
     async def _download(self, op: _Op) -> None:
         size, chunks = await op.store.open(op.path)

@@ -42,7 +42,8 @@ class Presigned(Protocol):
 
 
 class Store(Protocol):
-    label: str
+    label: str      # for messages: names the team and its root
+    name: str       # for metrics: the team's name (or "default"), never a storage root
 
     @property
     def presigned(self) -> Presigned | None: ...
@@ -79,9 +80,9 @@ class FileStore:
     MPU = ".mlflow-gate-mpu"
     presigned = None
 
-    def __init__(self, root: str, label: str) -> None:
+    def __init__(self, root: str, label: str, name: str = "") -> None:
         self.root = Path(unquote(urlsplit(root).path) if root.startswith("file:") else root).resolve()
-        self.label = label
+        self.label, self.name = label, name
 
     def acting_for(self, caller: str | None) -> FileStore:
         return self
@@ -186,20 +187,20 @@ class FileStore:
         return ok, f"{self.label} {'writable' if ok else 'is not writable'}"
 
 
-def open_store(root: str, storage: Storage, label: str) -> Store:
+def open_store(root: str, storage: Storage, label: str, name: str) -> Store:
     if root.startswith("s3://"):
         from .s3 import S3Store  # botocore is imported only when a policy names a bucket
 
-        return S3Store(root, storage, label)
-    return FileStore(root, label)
+        return S3Store(root, storage, label, name)
+    return FileStore(root, label, name)
 
 
 class Stores:
     """The stores the policy names, built once per (root, storage) and kept across reloads."""
 
     def __init__(self, default_root: str | None) -> None:
-        self.default = open_store(default_root, Storage(), f"the default artifact store ({default_root})") \
-            if default_root else None
+        self.default = open_store(default_root, Storage(), f"the default artifact store ({default_root})",
+                                  "default") if default_root else None
         self._built: dict[tuple[str, str, Storage], Store] = {}
 
     def team(self, policy: Policy, team: str) -> Store | None:
@@ -210,7 +211,7 @@ class Stores:
         store = self._built.get(key)
         if store is None:
             store = open_store(spec.artifact_root, spec.storage,
-                               f"the artifact store of team {team} ({spec.artifact_root})")
+                               f"the artifact store of team {team} ({spec.artifact_root})", team)
             self._built[key] = store
         return store
 

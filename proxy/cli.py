@@ -1,4 +1,6 @@
-"""mlflow-gate serve | token create | token inspect | hash-password | policy check | policy explain"""
+"""mlflow-gate serve | token create | token inspect | hash-password | login | internal-token | policy ...
+
+The policy commands (check, explain, diff, who-can, audit) are in `cli_policy`."""
 from __future__ import annotations
 
 import argparse
@@ -7,14 +9,15 @@ import json
 import logging
 import logging.handlers
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
 from . import logs
-from .decide import decide, run_checks
-from .identity import Identity
-from .policy import Level, PolicyError, load_policy
+from .cli_policy import add_policy_commands, policy_main
+from .policy import PolicyError, load_policy
 from .settings import Settings, env, secret_key
 from .tokens import TokenError, mint_token, parse_duration, read_token
 
@@ -47,17 +50,12 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: none; the peer address is the client)")
     s.add_argument("--ssl-certfile", default=env("SSL_CERTFILE"))
     s.add_argument("--ssl-keyfile", default=env("SSL_KEYFILE"))
+    s.add_argument("--metrics-port", type=int, default=int(env("METRICS_PORT", "0") or 0) or None,
+                   help="also serve /_gate/metrics, with no credential, on this port (for Prometheus)")
+    s.add_argument("--metrics-host", default=env("METRICS_HOST", "127.0.0.1"),
+                   help="the address of the metrics listener (default 127.0.0.1)")
 
-    t = sub.add_parser("token", help="personal tokens")
-    tsub = t.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
-    tc = tsub.add_parser("create", help="mint a personal token (printed alone on the last line)")
-    tc.add_argument("--user", required=True)
-    tc.add_argument("--group", action="append", default=[])
-    tc.add_argument("--expires-in", default="30d")
-    tc.add_argument("--name", default="")
-    ti = tsub.add_parser("inspect", help="verify a token and print its claims")
-    ti.add_argument("token")
-
+    _token_parser(sub.add_parser("token", help="personal tokens"))
     sub.add_parser("hash-password", help="read a password, print a hash for the policy's users:")
     sub.add_parser("internal-token", help="print the token an upstream mlflow server sends to the gate's internal "
                                           "artifact endpoint (its MLFLOW_TRACKING_TOKEN)")
@@ -69,19 +67,24 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--poll-interval", type=float, default=None,
                     help="seconds between device-grant polls (default: what the provider says, else 5)")
 
-    pol = sub.add_parser("policy", help="validate and explain policy files")
-    psub = pol.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
-    pc = psub.add_parser("check", help="validate, then run the file's checks")
-    pc.add_argument("path")
-    pe = psub.add_parser("explain", help="what level a user has on a name, and why")
-    pe.add_argument("path")
-    pe.add_argument("--user", required=True)
-    pe.add_argument("--group", action="append", default=[])
-    target = pe.add_mutually_exclusive_group(required=True)
-    target.add_argument("--experiment")
-    target.add_argument("--model")
-    pe.add_argument("--action", choices=["read", "edit", "manage"], default="read")
+    add_policy_commands(sub, _Parser)
     return p
+
+
+def _token_parser(t: argparse.ArgumentParser) -> None:
+    tsub = t.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    tc = tsub.add_parser("create", help="mint a personal token (printed alone on the last line)")
+    tc.add_argument("--user", required=True)
+    tc.add_argument("--group", action="append", default=[])
+    tc.add_argument("--expires-in", default="30d")
+    tc.add_argument("--name", default="")
+    ti = tsub.add_parser("inspect", help="verify a token and print its claims")
+    ti.add_argument("token")
+    tl = tsub.add_parser("list", help="the tokens minted through the gate, from its audit stream")
+    tl.add_argument("audit", nargs="*", help="audit log files (default: stdin, e.g. from kubectl logs)")
+    tl.add_argument("--policy", help="also say which tokens the policy revokes")
+    tl.add_argument("--all", action="store_true", help="include expired and revoked tokens")
+    tl.add_argument("--format", choices=["text", "json"], default="text")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return serve(args)
         if args.command == "token":
-            return token_create(args) if args.token_command == "create" else token_inspect(args)
+            return {"create": token_create, "inspect": token_inspect, "list": token_list}[args.token_command](args)
         if args.command == "hash-password":
             return hash_password_cmd()
         if args.command == "internal-token":
@@ -100,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "login":
             return login_cmd(args)
-        if args.policy_command == "check":
-            return policy_check(args.path)
-        return policy_explain(args)
+        return policy_main(args)
     except (ValueError, OSError) as exc:
         print(f"mlflow-gate: {exc}", file=sys.stderr)
         return 1
@@ -128,6 +129,30 @@ def token_inspect(args: argparse.Namespace) -> int:
         print(f"mlflow-gate token inspect: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(claims.as_json(), indent=2))
+    return 0
+
+
+def token_list(args: argparse.Namespace) -> int:
+    from .token_records import minted, state, table
+
+    try:
+        policy = load_policy(args.policy) if args.policy else None
+    except PolicyError as exc:
+        print(f"mlflow-gate token list: the policy has problems:\n{exc}", file=sys.stderr)
+        return 1
+
+    def lines() -> Iterator[str]:
+        for path in args.audit:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                yield from fh
+        if not args.audit:
+            yield from sys.stdin
+
+    shown = [t for t in minted(lines()) if args.all or state(t, policy) == "active"]
+    if args.format == "json":
+        print(json.dumps({"tokens": [{**t, "state": state(t, policy)} for t in shown]}, indent=2))
+    else:
+        print(table(shown, policy))
     return 0
 
 
@@ -161,43 +186,7 @@ def hash_password_cmd() -> int:
     return 0
 
 
-def policy_check(path: str) -> int:
-    try:
-        policy = load_policy(path)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem)
-        print(f"{len(exc.problems)} problem(s); the policy was not accepted.")
-        return 1
-    failures = run_checks(policy)
-    for failure in failures:
-        print(failure)
-    print(f"{len(policy.teams)} teams, {len(policy.grants)} grants, {len(policy.users)} local users; "
-          f"{len(policy.checks) - len(failures)}/{len(policy.checks)} checks hold.")
-    return 1 if failures else 0
-
-
-def policy_explain(args: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(args.path)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem)
-        return 1
-    kind, name = ("experiment", args.experiment) if args.experiment is not None else ("model", args.model)
-    d = decide(policy, Identity(args.user, frozenset(args.group), via="explain"), kind, name, Level.parse(args.action))
-    verdict = "ALLOW" if d.allowed else "DENY"
-    print(f"{verdict}: {args.user} has {d.have} on {kind} {name!r} ({d.reason}); {args.action} needs {d.needed}.")
-    print(json.dumps(d.as_json()))
-    return 0 if d.allowed else 1
-
-
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app
-    from .embedded import EmbeddedMlflow
-
     logging_setup = logs.configure(env("AUDIT_LOG", "stderr") or "stderr")
     policy_path = args.policy or DEFAULT_POLICY
     if not Path(policy_path).exists():
@@ -212,37 +201,79 @@ def serve(args: argparse.Namespace) -> int:
     destination = args.artifacts_destination or (None if args.upstream else "./mlartifacts")
     if destination and "://" not in destination:
         destination = "file://" + os.path.abspath(destination)
+    if args.metrics_port is not None and not _free(args.metrics_host, args.metrics_port):
+        print(f"mlflow-gate serve: {args.metrics_host}:{args.metrics_port} is in use; choose another --metrics-port",
+              file=sys.stderr)
+        return 1
     settings = Settings(policy=policy_path, host=args.host, port=args.port, upstream=args.upstream,
                         backend_store_uri=args.backend_store_uri, artifacts_destination=destination,
                         public_url=args.public_url, secret_key=secret_key(),
-                        internal_from_anywhere=(env("INTERNAL_FROM_ANYWHERE", "") or "").lower() in ("1", "true"))
-    embedded = None
-    upstream = args.upstream
-    if not upstream:
-        # The embedded server keeps its artifacts through the gate's internal endpoint, so the gate's
-        # stores (each team's, and the default one) hold every artifact byte.
-        from .artifact_server import INTERNAL_PREFIX, internal_token
+                        internal_from_anywhere=(env("INTERNAL_FROM_ANYWHERE", "") or "").lower() in ("1", "true"),
+                        metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                        session_check=parse_duration(env("SESSION_CHECK_INTERVAL", "30s") or "30s"))
+    return _run(args, settings, logging_setup)
 
-        own = "127.0.0.1" if args.host in ("0.0.0.0", "::", "localhost") else args.host
-        internal = f"http://{own}:{args.port}{INTERNAL_PREFIX}/api/2.0/mlflow-artifacts/artifacts"
-        embedded = EmbeddedMlflow(args.backend_store_uri, internal,
-                                  extra_env={"MLFLOW_TRACKING_TOKEN": internal_token(settings.secret_key)})
-        embedded.start()
-        upstream = embedded.url
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminate(*_: object) -> None:
+    raise _Terminated
+
+
+def _run(args: argparse.Namespace, settings: Settings, logging_setup: logs.Logs) -> int:
+    """Serve until stopped. On SIGTERM (after uvicorn drained, or while the embedded server starts) the
+    embedded server and its socket folder are cleaned up first, then the gate ends by that signal."""
+    import uvicorn
+
+    from .app import create_app
+    from .embedded import EmbeddedMlflow
+
+    signal.signal(signal.SIGTERM, _terminate)   # uvicorn restores this handler and re-raises SIGTERM to it
+    embedded, terminated = None, False
     try:
+        upstream = args.upstream
+        if not upstream:
+            # The embedded server keeps its artifacts through the gate's internal endpoint, so the gate's
+            # stores (each team's, and the default one) hold every artifact byte.
+            from .artifact_server import INTERNAL_PREFIX, internal_token
+
+            own = "127.0.0.1" if args.host in ("0.0.0.0", "::", "localhost") else args.host
+            internal = f"http://{own}:{args.port}{INTERNAL_PREFIX}/api/2.0/mlflow-artifacts/artifacts"
+            embedded = EmbeddedMlflow(args.backend_store_uri, internal,
+                                      extra_env={"MLFLOW_TRACKING_TOKEN": internal_token(settings.secret_key)})
+            embedded.start()
+            upstream = embedded.url
         app = create_app(settings, upstream_url=upstream, audit_sink=logging_setup.writer)
         trusted = args.forwarded_allow_ips
         config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
                                 loop="auto", http="auto", lifespan="on", timeout_graceful_shutdown=20,
                                 proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
                                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
-        logging.getLogger("mlflow_gate").info("mlflow-gate on http://%s:%d -> %s", args.host, args.port, upstream)
+        logging.getLogger("mlflow_gate").info("mlflow-gate on http://%s:%d -> %s", args.host, args.port,
+                                              "the embedded mlflow server" if embedded else upstream)
         uvicorn.Server(config).run()
+    except _Terminated:
+        terminated = True
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if embedded is not None:
             embedded.stop()
         logging_setup.close()
+    if terminated:
+        os.kill(os.getpid(), signal.SIGTERM)
     return 0
+
+
+def _free(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            return True
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

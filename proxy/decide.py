@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .identity import Identity
-from .policy import Grant, Level, Policy, Subject
+from .policy import Deny, Grant, Level, Policy, Rule, Subject
 
 _MAX_CONTEXTS = 10_000
 
@@ -23,12 +23,16 @@ class Decision:
                 "have": str(self.have), "reason": self.reason}
 
 
+Scoped = tuple[tuple[str, ...], tuple[str, ...]]   # experiment prefixes, model prefixes ({user} filled in)
+
+
 @dataclass(frozen=True)
 class Context:
     """What a policy says about one caller, computed once per (id, groups) and policy."""
     admin: bool
     roles: dict[str, Level]                           # team -> EDIT (member) | MANAGE (maintainer)
     grants: tuple[tuple[Grant, tuple[str, ...], tuple[str, ...]], ...]   # grant, experiment prefixes, model prefixes
+    denies: tuple[tuple[Deny, tuple[str, ...], tuple[str, ...]], ...] = ()   # the denies that match the caller
 
 
 def _matches(subject: Subject, ident: Identity, uid: str, teams: dict[str, Level]) -> bool:
@@ -41,14 +45,19 @@ def _matches(subject: Subject, ident: Identity, uid: str, teams: dict[str, Level
     return subject.value in teams
 
 
-def context_for(policy: Policy, ident: Identity) -> Context:
-    key = (ident.id, ident.groups)
-    ctx = policy.contexts.get(key)
-    if ctx is not None:
-        return ctx
+def _scoped(rule: Rule, uid: str) -> Scoped:
+    return (tuple(p.replace("{user}", uid) for p in rule.experiments),
+            tuple(p.replace("{user}", uid) for p in rule.models))
+
+
+def build_context(policy: Policy, ident: Identity, roles: dict[str, Level] | None = None) -> Context:
+    """The caller's admin flag, team roles, and the grants and denies that name it (uncached).
+
+    `roles` seeds team roles the caller holds whatever the policy's members say (what-if
+    callers of `policy diff` and `who-can`: "a member of team T")."""
     uid = ident.id.lower()
     admin = any(_matches(s, ident, uid, {}) for s in policy.admins if s.kind != "team")
-    roles: dict[str, Level] = {}
+    roles = dict(roles or {})
     subjects = [Subject("everyone"), Subject("user", uid)] + [Subject("group", g) for g in ident.groups]
     for subject in subjects:
         for team, level in policy.roles_by_subject.get(subject, {}).items():
@@ -56,11 +65,17 @@ def context_for(policy: Policy, ident: Identity) -> Context:
                 roles[team] = level
     if any(s.kind == "team" and s.value in roles for s in policy.admins):
         admin = True
-    grants = tuple(
-        (g, tuple(p.replace("{user}", ident.id) for p in g.experiments),
-         tuple(p.replace("{user}", ident.id) for p in g.models))
-        for g in policy.grants if any(_matches(s, ident, uid, roles) for s in g.to))
-    ctx = Context(admin, roles, grants)
+    grants = tuple((g, *_scoped(g, ident.id)) for g in policy.grants if any(_matches(s, ident, uid, roles) for s in g.to))
+    denies = tuple((d, *_scoped(d, ident.id)) for d in policy.denies if any(_matches(s, ident, uid, roles) for s in d.to))
+    return Context(admin, roles, grants, denies)
+
+
+def context_for(policy: Policy, ident: Identity) -> Context:
+    key = (ident.id, ident.groups)
+    ctx = policy.contexts.get(key)
+    if ctx is not None:
+        return ctx
+    ctx = build_context(policy, ident)
     if len(policy.contexts) >= _MAX_CONTEXTS:
         policy.contexts.clear()
     policy.contexts[key] = ctx
@@ -68,8 +83,11 @@ def context_for(policy: Policy, ident: Identity) -> Context:
 
 
 def level_on(policy: Policy, ident: Identity, kind: str, name: str) -> tuple[Level, str]:
-    """The highest level any rule gives `ident` on `name`, with the rule that gave it."""
-    ctx = context_for(policy, ident)
+    """The highest level any rule gives `ident` on `name`, capped by the denies, with the rules that decided it."""
+    return level_in(policy, context_for(policy, ident), kind, name)
+
+
+def level_in(policy: Policy, ctx: Context, kind: str, name: str) -> tuple[Level, str]:
     if ctx.admin:
         return Level.MANAGE, "admin"
     best, reason = Level.NONE, "no rule gives access"
@@ -86,6 +104,9 @@ def level_on(policy: Policy, ident: Identity, kind: str, name: str) -> tuple[Lev
             best, reason = grant.permission, f"grant {grant.where}"
     if owner is None and policy.default > best:
         best, reason = policy.default, f"default: {policy.default} (no team owns it)"
+    for deny, exps, models in ctx.denies:
+        if deny.keep < best and any(name.startswith(p) for p in (exps if kind == "experiment" else models)):
+            best, reason = deny.keep, f"{reason}, capped to {deny.keep} by deny {deny.where}"
     return best, reason
 
 
@@ -95,14 +116,18 @@ def decide(policy: Policy, ident: Identity, kind: str, name: str, needed: Level)
 
 
 def readable_prefixes(policy: Policy, ident: Identity, kind: str) -> list[str] | None:
-    """Every name prefix `ident` may read, or None when that is not a finite list (admin, or a
-    `default` that lets unowned names be read)."""
+    """Prefixes that cover every name `ident` may read (a superset: a deny inside one still hides
+    names, which the item-by-item check catches), or None when that is not a finite list (admin,
+    or a `default` that lets unowned names be read). A prefix wholly under a `keep: none` deny
+    is left out."""
     ctx = context_for(policy, ident)
     if ctx.admin or policy.default >= Level.READ:
         return None
-    prefixes = [p for team in ctx.roles for p in policy.teams[team].prefixes(kind)]
+    prefixes = [p for team in ctx.roles if team in policy.teams for p in policy.teams[team].prefixes(kind)]
     prefixes += [p for _, exps, models in ctx.grants for p in (exps if kind == "experiment" else models)]
-    return sorted(set(prefixes))
+    blocked = [p for deny, exps, models in ctx.denies if deny.keep == Level.NONE
+               for p in (exps if kind == "experiment" else models)]
+    return sorted({p for p in prefixes if not any(p.startswith(b) for b in blocked)})
 
 
 def is_admin(policy: Policy, ident: Identity) -> bool:
@@ -113,11 +138,17 @@ def teams_of(policy: Policy, ident: Identity) -> dict[str, Level]:
     return dict(context_for(policy, ident).roles)
 
 
+def with_account_groups(policy: Policy, ident: Identity) -> Identity:
+    """`ident` with the groups the policy's `users:` gives its local account, as a password sign-in has them."""
+    extra = policy.account_groups(ident.id)
+    return ident if extra <= ident.groups else Identity(ident.id, ident.groups | extra, via=ident.via)
+
+
 def run_checks(policy: Policy) -> list[str]:
     """The `checks` of a policy that do not hold, each as a sentence."""
     failures = []
     for check in policy.checks:
-        ident = Identity(check.user, check.groups, via="check")
+        ident = with_account_groups(policy, Identity(check.user, check.groups, via="check"))
         have, reason = level_on(policy, ident, check.kind, check.name)
         holds = have >= check.level if check.allow else have < check.level
         if not holds:

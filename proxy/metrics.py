@@ -1,5 +1,10 @@
 """Prometheus metrics for /_gate/metrics (prometheus-client): requests, decisions by reason,
-upstream latency, policy reloads and artifact bytes. One registry per app, so tests can run many."""
+upstream latency, policy reloads and artifact bytes, and per-team requests, decisions and artifact
+bytes. One registry per app, so tests can run many.
+
+Per-team series are labelled with a team name of the policy in force and nothing else (never a
+user id or a storage root): any other value, and names no team owns, count as `NO_TEAM`, so
+their number stays bounded by the policy's teams."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -10,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from .policy import PolicyStore
 
+NO_TEAM = "(no team)"     # names no team owns; a team name cannot hold a space
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -41,8 +47,18 @@ class Metrics:
                                   ["kind"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.upstream_errors = Counter("mlflow_gate_upstream_errors", "Upstream calls that failed to connect",
                                        registry=self.registry)
-        self.artifact_bytes = Counter("mlflow_gate_artifact_bytes", "Artifact bytes served by the gate's stores",
+        self.artifact_bytes = Counter("mlflow_gate_artifact_bytes", "Artifact bytes served by the gate's stores, "
+                                      "by team (store: the team's name, or default)",
                                       ["direction", "store"], registry=self.registry)
+        self.team_requests = Counter("mlflow_gate_team_requests", "Requests by the team owning what they touch",
+                                     ["team"], registry=self.registry)
+        self.team_decisions = Counter("mlflow_gate_team_decisions",
+                                      "Authorization decisions by the team owning the name, and outcome",
+                                      ["team", "allowed"], registry=self.registry)
+        self.team_artifact_bytes = Counter("mlflow_gate_team_artifact_bytes",
+                                           "Artifact bytes up (in) and down (out) by the team owning the experiment",
+                                           ["team", "direction"], registry=self.registry)
+        self.store = store
         if store is not None:
             self.registry.register(_PolicyCollector(store))
 
@@ -52,6 +68,25 @@ class Metrics:
 
     def decision(self, allowed: bool, reason: str) -> None:
         self.decisions.labels("true" if allowed else "false", reason).inc()
+
+    def team_label(self, team: str | None) -> str:
+        """`team` when the policy in force has such a team, else NO_TEAM (bounded, never a caller's data)."""
+        if team is None or self.store is None or team not in self.store.current.teams:
+            return NO_TEAM
+        return team
+
+    def team_request(self, team: str | None) -> None:
+        self.team_requests.labels(self.team_label(team)).inc()
+
+    def team_decision(self, team: str | None, allowed: bool) -> None:
+        self.team_decisions.labels(self.team_label(team), "true" if allowed else "false").inc()
+
+    def team_bytes(self, team: str | None, direction: str, n: int) -> None:
+        """`direction` is "in" (uploads) or "out" (downloads)."""
+        if direction not in ("in", "out"):
+            raise ValueError(f"direction must be 'in' or 'out', got {direction!r}")
+        if n > 0:
+            self.team_artifact_bytes.labels(self.team_label(team), direction).inc(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

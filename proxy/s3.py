@@ -43,9 +43,10 @@ def _config() -> Config:
 
 
 class S3Store:
-    def __init__(self, root: str, storage: Storage, label: str, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(self, root: str, storage: Storage, label: str, name: str = "",
+                 environ: Mapping[str, str] = os.environ) -> None:
         parts = urlsplit(root)
-        self.bucket, self.prefix, self.label = parts.netloc, parts.path.strip("/"), label
+        self.bucket, self.prefix, self.label, self.name = parts.netloc, parts.path.strip("/"), label, name
         self.region = storage.region or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.direct = storage.direct
         self.tagging = urlencode(storage.object_tags, quote_via=quote)

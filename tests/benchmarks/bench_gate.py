@@ -237,8 +237,9 @@ class Servers:
     gate_port: int = 0
     token: str = ""
     gate_kind: str = "mlflow-gate"
-    stub: Process | None = None    # --baseline: a bare pass-through, as a third target
+    stub: Process | None = None    # --baseline: a bare pass-through as a third target; --compare: another gate
     stub_port: int = 0
+    stub_kind: str = "bare pass-through"
     startup: dict = field(default_factory=dict)
 
     def stop(self) -> None:
@@ -324,6 +325,18 @@ def start_stub(s: Servers, as_gate: bool) -> None:
         s.gate_port, s.gate = port, stub
     else:
         s.stub_port, s.stub = port, stub
+
+
+def start_compare(s: Servers, checkout: Path) -> None:
+    """A second mlflow-gate, of the code in another checkout, in the third target's place: the same policy,
+    secret key and upstream, so both gates are measured in one run against one mlflow server."""
+    port = free_port()
+    root = s.tmp / "compare"
+    root.mkdir()
+    s.stub_kind = f"gate of {checkout}"
+    s.stub_port = port
+    s.stub = gate_process(root, write_policy(root, bench_policy_yaml()), f"http://127.0.0.1:{s.mlflow_port}",
+                          port=port, env={"PYTHONPATH": str(checkout)}, name="compare").start()
 
 
 def start_gate(s: Servers, stub: bool) -> None:
@@ -456,7 +469,7 @@ def bench_sequential(s: Servers, run_id: str, n: int, block: int) -> dict:
         out[kind] = d
         log(f"  sequential {kind:10s} " + fmt_lat(d) + f"  paired {d['ratio_median_paired']:.3f}")
         log(f"    gate CPU {d['gate_cpu_ms_per_req']} ms/req"
-            + (f" (bare stub {d['stub_cpu_ms_per_req']})" if "stub" in names else "")
+            + (f" ({s.stub_kind} {d['stub_cpu_ms_per_req']})" if "stub" in names else "")
             + f"; upstream calls per gate request {d['upstream_calls_per_gate_req']}; mlflow CPU ms/req "
             f"{d['mlflow_cpu_ms_per_req']}")
     for c in clients.values():
@@ -554,7 +567,7 @@ def bench_concurrent(s: Servers, run_id: str, workers: int, seconds: float, roun
             + f"  | {rps['gate']:.1f} vs {rps['direct']:.1f} req/s ratio {d['throughput_ratio']:.3f}"
             + f" (paired median {d['throughput_ratio_paired_median']:.3f})")
         if "stub" in names:
-            log(f"    bare stub: median ratio {d['stub_ratio_median']:.3f}, {rps['stub']:.1f} req/s ratio "
+            log(f"    {s.stub_kind}: median ratio {d['stub_ratio_median']:.3f}, {rps['stub']:.1f} req/s ratio "
                 f"{d['stub_throughput_ratio']:.3f}")
         log(f"    cores busy {d['cpu_cores_busy']}")
     return out
@@ -690,13 +703,14 @@ def build_table(res: dict) -> list[dict]:
                 add(f"{kind} {mode} {stat.split('_')[0]} (ms)", d["gate"][stat], d["direct"][stat], d[rkey],
                     f"ratio <= {lr}", d[rkey] <= lr if stat == "median_ms" else None)
             if "stub" in d:
-                add(f"  {kind} {mode} median, bare pass-through", d["stub"]["median_ms"], d["direct"]["median_ms"],
+                add(f"  {kind} {mode} median, {res.get('reference', 'bare pass-through')}", d["stub"]["median_ms"],
+                    d["direct"]["median_ms"],
                     d["stub_ratio_median"], "(reference)", None)
             if key == "concurrent":
                 add(f"{kind} 8c throughput (req/s)", d["throughput_rps"]["gate"], d["throughput_rps"]["direct"],
                     d["throughput_ratio"], f"ratio >= {tr}", d["throughput_ratio"] >= tr)
                 if "stub" in d:
-                    add(f"  {kind} 8c throughput, bare pass-through", d["throughput_rps"]["stub"],
+                    add(f"  {kind} 8c throughput, {res.get('reference', 'bare pass-through')}", d["throughput_rps"]["stub"],
                         d["throughput_rps"]["direct"], d["stub_throughput_ratio"], "(reference)", None)
     se = res.get("search")
     if se and "latency" in se:
@@ -726,7 +740,8 @@ def build_table(res: dict) -> list[dict]:
         for kind, d in res.get(key, {}).items():
             add(f"gate CPU per {kind} ({key[:3]}, ms)", d.get("gate_cpu_ms_per_req"), "-", "-", "(report)", None)
             if "stub_cpu_ms_per_req" in d:
-                add(f"  bare pass-through CPU per {kind} ({key[:3]}, ms)", d["stub_cpu_ms_per_req"], "-", "-",
+                add(f"  {res.get('reference', 'bare pass-through')} CPU per {kind} ({key[:3]}, ms)",
+                    d["stub_cpu_ms_per_req"], "-", "-",
                     "(reference)", None)
     return rows
 
@@ -746,6 +761,9 @@ def main() -> int:
     ap.add_argument("--baseline", action="store_true",
                     help="also run the bare pass-through beside the gate as a third target in the latency and "
                          "throughput parts: separates what forwarding costs from what the gate's own work costs")
+    ap.add_argument("--compare", metavar="CHECKOUT", type=Path, default=None,
+                    help="also run the gate of another checkout (e.g. a worktree of the previous commit) beside this "
+                         "one, as the third target: before/after figures from one run against one mlflow server")
     ap.add_argument("--skip-decision", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, db)")
@@ -797,7 +815,12 @@ def main() -> int:
         s.gate.wait_ready(60)
         s.startup["gate_s"] = round(time.monotonic() - t1, 1)
         log(f"  gate ({s.gate_kind}) ready on :{s.gate_port} after {s.startup['gate_s']} s")
-        if args.baseline and not args.stub_gate:
+        if args.compare is not None and not args.stub_gate:
+            start_compare(s, args.compare.resolve())
+            s.stub.wait_ready(60)
+            log(f"  {s.stub_kind} ready on :{s.stub_port}")
+            res["reference"] = s.stub_kind
+        elif args.baseline and not args.stub_gate:
             start_stub(s, as_gate=False)
             s.stub.wait_ready(30)
             log(f"  bare pass-through (baseline) ready on :{s.stub_port}")

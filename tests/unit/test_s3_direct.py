@@ -1,5 +1,6 @@
 """The S3 store's parts that need no server: role session names, the per-caller session cache, which credentials a
-request signs with, presigned URLs (botocore's own, re-signed parts), expiry caps, the storage keys of a policy."""
+request signs with, presigned URLs (botocore's own, re-signed parts), expiry caps. (The policy's storage keys:
+tests/unit/test_policy_keys.py.)"""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,7 @@ from proxy import aws_credentials
 from proxy.artifact_views import _expiration
 from proxy.aws_credentials import SIGNING, CallerCredentials, RoleSessions, session_name
 from proxy.errors import BadRequest
-from proxy.policy import PolicyError, Storage, load_policy_text
+from proxy.policy import Storage
 from proxy.s3 import PRESIGN_SECONDS, S3Store, resign_parts
 
 ROLE = "arn:aws:iam::111122223333:role/mlflow-vision"
@@ -112,7 +113,7 @@ def test_a_request_signs_with_its_callers_session() -> None:
 def store(**storage: Any) -> S3Store:
     env = {"T_AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "T_AWS_SECRET_ACCESS_KEY": "secret"}
     return S3Store("s3://bucket/root", Storage(endpoint_url="http://127.0.0.1:9", region="eu-west-1",
-                                               credentials_env="T", **storage), "the store of team t", env)
+                                               credentials_env="T", **storage), "the store of team t", "t", env)
 
 
 def query(url: str) -> dict[str, str]:
@@ -165,30 +166,3 @@ def test_expiration_asked(value: str | None, expected: int) -> None:
 def test_expiration_refused(value: str) -> None:
     with pytest.raises(BadRequest):
         _expiration(value, 300)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# the policy's storage keys
-
-
-def storage_of(spec: str, root: str = "s3://b/p") -> Storage:
-    text = f"teams:\n  t:\n    members: [a@x.test]\n    experiments: [t/]\n    artifact_root: {root}\n    storage: {spec}\n"
-    return load_policy_text(text).teams["t"].storage
-
-
-def test_storage_keys_are_read() -> None:
-    s = storage_of(f"{{role_arn: '{ROLE}', external_id: acme, direct: true, object_tags: {{cc: 42, team: t}}}}")
-    assert (s.role_arn, s.external_id, s.direct, s.object_tags) == (ROLE, "acme", True, (("cc", "42"), ("team", "t")))
-    assert storage_of("{region: eu-west-1}").direct is False
-
-
-@pytest.mark.parametrize(("spec", "root", "problem"), [
-    ("{direct: yes-please}", "s3://b/p", "direct"),
-    ("{role_arn: ''}", "s3://b/p", "role_arn"),
-    ("{object_tags: {a: [1]}}", "s3://b/p", "object_tags.a"),
-    ("{direct: true}", "file:///srv/t", "s3:// artifact_root only"),
-])
-def test_bad_storage_keys_are_refused(spec: str, root: str, problem: str) -> None:
-    with pytest.raises(PolicyError) as info:
-        storage_of(spec, root)
-    assert problem in str(info.value), info.value
