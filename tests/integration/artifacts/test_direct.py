@@ -345,6 +345,6 @@ def test_wrong_external_id_is_refused(bad_gate: BadGate, eta_run: TeamRun) -> No
     assert r.status_code == 503 and r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE", r.text
     message = r.json()["message"]
     assert "team eta" in message and "could not assume" in message and "external_id" in message, message
-    health = httpx.get(g.url + "/_gate/health", timeout=30).json()
+    health = g.health().json()
     assert health["stores"]["eta"]["ok"] is False, health["stores"]
     assert json.dumps(health).count(g.s3.keys[GATE_USER][1]) == 0
