@@ -26,9 +26,15 @@ from .routes import Source
 _API_DOCS = " See the API docs for more information about request parameters."
 
 
+def schema_refusal(message: str) -> BadRequest:
+    """MLflow's answer when a parameter fails the schema its handler checks it against: the message, then a
+    pointer to the API docs."""
+    return BadRequest(message + _API_DOCS)
+
+
 def missing_value(field: str) -> BadRequest:
     """MLflow's answer to a required parameter that is absent (or null, or empty)."""
-    return BadRequest(f"Missing value for required parameter '{field}'.{_API_DOCS}")
+    return schema_refusal(f"Missing value for required parameter '{field}'.")
 
 
 def invalid_value(field: str, value: Any) -> BadRequest:
@@ -94,7 +100,7 @@ def _walk(node: Any, parts: list[str], *, terminal_lists: bool = True) -> list[A
         return []
     if many:
         if not isinstance(value, list):
-            raise BadRequest(f"Field '{key}' must be a list.")
+            raise invalid_value(key, value)
         return [v for item in value for v in _walk(item, rest, terminal_lists=terminal_lists)]
     return _walk(value, rest, terminal_lists=terminal_lists)
 

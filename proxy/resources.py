@@ -26,6 +26,7 @@ from .forward import Upstream
 from .identity import Identity
 from .params import ids_of, missing_value
 from .policy import Level
+from .prechecks import precheck
 from .rewrite import STORE_TAG
 from .routes import Names, Need
 
@@ -293,6 +294,7 @@ async def authorize(call: Call, resolver: Resolver) -> None:
 
     All ids are read (typed, required ones present) before any is resolved, as MLflow validates a request
     before it looks anything up: a malformed request gets MLflow's 400 whatever its ids name."""
+    precheck(call.route.pattern, call.params)
     wanted = []
     for need in call.route.needs:
         ids = ids_of(need.fields, call.params, call.path_params, call.headers, repeatable=need.what is Names.RUN)

@@ -218,13 +218,11 @@ ROUTES: tuple[Route, ...] = (
     checked("POST", "2.0/mlflow/experiments/update", exp(level=M),
             need(Names.EXPERIMENT_NAME, "new_name", level=M, optional=True), renames=True),
     row("GET POST", "2.0/mlflow/experiments/search", SIGNED_IN, search=Search.EXPERIMENTS),
-    checked("POST", "2.0/mlflow/experiments/search-datasets", exp("experiment_ids", level=R),
-            missing="SearchDatasets request must specify at least one experiment_id."),
+    checked("POST", "2.0/mlflow/experiments/search-datasets", exp("experiment_ids", level=R)),
     row("POST", "2.0mlflow/experiments/search-datasets", ADMIN),         # Databricks stub (sic)
     # --- runs, metrics, params, tags ---------------------------------------------------------
     checked("POST", "2.0/mlflow/runs/create", exp(level=E), rewrite=Rewrite.RUN_CREATE),
-    checked("POST", "2.0/mlflow/runs/create-promptlab-run", exp(level=E), rewrite=Rewrite.PROMPTLAB_RUN,
-            missing="CreatePromptlabRun request must specify experiment_id."),
+    checked("POST", "2.0/mlflow/runs/create-promptlab-run", exp(level=E), rewrite=Rewrite.PROMPTLAB_RUN),
     checked("POST", "2.0/mlflow/runs/delete", Need(Names.RUN_OWNED, ("run_id", "run_uuid"), E)),
     checked("POST", "2.0/mlflow/runs/restore", Need(Names.RUN_OWNED, ("run_id", "run_uuid"), E)),
     checked("POST", "2.0/mlflow/runs/delete-tag", run(level=E)),
@@ -240,8 +238,7 @@ ROUTES: tuple[Route, ...] = (
     checked("GET", "2.0/mlflow/runs/get", run(level=R)),
     checked("POST", "2.0/mlflow/runs/search", exp("experiment_ids", level=R)),
     checked("GET", "2.0/mlflow/metrics/get-history", run(level=R)),
-    checked("GET", "2.0/mlflow/metrics/get-history-bulk", run("run_id", level=R), source=Source.QUERY,
-            missing="GetMetricHistoryBulk request must specify at least one run_id."),
+    checked("GET", "2.0/mlflow/metrics/get-history-bulk", run("run_id", level=R), source=Source.QUERY),
     checked("GET", "2.0/mlflow/metrics/get-history-bulk-interval", run("run_ids", level=R)),
     # --- run artifacts (served by the tracking server from a run id) --------------------------
     checked("GET", "/get-artifact", run(level=R), source=Source.QUERY, view=View.RUN_FILE),

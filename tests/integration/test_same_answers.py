@@ -19,7 +19,7 @@ from same_answer import SameRequest
 
 pytestmark = pytest.mark.integration
 
-A, A3 = "/api/2.0/mlflow", "/api/3.0/mlflow"
+A, A3, AJAX = "/api/2.0/mlflow", "/api/3.0/mlflow", "/ajax-api/2.0/mlflow"
 METRIC = {"key": "k", "value": 1, "timestamp": 0}
 MISSING_EXPERIMENT = "999999"
 USERS = {"member": ALICE, "admin": ROOT}
@@ -117,6 +117,32 @@ CASES: list[Case] = [
     Case("runs/get without run_id", "GET", f"{A}/runs/get", lambda w: {"params": {}}, message=True),
     Case("experiments/get with experiment_id abc", "GET", f"{A}/experiments/get",
          lambda w: {"params": {"experiment_id": "abc"}}, message=True),
+    # item 6, from MLflow's *_rejects_invalid_requests tests: a request MLflow refuses before any lookup is
+    # refused with its 400 even when its ids cannot be resolved (`prechecks.py`)
+    Case("get-history-bulk with 101 unknown run ids", "GET", f"{AJAX}/metrics/get-history-bulk",
+         lambda w: {"params": {"run_id": [f"id_{i}" for i in range(101)], "metric_key": "k"}}, message=True),
+    Case("get-history-bulk without metric_key", "GET", f"{AJAX}/metrics/get-history-bulk",
+         lambda w: {"params": {"run_id": ["123"]}}, message=True),
+    Case("get-history-bulk-interval with 101 unknown run ids", "GET", f"{AJAX}/metrics/get-history-bulk-interval",
+         lambda w: {"params": {"run_ids": [f"id_{i}" for i in range(101)], "metric_key": "k"}}, message=True),
+    Case("get-history-bulk-interval with max_results 0", "GET", f"{AJAX}/metrics/get-history-bulk-interval",
+         lambda w: {"params": {"run_ids": ["123"], "metric_key": "k", "max_results": 0}}, message=True),
+    Case("get-history-bulk-interval without metric_key", "GET", f"{AJAX}/metrics/get-history-bulk-interval",
+         lambda w: {"params": {"run_ids": ["123"], "max_results": 5}}, message=True),
+    Case("get-history-bulk-interval with start_step after end_step", "GET",
+         f"{AJAX}/metrics/get-history-bulk-interval",
+         lambda w: {"params": {"run_ids": ["123"], "metric_key": "k", "start_step": 1, "end_step": 0}}, message=True),
+    Case("get-history-bulk-interval with start_step alone", "GET", f"{AJAX}/metrics/get-history-bulk-interval",
+         lambda w: {"params": {"run_ids": ["123"], "metric_key": "k", "start_step": 1}}, message=True),
+    Case("search-datasets with 21 unknown experiment ids", "POST", f"{AJAX}/experiments/search-datasets",
+         lambda w: {"json": {"experiment_ids": [f"id_{i}" for i in range(21)]}}, message=True),
+    Case("create-promptlab-run in an unknown experiment without a template", "POST",
+         f"{AJAX}/runs/create-promptlab-run", lambda w: {"json": {"experiment_id": "123"}}, message=True),
+    Case("create-promptlab-run in an unknown experiment without mlflow_version", "POST",
+         f"{AJAX}/runs/create-promptlab-run",
+         lambda w: {"json": {k: v for k, v in promptlab("123").items() if k != "mlflow_version"}}, message=True),
+    Case("log-batch with metrics a string", "POST", f"{A}/runs/log-batch",
+         lambda w: {"json": {"run_id": w.alpha_run, "metrics": "foo"}}, message=True),
 ]
 PARAMS = [(case, who) for case in CASES for who in case.users]
 
