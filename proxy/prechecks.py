@@ -51,7 +51,7 @@ def _history_bulk(params: Params) -> None:
 def _history_bulk_interval(params: Params) -> None:
     _ids_at_most(params, "run_ids", _MAX_RUN_IDS, missing_value("run_ids"), "GetMetricHistoryBulkInterval request "
                  f"must specify at most {_MAX_RUN_IDS} run_ids. Received {{n}} run_ids.", schema_refusal)
-    if not params.values("metric_key"):
+    if not any(params.values("metric_key")):          # "" is missing here (a schema check), not in the bulk handler
         raise missing_value("metric_key")
     max_results = _int(params, "max_results")
     if max_results is not None and not 1 <= max_results <= _MAX_RESULTS_PER_RUN:

@@ -129,6 +129,8 @@ CASES: list[Case] = [
          lambda w: {"params": {"run_ids": ["123"], "metric_key": "k", "max_results": 0}}, message=True),
     Case("get-history-bulk-interval without metric_key", "GET", f"{AJAX}/metrics/get-history-bulk-interval",
          lambda w: {"params": {"run_ids": ["123"], "max_results": 5}}, message=True),
+    Case("get-history-bulk-interval with an empty metric_key", "GET", f"{AJAX}/metrics/get-history-bulk-interval",
+         lambda w: {"params": {"run_ids": ["123"], "metric_key": ""}}, message=True),
     Case("get-history-bulk-interval with start_step after end_step", "GET",
          f"{AJAX}/metrics/get-history-bulk-interval",
          lambda w: {"params": {"run_ids": ["123"], "metric_key": "k", "start_step": 1, "end_step": 0}}, message=True),

@@ -33,6 +33,7 @@ def body(data: dict[str, object]):  # type: ignore[no-untyped-def]
     (INTERVAL, [("run_ids", f"id_{i}") for i in range(101)] + [("metric_key", "k")],
      "GetMetricHistoryBulkInterval request must specify at most 100 run_ids. Received 101 run_ids."),
     (INTERVAL, [("run_ids", "1"), ("max_results", 5)], "Missing value for required parameter 'metric_key'."),
+    (INTERVAL, [("run_ids", "1"), ("metric_key", "")], "Missing value for required parameter 'metric_key'."),
     (INTERVAL, [("run_ids", "1"), ("metric_key", "k"), ("max_results", 0)], "max_results must be between 1 and 2500."),
     (INTERVAL, [("run_ids", "1"), ("metric_key", "k"), ("max_results", 2501)],
      "max_results must be between 1 and 2500."),
@@ -65,6 +66,7 @@ def test_body_requests_mlflow_refuses(pattern: str, data: dict[str, object], mes
 
 @pytest.mark.parametrize(("pattern", "params"), [
     (BULK, query([("run_id", "a"), ("run_id", "b"), ("metric_key", "k")])),
+    (BULK, query([("run_id", "a"), ("metric_key", "")])),      # MLflow's bulk handler only wants it given
     (INTERVAL, query([("run_ids", "a"), ("metric_key", "k"), ("max_results", 2500), ("start_step", 0),
                       ("end_step", 0)], "proto")),
     (DATASETS, body({"experiment_ids": [str(i) for i in range(20)]})),
