@@ -56,10 +56,11 @@ class Clients:
 class MachineIssuer:
     """One entry of `issuers:` at run time: its keys, its verifier, its templates."""
 
-    def __init__(self, spec: Issuer, clients: Clients) -> None:
+    def __init__(self, spec: Issuer, clients: Clients, refresh_interval: float = 5.0) -> None:
         self.spec = spec
         self.clients = clients
-        self.jwks = Jwks(f"issuer {spec.name!r} ({spec.issuer})", self._locate, self._get_json)
+        self.jwks = Jwks(f"issuer {spec.name!r} ({spec.issuer})", self._locate, self._get_json,
+                         refresh_interval=refresh_interval)
         self.verify = JwtVerifier(spec.issuer, spec.audience, self.jwks, self._identity)
         origins = [spec.issuer] + ([spec.jwks_uri] if spec.jwks_uri else [])
         self._bearer_origins = {_origin(u) for u in origins}
@@ -97,8 +98,9 @@ class MachineIssuer:
 
 
 class Issuers:
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, refresh_interval: float = 5.0) -> None:
         self.clients = Clients(http)
+        self.refresh_interval = refresh_interval    # an unknown kid re-fetches an issuer's keys at most this often
         self._by_spec: dict[Issuer, MachineIssuer] = {}
         self._by_iss: dict[str, MachineIssuer] = {}
         self._synced: dict[str, Issuer] | None = None
@@ -107,7 +109,8 @@ class Issuers:
         """Follow `policy`'s issuers: unchanged entries keep their keys and cache."""
         if policy.issuers is self._synced:
             return
-        live = {spec: self._by_spec.get(spec) or MachineIssuer(spec, self.clients) for spec in policy.issuers.values()}
+        live = {spec: self._by_spec.get(spec) or MachineIssuer(spec, self.clients, self.refresh_interval)
+                for spec in policy.issuers.values()}
         self._by_spec, self._synced = live, policy.issuers
         self._by_iss = {m.spec.issuer: m for m in live.values()}
 

@@ -84,7 +84,8 @@ class Jwks:
         return self.failed_at is not None and now - self.failed_at < RETRY_AFTER
 
     async def _refresh(self, now: float, *, required: bool) -> None:
-        """Fetch the keys; when that fails and `required`, a 503 naming the issuer (else the old copy stays)."""
+        """Fetch the keys; when that fails and `required`, a 503 naming the issuer (else the old copy, if any,
+        stays)."""
         if not self._backing_off(now):
             try:
                 self.keys = await self._fetch()
@@ -95,7 +96,7 @@ class Jwks:
                 self.kids = frozenset(str(k.kid) for k in self.keys.keys if k.kid)
                 self.fetched_at, self.error, self.failed_at = self.clock(), None, None
                 return
-        if required or self.keys is None:
+        if required:
             raise UpstreamUnavailable(f"The keys of {self.what} could not be fetched ({self.error}); its tokens "
                                       "cannot be verified now. Try again shortly; an admin sees this on /_gate/health.")
 

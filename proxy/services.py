@@ -34,7 +34,7 @@ from .policy import PolicyStore
 from .provider_sessions import ProviderSessions
 from .resources import Resolver
 from .routes import RouteTable
-from .settings import Settings
+from .settings import Settings, env
 
 log = logging.getLogger("mlflow_gate")
 
@@ -119,6 +119,8 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
         provider = ProviderSessions(oidc_settings, discovery, http, settings.session_check)
         if oidc_settings.audience:
             jwt = provider_verifier(oidc_settings, discovery, http)
+    # MLFLOW_GATE_JWKS_REFRESH_INTERVAL: how often an unknown kid may re-fetch one issuer's keys (5 s)
+    issuers = Issuers(http, float(env("JWKS_REFRESH_INTERVAL", "5") or 5))
     metrics = Metrics(store)
     upstream.metrics = metrics
     resolver = Resolver(upstream)
@@ -128,7 +130,7 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
     return Services(
         settings=settings, upstream_url=upstream_url, store=store, http=http,
         oidc=OidcLogin(oidc_settings, settings.public_url) if oidc_settings else None,
-        authn=Authenticator(settings.secret_key, jwt=jwt, provider=provider, issuers=Issuers(http)), table=RouteTable(),
+        authn=Authenticator(settings.secret_key, jwt=jwt, provider=provider, issuers=issuers), table=RouteTable(),
         metrics=metrics, upstream=upstream,
         resolver=resolver, artifacts=artifacts, audit=Audit(metrics, audit_sink),
         public_origin=f"{parts.scheme}://{parts.netloc}" if parts else None,
