@@ -506,6 +506,19 @@ def test_the_gate_fetches_the_cluster_issuers_keys_with_its_own_token_and_the_cl
     assert not load_policy(K8S / "base" / "policies").issuers
 
 
+def test_the_example_ci_workflow_is_valid_and_asks_for_an_oidc_token_for_the_gate() -> None:
+    workflow = DEPLOY / "github" / "train.yml"
+    exe = Path(sys.executable).parent / "check-jsonschema"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "check_jsonschema"]
+    r = subprocess.run([*cmd, "--builtin-schema", "vendor.github-workflows", str(workflow)], capture_output=True,
+                       text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = yaml.safe_load(workflow.read_text())
+    assert data["permissions"]["id-token"] == "write"
+    github = load_policy(ROOT / "policies" / "machines.yaml").issuers["github"]
+    assert f"audience={github.audience}" in workflow.read_text()
+
+
 # --------------------------------------------------------------------------------------------------
 # Compose
 # --------------------------------------------------------------------------------------------------

@@ -11,20 +11,28 @@ the real gate and a real `mlflow server`, and the issuers of `machines_gate` (se
 - Per issuer: keys rotated without a restart; an unreachable or hanging issuer is a 503 for its own callers only,
   named on the admin health, and recovers without a restart; keys fetched before an outage keep serving; the
   in-cluster issuer is reached over its own CA with the gate's own service-account token (and only it gets it).
+- The sign-in step of the example workflow deploy/github/train.yml, run as a runner runs it, gives a token the
+  gate takes (tests/unit/test_deploy.py checks the workflow against GitHub's schema).
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import mlflow
 import numpy as np
 import pytest
+import yaml
 from sklearn.linear_model import LogisticRegression
 
 from tests.integration.gate_it import ROOT, denied, policy_plus, set_policy, uid
@@ -427,3 +435,50 @@ def test_the_in_cluster_issuer_is_reached_with_the_gates_own_token_and_the_clust
     finally:
         other_ca.stop()
         wants_token.stop()
+
+
+# ------------------------------------------------------------------------------------------------ the example workflow
+
+
+WORKFLOW = Path(__file__).resolve().parents[3] / "deploy" / "github" / "train.yml"
+
+
+def test_the_example_workflows_sign_in_step_gives_a_token_the_gate_takes(
+        machines_gate: Gate, github_issuer: JwtIssuer, tmp_path: Path) -> None:
+    """The step run as a runner runs it, against a stand-in for the runner's token service that signs with the
+    `github` issuer's key for the audience the step asks for."""
+    asked: list[tuple[str | None, str]] = []
+
+    class TokenService(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            audience = parse_qs(urlsplit(self.path).query)["audience"][0]
+            asked.append((self.headers.get("authorization"), audience))
+            body = json.dumps({"value": ci_token(github_issuer, aud=audience)}).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    service = ThreadingHTTPServer(("127.0.0.1", 0), TokenService)
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    [step] = [s for s in yaml.safe_load(WORKFLOW.read_text())["jobs"]["train"]["steps"]
+              if "ACTIONS_ID_TOKEN_REQUEST_URL" in s.get("run", "")]
+    github_env = tmp_path / "github-env"
+    try:
+        r = subprocess.run(["bash", "-e", "-c", step["run"]], capture_output=True, text=True, timeout=60, check=False,
+                           env={"PATH": os.environ["PATH"], "GITHUB_ENV": str(github_env),
+                                "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "runner-request-token",
+                                "ACTIONS_ID_TOKEN_REQUEST_URL": f"http://127.0.0.1:{service.server_port}/token"
+                                                                "?api-version=2.0"})
+    finally:
+        service.shutdown()
+        service.server_close()
+    assert r.returncode == 0, r.stderr
+    assert asked == [("bearer runner-request-token", MACHINE_AUDIENCE)]
+    [line] = github_env.read_text().splitlines()
+    name, _, token = line.partition("=")
+    assert name == "MLFLOW_TRACKING_TOKEN" and r.stdout.strip() == f"::add-mask::{token}"
+    assert me(machines_gate, token)["id"] == MAIN
