@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import time
 from http.cookies import CookieError, SimpleCookie
+from typing import Any
 
 from . import accounts
 from .cache import LRU
@@ -40,6 +42,7 @@ class Authenticator:
         self.passwords = accounts.Passwords(secret_key)
         self.signed_out = SignedOut()
         self._tokens: LRU[str, Identity] = LRU(50_000)
+        self._routes: LRU[str, JwtVerifier] = LRU(50_000)     # JWT digest -> the issuer it was routed to
 
     async def identify(self, headers: dict[bytes, bytes], policy: Policy, client: str | None = None) -> Identity | None:
         """The caller proven by the request's credential (`client`: its address, for throttling), or None."""
@@ -110,15 +113,25 @@ class Authenticator:
                               "use Bearer <token> or Basic with a token as password.")
 
     async def bearer_jwt(self, token: str, policy: Policy) -> Identity:
-        """A JWT, verified by the one trusted issuer its `iss` names: only that issuer's keys can verify it."""
+        """A JWT, verified by the one trusted issuer its `iss` names: only that issuer's keys can verify it.
+        The issuer a token was routed to is remembered by digest (while that issuer is still trusted), so a
+        token seen before costs a hash and two lookups."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        verifier, header = self._routes.get(digest), None
+        if verifier is None or not (verifier is self.jwt or (self.issuers and self.issuers.trusts(policy, verifier))):
+            verifier, header = self._route(token, policy)
+            self._routes.put(digest, verifier)
+        return await verifier(token, header, digest=digest)
+
+    def _route(self, token: str, policy: Policy) -> tuple[JwtVerifier, dict[str, Any]]:
         header, claims = peek(token)
         iss = claims.get("iss")
         iss = iss.rstrip("/") if isinstance(iss, str) else ""
         if self.jwt is not None and iss == self.jwt.issuer:
-            return await self.jwt(token, header)
+            return self.jwt, header
         machine = self.issuers.find(policy, iss) if self.issuers is not None and iss else None
         if machine is not None:
-            return await machine.verify(token, header)
+            return machine.verify, header
         raise Unauthenticated(f"Authentication failed: the JWT's issuer {iss[:200]!r} is not one this gate trusts "
                               "(its identity provider, or an entry of the policy's `issuers`).")
 

@@ -104,6 +104,7 @@ class Issuers:
         self._by_spec: dict[Issuer, MachineIssuer] = {}
         self._by_iss: dict[str, MachineIssuer] = {}
         self._synced: dict[str, Issuer] | None = None
+        self._verifiers: set[JwtVerifier] = set()
 
     def sync(self, policy: Policy) -> None:
         """Follow `policy`'s issuers: unchanged entries keep their keys and cache."""
@@ -113,11 +114,18 @@ class Issuers:
                 for spec in policy.issuers.values()}
         self._by_spec, self._synced = live, policy.issuers
         self._by_iss = {m.spec.issuer: m for m in live.values()}
+        self._verifiers = {m.verify for m in live.values()}
 
     def find(self, policy: Policy, iss: str) -> MachineIssuer | None:
         """The entry whose `iss` is `iss`: the only one whose keys may verify the token."""
         self.sync(policy)
         return self._by_iss.get(iss.rstrip("/"))
+
+    def trusts(self, policy: Policy, verifier: JwtVerifier) -> bool:
+        """Whether `verifier` is the verifier of an entry `policy` still has (an entry removed or changed
+        since a token was routed to it must not verify that token again)."""
+        self.sync(policy)
+        return verifier in self._verifiers
 
     async def health(self, policy: Policy) -> dict[str, Any]:
         """Each issuer's state for admins (fetching keys never fetched yet)."""

@@ -43,8 +43,8 @@ class JwtVerifier:
         self.identify = identify
         self._cache: LRU[str, tuple[Identity, str]] = LRU(50_000)    # digest -> (identity, kid)
 
-    async def __call__(self, token: str, header: dict[str, Any] | None = None) -> Identity:
-        digest = hashlib.sha256(token.encode()).hexdigest()
+    async def __call__(self, token: str, header: dict[str, Any] | None = None, *, digest: str | None = None) -> Identity:
+        digest = digest or hashlib.sha256(token.encode()).hexdigest()
         cached = self._cache.get(digest)
         # a verified token stays good only while its key is still published
         if cached is not None and (cached[0].expires or 0) > time.time() and cached[1] and \
