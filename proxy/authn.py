@@ -22,6 +22,7 @@ from typing import Any
 
 from . import accounts
 from .cache import LRU
+from .claims import local_account_refusal
 from .errors import Unauthenticated
 from .identity import Identity
 from .issuers import Issuers
@@ -61,6 +62,9 @@ class Authenticator:
         if ident.id.lower() in policy.revoked_users:
             raise Unauthenticated(f"Authentication failed: user {ident.id} is revoked by the gate's policy "
                                   "(revoked_users); ask an admin.")
+        taken = local_account_refusal(ident.id, policy.users) if ident.issuer is not None else None
+        if taken is not None:
+            raise Unauthenticated(f"Authentication failed: the token of issuer {ident.issuer} is verified, but {taken}.")
         return accounts.current(policy, ident, self.secret_key)
 
     async def local_account(self, user: str, password: str, policy: Policy, client: str | None) -> Identity:

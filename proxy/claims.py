@@ -10,6 +10,10 @@ not given. A group template that is one placeholder of a list claim gives one gr
 
 `require` names claims a token must carry with one of the listed values (exact, case-sensitive).
 
+An issuer's callers never take another caller's id: an id holding `@` whose template does not begin
+with text of the policy's own (`{sub}` of `alice@corp.test`) would read as a person's id and is
+refused, and so is the id of a local account of the policy (`local_account_refusal`).
+
 Pure functions over frozen data: the policy loader validates templates with `parse_template`, the
 credential chain renders them (`machine_identity`), and `policy check` renders the claims its
 `checks` give.
@@ -17,7 +21,7 @@ credential chain renders them (`machine_identity`), and `policy check` renders t
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,4 +137,16 @@ def machine_identity(user: Template, groups: tuple[Template, ...],
                                             "non-empty text")
     if len(uid) > MAX_ID:
         return MachineId(None, frozenset(), f"the caller's id would be longer than {MAX_ID} characters")
+    if "@" in uid and not isinstance(user.parts[0], str):
+        return MachineId(None, frozenset(), f"the caller's id {uid[:100]!r} would read as a person's "
+                                            "(user@domain): begin the `user` template with a prefix of its own, "
+                                            "e.g. \"wi:{email}\"")
     return MachineId(uid, render_groups(groups, claims))
+
+
+def local_account_refusal(uid: str, accounts: Container[str]) -> str | None:
+    """Why a machine id may not be `uid`: it is a local account's (`users:`), whose rights it would take."""
+    if uid.lower() in accounts:
+        return f"the caller's id {uid!r} is a local account of the policy (`users`); an issuer's callers never " \
+               "take another's id: give its `user` template a prefix of its own"
+    return None

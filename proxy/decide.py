@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .claims import machine_identity
+from .claims import local_account_refusal, machine_identity
 from .identity import Identity
 from .policy import Check, Deny, Grant, Level, Policy, Rule, Subject
 
@@ -167,6 +167,7 @@ def check_caller(policy: Policy, check: Check) -> tuple[Identity | None, str | N
         return with_account_groups(policy, Identity(check.user, check.groups, via="check")), None
     spec = policy.issuers[check.issuer]
     made = machine_identity(spec.user, spec.groups, spec.require, check.claims)
-    if made.id is None:
-        return None, f"issuer {check.issuer} refuses these claims: {made.refused}"
+    refused = made.refused if made.id is None else local_account_refusal(made.id, policy.users)
+    if made.id is None or refused is not None:
+        return None, f"issuer {check.issuer} refuses these claims: {refused}"
     return Identity(made.id, made.groups, via="check", issuer=check.issuer), None

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from proxy.claims import machine_identity, parse_template, render, render_groups, unmet
+from proxy.claims import local_account_refusal, machine_identity, parse_template, render, render_groups, unmet
 
 K8S = {"sub": "system:serviceaccount:ml:trainer",
        "kubernetes.io": {"namespace": "ml", "serviceaccount": {"name": "trainer"}}}
@@ -84,3 +84,22 @@ def test_machine_identity_refuses_with_the_reason() -> None:
                                                           other).refused or "")
     assert "sub" in (machine_identity(user, groups, (), {"kubernetes.io": {"namespace": "ml"}}).refused or "")
     assert "longer than" in (machine_identity(user, (), (), {"sub": "x" * 600}).refused or "")
+
+
+@pytest.mark.parametrize("text,sub,refused", [
+    ("{sub}", "root@corp.test", True),               # the claim alone would be a person's id
+    ("{sub}", "x/../../alice@corp.test", True),
+    ("{sub}@corp.test", "root", True),                # the claim still leads the id
+    ("{email}", None, True),
+    ("wi:{sub}", "sa@project.iam.example", False),    # a prefix of the policy's own: never a person's id
+    ("{sub}", "system:serviceaccount:ml:trainer", False),
+])
+def test_an_id_never_reads_as_a_persons(text: str, sub: str | None, refused: bool) -> None:
+    claims = {"sub": sub, "email": "root@corp.test"} if sub else {"email": "root@corp.test"}
+    made = machine_identity(parse_template(text), (), (), claims)
+    assert (made.id is None, "person's" in (made.refused or "")) == (refused, refused), made
+
+
+def test_a_local_accounts_id_is_refused_whatever_its_case() -> None:
+    assert "local account" in (local_account_refusal("CI-Bot", {"ci-bot"}) or "")
+    assert local_account_refusal("op:ci-bot", {"ci-bot"}) is None

@@ -12,6 +12,7 @@ import pytest
 from proxy.authn import Authenticator
 from proxy.errors import Unauthenticated
 from proxy.issuers import Issuers
+from proxy.passwords import hash_password
 from proxy.policy import Policy, load_policy_text
 from tests.support.issuer import JwtIssuer, kubernetes_claims
 
@@ -88,3 +89,15 @@ def test_revoked_users_refuses_a_machine_id_verified_before(signers: dict[str, J
 def test_a_jwt_with_no_issuer_configured_says_so(signers: dict[str, JwtIssuer]) -> None:
     with pytest.raises(Unauthenticated, match="no identity provider or `issuers`"):
         Chain(signers).identify(token(signers, A, A), policy())
+
+
+def test_a_machine_never_takes_a_local_accounts_id(signers: dict[str, JwtIssuer]) -> None:
+    """An issuer whose ids have no prefix (`{sub}`) and a `sub` naming a local account: refused, even when
+    the token was verified before the account was added."""
+    bare = ENTRY_A.replace("user: 'a:{sub}'", "user: '{sub}'")
+    chain, seen = Chain(signers), signers[A].sign({**kubernetes_claims("ml", "job", issuer=A, audience="gate"),
+                                                   "sub": "deployer"})
+    assert chain.identify(seen, policy(bare)).id == "deployer"
+    account = "users: {Deployer: {password: '" + hash_password("pw-of-the-account") + "'}}\n"
+    with pytest.raises(Unauthenticated, match="local account"):
+        chain.identify(seen, policy(bare, extra=account))

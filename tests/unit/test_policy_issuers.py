@@ -8,6 +8,7 @@ import pytest
 
 from proxy.cli_policy import policy_check
 from proxy.decide import run_checks
+from proxy.passwords import hash_password
 from proxy.policy import PolicyError, load_policy_text, load_policy_texts
 from proxy.review import diff
 
@@ -129,6 +130,19 @@ checks:
     assert "checks[3]" in failures[0] and "system:serviceaccount:nlp:y" in failures[0]   # nlp's member, not ml's
     assert "checks[4]" in failures[1] and "issuer kubernetes refuses these claims" in failures[1] \
         and "kubernetes.io/namespace" in failures[1]
+
+
+def test_a_check_whose_claims_would_take_a_persons_or_a_local_accounts_id_fails() -> None:
+    users = f"users:\n  deployer: {{password: '{hash_password('pw-of-the-account')}', groups: [ml]}}\n"
+    checks = """\
+checks:
+  - {issuer: kubernetes, claims: {sub: deployer, kubernetes.io: {namespace: ml}}, experiment: ml/a, allow: read}
+  - {issuer: kubernetes, claims: {sub: a@corp.test, kubernetes.io: {namespace: ml}}, experiment: ml/a, allow: read}
+"""
+    failures = run_checks(load_policy_texts([(K8S, "a.yaml"), (TEAMS + users + checks, "b.yaml")]))
+    assert len(failures) == 2, failures
+    assert "checks[0]" in failures[0] and "local account" in failures[0]
+    assert "checks[1]" in failures[1] and "person's" in failures[1]
 
 
 @pytest.mark.parametrize("check,words", [
