@@ -3,13 +3,14 @@ machine caller by its issuer and claims, and `policy diff` telling that a new is
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
 from proxy.cli_policy import policy_check
 from proxy.decide import run_checks
 from proxy.passwords import hash_password
-from proxy.policy import PolicyError, load_policy_text, load_policy_texts
+from proxy.policy import PolicyError, load_policy, load_policy_text, load_policy_texts
 from proxy.review import diff
 
 K8S = """\
@@ -181,3 +182,13 @@ def test_policy_diff_tells_a_new_or_changed_issuer_widens_access() -> None:
     assert not diff(new, old).widens and diff(new, old).other[0].what == "issuer kubernetes is no longer trusted"
     moved = load_policy_text("# a comment moves every line\n" + TEAMS + K8S)
     assert diff(new, moved).other == []
+
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in POLICIES.glob("*.yaml")))
+def test_the_example_policies_load_and_their_checks_hold(name: str) -> None:
+    """The files README and docs/policy.md tell readers to copy (machines.yaml: its machine checks)."""
+    policy = load_policy(POLICIES / name)
+    assert policy.checks and run_checks(policy) == []
