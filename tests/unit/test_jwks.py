@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 from typing import Any
 
+import certifi
 import httpx
 import pytest
 from joserfc.jwk import RSAKey
@@ -189,3 +192,16 @@ def test_a_discovery_document_that_does_not_match_is_refused(discovery: dict[str
                 {"https://cluster.test/.well-known/openid-configuration": discovery}, [])
     with pytest.raises(UpstreamUnavailable, match=words):
         asyncio.run(m.jwks.get("k0"))
+
+
+def test_a_changed_ca_file_gets_a_client_of_its_own(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The cluster CA is rotated in place (a projected ConfigMap): the next fetch trusts the file as it is now."""
+    ca = tmp_path / "ca.crt"
+    shutil.copy(certifi.where(), ca)
+    clients = Clients(httpx.AsyncClient())
+    first = clients.get(str(ca))
+    assert clients.get(str(ca)) is first and clients.get(None) is clients.default
+    stat = ca.stat()
+    os.utime(ca, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert clients.get(str(ca)) is not first
+    asyncio.run(clients.aclose())
