@@ -79,6 +79,8 @@ class Audit:
             "ts": round(time.time(), 3), "who": ident.id if ident else None, "via": ident.via if ident else None,
             "method": method, "path": path, "allowed": allowed, "reason": reason,
         }
+        if ident is not None and ident.issuer is not None:
+            entry["issuer"] = ident.issuer
         if decisions:
             entry["resources"] = [{"kind": d.kind, "name": d.name, "needed": str(d.needed), "have": str(d.have),
                                    "rule": d.reason} for d in decisions]

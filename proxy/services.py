@@ -1,7 +1,8 @@
 """What the running gate holds, built whole when it starts and closed when it stops.
 
 `open_services` is the app's lifespan: the policy store and its watcher, the upstream session, the
-resolver's caches, the credential chain, the artifact stores, the audit writer, the metrics. Nothing
+resolver's caches, the credential chain (with the keys of the identity provider and of the policy's
+issuers), the artifact stores, the audit writer, the metrics. Nothing
 here is a module global, so tests can run many gates in one process.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ from .audit import Audit
 from .authn import Authenticator
 from .errors import UpstreamUnavailable
 from .forward import Upstream
-from .jwt_bearer import JwtValidator
+from .issuers import Issuers
+from .jwt_bearer import provider_verifier
 from .metrics import Metrics
 from .oidc import OidcLogin
 from .oidc_config import Discovery, OidcSettings
@@ -32,7 +34,7 @@ from .policy import PolicyStore
 from .provider_sessions import ProviderSessions
 from .resources import Resolver
 from .routes import RouteTable
-from .settings import Settings
+from .settings import Settings, env
 
 log = logging.getLogger("mlflow_gate")
 
@@ -101,6 +103,8 @@ async def open_services(settings: Settings, upstream_url: str, *, policy_poll: f
             listener.server_close()
         watcher.cancel()
         services.authn.close()
+        if services.authn.issuers is not None:
+            await services.authn.issuers.aclose()
         await upstream.close()
         await http.aclose()
 
@@ -114,7 +118,9 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
         discovery = Discovery(oidc_settings, http)
         provider = ProviderSessions(oidc_settings, discovery, http, settings.session_check)
         if oidc_settings.audience:
-            jwt = JwtValidator(oidc_settings, discovery, http)
+            jwt = provider_verifier(oidc_settings, discovery, http)
+    # MLFLOW_GATE_JWKS_REFRESH_INTERVAL: how often an unknown kid may re-fetch one issuer's keys (5 s)
+    issuers = Issuers(http, float(env("JWKS_REFRESH_INTERVAL", "5") or 5))
     metrics = Metrics(store)
     upstream.metrics = metrics
     resolver = Resolver(upstream)
@@ -124,7 +130,8 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
     return Services(
         settings=settings, upstream_url=upstream_url, store=store, http=http,
         oidc=OidcLogin(oidc_settings, settings.public_url) if oidc_settings else None,
-        authn=Authenticator(settings.secret_key, jwt=jwt, provider=provider), table=RouteTable(), metrics=metrics, upstream=upstream,
+        authn=Authenticator(settings.secret_key, jwt=jwt, provider=provider, issuers=issuers), table=RouteTable(),
+        metrics=metrics, upstream=upstream,
         resolver=resolver, artifacts=artifacts, audit=Audit(metrics, audit_sink),
         public_origin=f"{parts.scheme}://{parts.netloc}" if parts else None,
         secure_cookies=bool(parts and parts.scheme == "https"))
