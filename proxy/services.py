@@ -1,7 +1,8 @@
 """What the running gate holds, built whole when it starts and closed when it stops.
 
 `open_services` is the app's lifespan: the policy store and its watcher, the upstream session, the
-resolver's caches, the credential chain, the artifact stores, the audit writer, the metrics. Nothing
+resolver's caches, the credential chain, the artifact stores, the audit writer (and its ring of the
+last denials), the metrics, the per-caller request budgets. Nothing
 here is a module global, so tests can run many gates in one process.
 """
 from __future__ import annotations
@@ -18,11 +19,12 @@ import httpx
 
 from .artifact_server import ArtifactServer
 from .artifacts import Stores
-from .audit import Audit
+from .audit import Audit, Denials
 from .authn import Authenticator
 from .errors import UpstreamUnavailable
 from .forward import Upstream
 from .jwt_bearer import JwtValidator
+from .limits import Budgets
 from .metrics import Metrics
 from .oidc import OidcLogin
 from .oidc_config import Discovery, OidcSettings
@@ -50,6 +52,8 @@ class Services:
     audit: Audit
     public_origin: str | None
     secure_cookies: bool
+    denials: Denials                                      # the last refusals (the admin page's), this replica's
+    budgets: Budgets                                      # limits.requests_per_minute, this replica's
     _health: tuple[float, bool, str] = field(default=(0.0, False, "not checked yet"))
 
     @property
@@ -99,6 +103,7 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
     metrics = Metrics(store)
     upstream.metrics = metrics
     resolver = Resolver(upstream)
+    denials = Denials()
     artifacts = ArtifactServer(Stores(settings.artifacts_destination), resolver, store, settings.secret_key,
                                settings.public_url, internal_from_anywhere=settings.internal_from_anywhere,
                                metrics=metrics)
@@ -106,7 +111,8 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
         settings=settings, upstream_url=upstream_url, store=store, http=http,
         oidc=OidcLogin(oidc_settings, settings.public_url) if oidc_settings else None,
         authn=Authenticator(settings.secret_key, jwt=jwt), table=RouteTable(), metrics=metrics, upstream=upstream,
-        resolver=resolver, artifacts=artifacts, audit=Audit(metrics, audit_sink),
+        resolver=resolver, artifacts=artifacts, audit=Audit(metrics, audit_sink, denials), denials=denials,
+        budgets=Budgets(),
         public_origin=f"{parts.scheme}://{parts.netloc}" if parts else None,
         secure_cookies=bool(parts and parts.scheme == "https"))
 
