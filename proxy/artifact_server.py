@@ -36,6 +36,7 @@ PART_PATH = "/_gate/artifact-part/"
 _PLAIN_TYPES = {"text/html", "application/javascript", "text/javascript", "image/svg+xml", "application/xhtml+xml"}
 _JSON = [(b"content-type", b"application/json")]
 SMALL_BODY = 16 * 1024 * 1024       # multipart create/complete/abort bodies
+DEFAULT_STORE = "(default)"         # the byte counts' store label of the default store
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class _Op:
     store: Store
     path: str
     body: bytes | None
+    labels: tuple[str | None, str] = (None, DEFAULT_STORE)   # the byte counts' (team, store): see `labels`
 
 
 def _file_infos(found: list[FileInfo]) -> list[dict[str, Any]]:
@@ -86,6 +88,17 @@ class ArtifactServer:
             return store
         return self.stores.default
 
+    async def labels(self, path: str, policy: Policy, store: Store) -> tuple[str | None, str]:
+        """What the byte counts of a transfer are labelled with: the team owning the experiment (by its name
+        now; None for the store's root) and the team whose store holds it (DEFAULT_STORE for the default).
+        Team names only, never a storage root (the experiment was resolved already to find its store)."""
+        if not path:
+            return None, DEFAULT_STORE
+        exp_id = artifact_experiment(path)
+        owner = policy.owner("experiment", await self.resolver.experiment_name(exp_id))
+        store_team = None if store is self.stores.default else await self.resolver.experiment_store(exp_id)
+        return (owner.name if owner is not None else None), store_team or DEFAULT_STORE
+
     async def serves(self, path: str, policy: Policy) -> bool:
         return path != "" and await self.store_for(path, policy) is not None
 
@@ -110,22 +123,28 @@ class ArtifactServer:
             handler = self._ops.get(op)
             if handler is None:
                 raise BadRequest(f"Unknown artifact operation {op!r}.")
-            await handler(self, _Op(scope, receive, send, store, path, body))
+            labels = await self.labels(path, policy, store)
+            await handler(self, _Op(scope, receive, send, store, path, body, labels))
         except ArtifactMissing as exc:
             raise ArtifactNotFound(f"Artifact {path!r} does not exist.") from exc
         except StoreUnavailable as exc:
             raise UpstreamUnavailable(str(exc)) from exc
 
-    def _count(self, direction: str, store: Store, size: int) -> None:
+    def _count(self, direction: str, op: _Op, size: int) -> None:
+        self._count_as(direction, op.labels, size)
+
+    def _count_as(self, direction: str, labels: tuple[str | None, str], size: int) -> None:
         if self.metrics is not None:
-            self.metrics.artifact_bytes.labels(direction, store.label).inc(size)
+            team, store = labels
+            self.metrics.artifact_bytes.labels(direction, store).inc(size)
+            self.metrics.team_bytes(team, direction, size)
 
     async def _download(self, op: _Op) -> None:
         size, chunks = await op.store.open(op.path)
-        self._count("out", op.store, await _stream_out(op.send, op.path, size, chunks))
+        self._count("out", op, await _stream_out(op.send, op.path, size, chunks))
 
     async def _upload(self, op: _Op) -> None:
-        self._count("in", op.store, await op.store.write(op.path, stream_body(op.receive)))
+        self._count("in", op, await op.store.write(op.path, stream_body(op.receive)))
         await send_bytes(op.send, 200, _JSON, b"{}")
 
     async def _delete(self, op: _Op) -> None:
@@ -202,7 +221,9 @@ class ArtifactServer:
             store = await self.store_for(path, self.policy.current)
             if store is None:
                 raise ArtifactNotFound("No artifact store serves this path.")
-            etag = await store.mpu_part(path, str(claim["u"]), int(claim["n"]), stream_body(receive))
+            body = _Counted(stream_body(receive))
+            etag = await store.mpu_part(path, str(claim["u"]), int(claim["n"]), body)
+            self._count_as("in", await self.labels(path, self.policy.current, store), body.size)
         except ArtifactMissing as exc:
             raise ArtifactNotFound("The multipart upload does not exist (aborted or completed).") from exc
         except StoreUnavailable as exc:
@@ -231,6 +252,21 @@ class ArtifactServer:
         expected = "Bearer " + internal_token(self.secret_key)
         if not hmac.compare_digest(auth.encode(), expected.encode()):
             raise Unauthenticated("The internal artifact endpoint is for the upstream mlflow server only.")
+
+
+class _Counted:
+    """A body stream that counts the bytes it passes on (a multipart part, for the byte metrics)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self.chunks, self.size = chunks, 0
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.chunks.__anext__()
+        self.size += len(chunk)
+        return chunk
 
 
 def _mpu_target(directory: str, data: dict[str, Any]) -> str:

@@ -61,6 +61,7 @@ class Gate:
             await self.refuse(call, err)
         finally:
             self.s.metrics.request(scope["method"], status or 500, time.perf_counter() - start)
+            self.s.metrics.team_call(call.policy, call.decisions)
 
     async def handle(self, call: Call) -> None:
         call.headers = header_map(call.scope)
