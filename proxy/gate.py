@@ -88,6 +88,7 @@ class Gate:
             return
         wait = self.s.budgets.wait(per_minute, call.ident.id, time.monotonic())
         if wait is not None:
+            self.s.metrics.decision(False, "rate limited")
             raise RateLimited(f"Too many requests: each caller may send {per_minute} a minute to this gate replica "
                               f"(limits.requests_per_minute); retry in {retry_after(wait)} s.", wait)
 
