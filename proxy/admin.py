@@ -85,7 +85,8 @@ def policy_json(policy: Policy) -> dict[str, Any]:
 
 def denial_json(d: Denial) -> dict[str, Any]:
     return {"ts": round(d.ts, 3), "who": d.who, "via": d.via, "method": d.method, "path": d.path,
-            "status": d.status, "reason": d.reason, "resources": [r.as_json() for r in d.resources]}
+            "status": d.status, "reason": d.reason, "resources": [r.as_json() for r in d.resources],
+            "request_id": d.request_id}
 
 
 # --- HTML -------------------------------------------------------------------------------------------
@@ -156,8 +157,9 @@ def _denials_section(denials: list[Denial], kept: int) -> str:
                                 f"{html.escape(str(r.needed))}, has {html.escape(str(r.have))} "
                                 f"({html.escape(r.reason)})" for r in d.resources)
         rows.append([html.escape(when), _code([d.who or "(no credential)"]), html.escape(d.method),
-                     _code([d.path]), str(d.status), html.escape(d.reason) + (f"<br>{resources}" if resources else "")])
+                     _code([d.path]), str(d.status), html.escape(d.reason) + (f"<br>{resources}" if resources else ""),
+                     _code([d.request_id or "-"])])
     return (f"<h2>Last refusals on this replica</h2><p>Newest first; at most {SHOWN_DENIALS} shown, the last "
             f"{kept} kept in memory (the audit log has them all).</p>"
-            + _table("refusals", ["time (UTC)", "who", "method", "path", "status", "reason"], rows,
+            + _table("refusals", ["time (UTC)", "who", "method", "path", "status", "reason", "request id"], rows,
                      "No refusals since this replica started."))

@@ -36,7 +36,6 @@ PART_PATH = "/_gate/artifact-part/"
 _PLAIN_TYPES = {"text/html", "application/javascript", "text/javascript", "image/svg+xml", "application/xhtml+xml"}
 _JSON = [(b"content-type", b"application/json")]
 SMALL_BODY = 16 * 1024 * 1024       # multipart create/complete/abort bodies
-DEFAULT_STORE = "(default)"         # the byte counts' store label of the default store
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class _Op:
     store: Store
     path: str
     body: bytes | None
-    labels: tuple[str | None, str] = (None, DEFAULT_STORE)   # the byte counts' (team, store): see `labels`
+    team: str | None = None     # the team owning the experiment, for the per-team byte counts
 
 
 def _file_infos(found: list[FileInfo]) -> list[dict[str, Any]]:
@@ -88,16 +87,13 @@ class ArtifactServer:
             return store
         return self.stores.default
 
-    async def labels(self, path: str, policy: Policy, store: Store) -> tuple[str | None, str]:
-        """What the byte counts of a transfer are labelled with: the team owning the experiment (by its name
-        now; None for the store's root) and the team whose store holds it (DEFAULT_STORE for the default).
-        Team names only, never a storage root (the experiment was resolved already to find its store)."""
+    async def team_of(self, path: str, policy: Policy) -> str | None:
+        """The team owning the experiment `path` is under (by its name now; None for the store's root), for the
+        per-team byte counts (the experiment was resolved already, to find its store)."""
         if not path:
-            return None, DEFAULT_STORE
-        exp_id = artifact_experiment(path)
-        owner = policy.owner("experiment", await self.resolver.experiment_name(exp_id))
-        store_team = None if store is self.stores.default else await self.resolver.experiment_store(exp_id)
-        return (owner.name if owner is not None else None), store_team or DEFAULT_STORE
+            return None
+        owner = policy.owner("experiment", await self.resolver.experiment_name(artifact_experiment(path)))
+        return owner.name if owner is not None else None
 
     async def serves(self, path: str, policy: Policy) -> bool:
         return path != "" and await self.store_for(path, policy) is not None
@@ -123,20 +119,18 @@ class ArtifactServer:
             handler = self._ops.get(op)
             if handler is None:
                 raise BadRequest(f"Unknown artifact operation {op!r}.")
-            labels = await self.labels(path, policy, store)
-            await handler(self, _Op(scope, receive, send, store, path, body, labels))
+            await handler(self, _Op(scope, receive, send, store, path, body, await self.team_of(path, policy)))
         except ArtifactMissing as exc:
             raise ArtifactNotFound(f"Artifact {path!r} does not exist.") from exc
         except StoreUnavailable as exc:
             raise UpstreamUnavailable(str(exc)) from exc
 
     def _count(self, direction: str, op: _Op, size: int) -> None:
-        self._count_as(direction, op.labels, size)
+        self._count_as(direction, op.store, op.team, size)
 
-    def _count_as(self, direction: str, labels: tuple[str | None, str], size: int) -> None:
+    def _count_as(self, direction: str, store: Store, team: str | None, size: int) -> None:
         if self.metrics is not None:
-            team, store = labels
-            self.metrics.artifact_bytes.labels(direction, store).inc(size)
+            self.metrics.artifact_bytes.labels(direction, store.name).inc(size)
             self.metrics.team_bytes(team, direction, size)
 
     async def _download(self, op: _Op) -> None:
@@ -223,7 +217,7 @@ class ArtifactServer:
                 raise ArtifactNotFound("No artifact store serves this path.")
             body = _Counted(stream_body(receive))
             etag = await store.mpu_part(path, str(claim["u"]), int(claim["n"]), body)
-            self._count_as("in", await self.labels(path, self.policy.current, store), body.size)
+            self._count_as("in", store, await self.team_of(path, self.policy.current), body.size)
         except ArtifactMissing as exc:
             raise ArtifactNotFound("The multipart upload does not exist (aborted or completed).") from exc
         except StoreUnavailable as exc:

@@ -41,7 +41,8 @@ class FileInfo:
 
 
 class Store(Protocol):
-    label: str
+    label: str      # for messages: names the team and its root
+    name: str       # for metrics: the team's name (or "default"), never a storage root
 
     async def open(self, path: str) -> tuple[int | None, AsyncIterator[bytes]]: ...
     async def write(self, path: str, chunks: AsyncIterator[bytes]) -> int: ...
@@ -72,12 +73,12 @@ def _join(prefix: str, path: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 class S3Store:
-    def __init__(self, root: str, storage: Storage, label: str) -> None:
+    def __init__(self, root: str, storage: Storage, label: str, name: str = "") -> None:
         import boto3
         from botocore.config import Config
 
         parts = urlsplit(root)
-        self.bucket, self.prefix, self.label = parts.netloc, parts.path.strip("/"), label
+        self.bucket, self.prefix, self.label, self.name = parts.netloc, parts.path.strip("/"), label, name
         key_id = secret = None
         if storage.credentials_env:
             key_id = os.environ.get(f"{storage.credentials_env}_AWS_ACCESS_KEY_ID")
@@ -256,9 +257,9 @@ class _PartSender:
 class FileStore:
     MPU = ".mlflow-gate-mpu"
 
-    def __init__(self, root: str, label: str) -> None:
+    def __init__(self, root: str, label: str, name: str = "") -> None:
         self.root = Path(unquote(urlsplit(root).path) if root.startswith("file:") else root).resolve()
-        self.label = label
+        self.label, self.name = label, name
 
     def _path(self, path: str) -> Path:
         target = (self.root / path.strip("/")).resolve() if path.strip("/") else self.root
@@ -360,18 +361,18 @@ class FileStore:
         return ok, f"{self.label} {'writable' if ok else 'is not writable'}"
 
 
-def open_store(root: str, storage: Storage, label: str) -> Store:
+def open_store(root: str, storage: Storage, label: str, name: str) -> Store:
     if root.startswith("s3://"):
-        return S3Store(root, storage, label)
-    return FileStore(root, label)
+        return S3Store(root, storage, label, name)
+    return FileStore(root, label, name)
 
 
 class Stores:
     """The stores the policy names, built once per (root, storage) and kept across reloads."""
 
     def __init__(self, default_root: str | None) -> None:
-        self.default = open_store(default_root, Storage(), f"the default artifact store ({default_root})") \
-            if default_root else None
+        self.default = open_store(default_root, Storage(), f"the default artifact store ({default_root})",
+                                  "default") if default_root else None
         self._built: dict[tuple[str, str, Storage], Store] = {}
 
     def team(self, policy: Policy, team: str) -> Store | None:
@@ -382,7 +383,7 @@ class Stores:
         store = self._built.get(key)
         if store is None:
             store = open_store(spec.artifact_root, spec.storage,
-                               f"the artifact store of team {team} ({spec.artifact_root})")
+                               f"the artifact store of team {team} ({spec.artifact_root})", team)
             self._built[key] = store
         return store
 

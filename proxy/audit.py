@@ -1,4 +1,6 @@
-"""One JSON line per decision, as its own stream so operators can ship it apart.
+"""One JSON line per decision, as its own stream so operators can ship it apart; and one per personal
+token minted through the gate (`"event": "token.minted"`): the record `mlflow-gate token list` reads,
+so the gate needs no database to tell admins which tokens exist.
 
 The lines go to a writer thread through a queue (`AuditWriter`), not through `logging`: the
 logging machinery cost a third of the gate's own CPU per request. Without a writer (library use,
@@ -20,8 +22,10 @@ from typing import IO, Any
 from .decide import Decision
 from .identity import Identity
 from .metrics import Metrics
+from .tokens import TokenClaims
 
 log = logging.getLogger("mlflow_gate.audit")
+MINTED = "token.minted"
 
 
 class AuditWriter:
@@ -69,6 +73,7 @@ class Denial:
     reason: str
     status: int
     resources: tuple[Decision, ...]
+    request_id: str | None = None
 
 
 class Denials:
@@ -101,13 +106,14 @@ class Audit:
         self.denials = denials if denials is not None else Denials()
 
     def record(self, ident: Identity | None, method: str, path: str, allowed: bool, reason: str,
-               decisions: list[Decision] | None = None, status: int | None = None) -> None:
+               decisions: list[Decision] | None = None, status: int | None = None, *,
+               request_id: str | None = None) -> None:
         if self.metrics is not None:
             kind = reason.split(";")[0] if allowed else ("unauthenticated" if status == 401 else "denied")
             self.metrics.decision(allowed, kind)
         if not allowed:
             self.denials.add(Denial(time.time(), ident.id if ident else None, ident.via if ident else None, method,
-                                    path, reason, status or 403, tuple(decisions or ())))
+                                    path, reason, status or 403, tuple(decisions or ()), request_id))
         if self.sink is None and not log.isEnabledFor(logging.INFO):
             return
         entry: dict[str, Any] = {
@@ -119,6 +125,18 @@ class Audit:
                                    "rule": d.reason} for d in decisions]
         if status is not None:
             entry["status"] = status
+        if request_id:
+            entry["request_id"] = request_id
+        self._write(entry)
+
+    def minted(self, ident: Identity, token: TokenClaims) -> None:
+        """The record of a personal token minted through the gate (`mlflow-gate token list` reads these)."""
+        if self.sink is None and not log.isEnabledFor(logging.INFO):
+            return
+        self._write({"ts": round(time.time(), 3), "event": MINTED, "who": ident.id, "via": ident.via,
+                     "token": {**token.as_json(), "local_account": token.account is not None}})
+
+    def _write(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, separators=(",", ":"))
         if self.sink is not None:
             self.sink(line)

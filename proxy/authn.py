@@ -2,54 +2,90 @@
 
 Order: `Authorization` (Bearer personal token, Bearer provider JWT, Basic with a personal token
 or a local account's password), then the session cookie. A credential that is present but
-invalid raises Unauthenticated; no credential at all gives None. Verified credentials are cached
-by their digest so the hot path pays for a signature or a scrypt hash once.
+invalid raises Unauthenticated; no credential at all gives None. Verified tokens are cached by
+their value so the hot path pays for a signature once.
+
+Whatever proved it, an identity then has to be in force (`admit`): a user listed in
+`revoked_users` is refused, and a local account's credential follows the account as the policy
+has it now (`accounts.current`). Sessions are also refused once signed out (`sessions.SignedOut`)
+or ended at the identity provider (`provider_sessions`).
 """
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
 
+from . import accounts
 from .cache import LRU
 from .errors import Unauthenticated
 from .identity import Identity
-from .passwords import hash_password, verify_password
 from .policy import Policy
-from .sessions import COOKIE, SessionError, read_session
+from .provider_sessions import ProviderSessions
+from .sessions import COOKIE, SessionError, SignedOut, read_session
 from .tokens import PREFIX, TokenError, read_token
-
-_DUMMY_HASH = hash_password("timing-equaliser")
 
 # Verifies a provider JWT (`jwt_bearer.JwtValidator`): token -> Identity, raising Unauthenticated.
 JwtValidator = Callable[[str], Awaitable[Identity]]
 
 
 class Authenticator:
-    def __init__(self, secret_key: str, *, jwt: JwtValidator | None = None) -> None:
+    def __init__(self, secret_key: str, *, jwt: JwtValidator | None = None,
+                 provider: ProviderSessions | None = None) -> None:
         self.secret_key = secret_key
         self.jwt = jwt
+        self.provider = provider
+        self.passwords = accounts.Passwords(secret_key)
+        self.signed_out = SignedOut()
         self._tokens: LRU[str, Identity] = LRU(50_000)
-        self._passwords: LRU[tuple[str, str, frozenset[str]], Identity] = LRU(10_000, ttl=300)
 
-    async def identify(self, headers: dict[bytes, bytes], policy: Policy) -> Identity | None:
+    async def identify(self, headers: dict[bytes, bytes], policy: Policy, client: str | None = None) -> Identity | None:
+        """The caller proven by the request's credential (`client`: its address, for throttling), or None."""
         auth = headers.get(b"authorization")
         if auth:
-            return await self._authorization(auth.decode("latin-1").strip(), policy)
+            return self.admit(await self._authorization(auth.decode("latin-1").strip(), policy, client), policy)
         cookie = headers.get(b"cookie")
         if cookie:
             value = _cookie(cookie.decode("latin-1"), COOKIE)
             if value is not None:
-                try:
-                    return read_session(self.secret_key, value)
-                except SessionError as exc:
-                    raise Unauthenticated(f"Authentication failed: {exc}.") from exc
+                return self.admit(await self.session(value), policy)
         return None
 
-    async def _authorization(self, value: str, policy: Policy) -> Identity:
+    def admit(self, ident: Identity, policy: Policy) -> Identity:
+        """An authenticated identity, if it is still in force under `policy`."""
+        if ident.id.lower() in policy.revoked_users:
+            raise Unauthenticated(f"Authentication failed: user {ident.id} is revoked by the gate's policy "
+                                  "(revoked_users); ask an admin.")
+        return accounts.current(policy, ident, self.secret_key)
+
+    async def local_account(self, user: str, password: str, policy: Policy, client: str | None) -> Identity:
+        return self.admit(await self.passwords.check(user, password, policy, client), policy)
+
+    async def session(self, value: str) -> Identity:
+        try:
+            session = read_session(self.secret_key, value)
+        except SessionError as exc:
+            raise Unauthenticated(f"Authentication failed: {exc}.") from exc
+        if session.sid in self.signed_out:
+            raise Unauthenticated("Authentication failed: this session was signed out; sign in again.")
+        if session.refresh_token and self.provider is not None \
+                and not await self.provider.active(session.sid, session.refresh_token):
+            raise Unauthenticated("Authentication failed: the identity provider ended this session; sign in again.")
+        return session.ident
+
+    async def sign_out(self, value: str) -> None:
+        """Refuse this session from now on: here at once, on other replicas through the provider."""
+        try:
+            session = read_session(self.secret_key, value)
+        except SessionError:
+            return
+        self.signed_out.add(session)
+        if session.refresh_token and self.provider is not None:
+            await self.provider.revoke(session.sid, session.refresh_token)
+
+    async def _authorization(self, value: str, policy: Policy, client: str | None) -> Identity:
         scheme, _, cred = value.partition(" ")
         scheme, cred = scheme.lower(), cred.strip()
         if not cred:
@@ -69,7 +105,7 @@ class Authenticator:
                 raise Unauthenticated("Authentication failed: the Basic credential is not valid base64.") from exc
             if password.startswith(PREFIX):
                 return self.personal_token(password, policy, via="basic")
-            return self.local_account(user, password, policy)
+            return await self.passwords.check(user, password, policy, client)
         raise Unauthenticated(f"Authentication failed: the {scheme!r} scheme is not accepted; "
                               "use Bearer <token> or Basic with a token as password.")
 
@@ -82,7 +118,7 @@ class Authenticator:
             except TokenError as exc:
                 raise Unauthenticated(f"Authentication failed: {exc}.") from exc
             ident = Identity(claims.user, frozenset(claims.groups), via=via, token_id=claims.id,
-                             expires=claims.expires)
+                             expires=claims.expires, account=claims.account)
             self._tokens.put(key, ident)
         if ident.expires is not None and ident.expires <= time.time():
             self._tokens.drop(key)
@@ -91,23 +127,8 @@ class Authenticator:
             raise Unauthenticated(f"Authentication failed: personal token {ident.token_id} has been revoked.")
         return ident
 
-    def local_account(self, user: str, password: str, policy: Policy) -> Identity:
-        account = policy.users.get(user.lower())
-        if account is None:
-            verify_password(password, _DUMMY_HASH)   # same time whether or not the account exists
-            raise Unauthenticated("Authentication failed: unknown user or wrong password (Basic credentials take "
-                                  "a local account's password, or any user name with a personal token).")
-        # The cache key holds the account as the policy has it now: a changed hash or groups miss the cache.
-        key = (hashlib.sha256(f"{user}\0{password}".encode()).hexdigest(), account.password, account.groups)
-        ident = self._passwords.get(key)
-        if ident is not None:
-            return ident
-        if not verify_password(password, account.password):
-            raise Unauthenticated("Authentication failed: unknown user or wrong password (Basic credentials take "
-                                  "a local account's password, or any user name with a personal token).")
-        ident = Identity(account.id, account.groups, via="password")
-        self._passwords.put(key, ident)
-        return ident
+    def close(self) -> None:
+        self.passwords.close()
 
 
 def _cookie(header: str, name: str) -> str | None:

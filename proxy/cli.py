@@ -9,7 +9,9 @@ import json
 import logging
 import logging.handlers
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -48,17 +50,12 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: none; the peer address is the client)")
     s.add_argument("--ssl-certfile", default=env("SSL_CERTFILE"))
     s.add_argument("--ssl-keyfile", default=env("SSL_KEYFILE"))
+    s.add_argument("--metrics-port", type=int, default=int(env("METRICS_PORT", "0") or 0) or None,
+                   help="also serve /_gate/metrics, with no credential, on this port (for Prometheus)")
+    s.add_argument("--metrics-host", default=env("METRICS_HOST", "127.0.0.1"),
+                   help="the address of the metrics listener (default 127.0.0.1)")
 
-    t = sub.add_parser("token", help="personal tokens")
-    tsub = t.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
-    tc = tsub.add_parser("create", help="mint a personal token (printed alone on the last line)")
-    tc.add_argument("--user", required=True)
-    tc.add_argument("--group", action="append", default=[])
-    tc.add_argument("--expires-in", default="30d")
-    tc.add_argument("--name", default="")
-    ti = tsub.add_parser("inspect", help="verify a token and print its claims")
-    ti.add_argument("token")
-
+    _token_parser(sub.add_parser("token", help="personal tokens"))
     sub.add_parser("hash-password", help="read a password, print a hash for the policy's users:")
     sub.add_parser("internal-token", help="print the token an upstream mlflow server sends to the gate's internal "
                                           "artifact endpoint (its MLFLOW_TRACKING_TOKEN)")
@@ -74,13 +71,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _token_parser(t: argparse.ArgumentParser) -> None:
+    tsub = t.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    tc = tsub.add_parser("create", help="mint a personal token (printed alone on the last line)")
+    tc.add_argument("--user", required=True)
+    tc.add_argument("--group", action="append", default=[])
+    tc.add_argument("--expires-in", default="30d")
+    tc.add_argument("--name", default="")
+    ti = tsub.add_parser("inspect", help="verify a token and print its claims")
+    ti.add_argument("token")
+    tl = tsub.add_parser("list", help="the tokens minted through the gate, from its audit stream")
+    tl.add_argument("audit", nargs="*", help="audit log files (default: stdin, e.g. from kubectl logs)")
+    tl.add_argument("--policy", help="also say which tokens the policy revokes")
+    tl.add_argument("--all", action="store_true", help="include expired and revoked tokens")
+    tl.add_argument("--format", choices=["text", "json"], default="text")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
             return serve(args)
         if args.command == "token":
-            return token_create(args) if args.token_command == "create" else token_inspect(args)
+            return {"create": token_create, "inspect": token_inspect, "list": token_list}[args.token_command](args)
         if args.command == "hash-password":
             return hash_password_cmd()
         if args.command == "internal-token":
@@ -119,6 +132,30 @@ def token_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def token_list(args: argparse.Namespace) -> int:
+    from .token_records import minted, state, table
+
+    try:
+        policy = load_policy(args.policy) if args.policy else None
+    except PolicyError as exc:
+        print(f"mlflow-gate token list: the policy has problems:\n{exc}", file=sys.stderr)
+        return 1
+
+    def lines() -> Iterator[str]:
+        for path in args.audit:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                yield from fh
+        if not args.audit:
+            yield from sys.stdin
+
+    shown = [t for t in minted(lines()) if args.all or state(t, policy) == "active"]
+    if args.format == "json":
+        print(json.dumps({"tokens": [{**t, "state": state(t, policy)} for t in shown]}, indent=2))
+    else:
+        print(table(shown, policy))
+    return 0
+
+
 def login_cmd(args: argparse.Namespace) -> int:
     import httpx
 
@@ -150,11 +187,6 @@ def hash_password_cmd() -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app
-    from .embedded import EmbeddedMlflow
-
     logging_setup = logs.configure(env("AUDIT_LOG", "stderr") or "stderr")
     policy_path = args.policy or DEFAULT_POLICY
     if not Path(policy_path).exists():
@@ -169,37 +201,79 @@ def serve(args: argparse.Namespace) -> int:
     destination = args.artifacts_destination or (None if args.upstream else "./mlartifacts")
     if destination and "://" not in destination:
         destination = "file://" + os.path.abspath(destination)
+    if args.metrics_port is not None and not _free(args.metrics_host, args.metrics_port):
+        print(f"mlflow-gate serve: {args.metrics_host}:{args.metrics_port} is in use; choose another --metrics-port",
+              file=sys.stderr)
+        return 1
     settings = Settings(policy=policy_path, host=args.host, port=args.port, upstream=args.upstream,
                         backend_store_uri=args.backend_store_uri, artifacts_destination=destination,
                         public_url=args.public_url, secret_key=secret_key(),
-                        internal_from_anywhere=(env("INTERNAL_FROM_ANYWHERE", "") or "").lower() in ("1", "true"))
-    embedded = None
-    upstream = args.upstream
-    if not upstream:
-        # The embedded server keeps its artifacts through the gate's internal endpoint, so the gate's
-        # stores (each team's, and the default one) hold every artifact byte.
-        from .artifact_server import INTERNAL_PREFIX, internal_token
+                        internal_from_anywhere=(env("INTERNAL_FROM_ANYWHERE", "") or "").lower() in ("1", "true"),
+                        metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                        session_check=parse_duration(env("SESSION_CHECK_INTERVAL", "30s") or "30s"))
+    return _run(args, settings, logging_setup)
 
-        own = "127.0.0.1" if args.host in ("0.0.0.0", "::", "localhost") else args.host
-        internal = f"http://{own}:{args.port}{INTERNAL_PREFIX}/api/2.0/mlflow-artifacts/artifacts"
-        embedded = EmbeddedMlflow(args.backend_store_uri, internal,
-                                  extra_env={"MLFLOW_TRACKING_TOKEN": internal_token(settings.secret_key)})
-        embedded.start()
-        upstream = embedded.url
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminate(*_: object) -> None:
+    raise _Terminated
+
+
+def _run(args: argparse.Namespace, settings: Settings, logging_setup: logs.Logs) -> int:
+    """Serve until stopped. On SIGTERM (after uvicorn drained, or while the embedded server starts) the
+    embedded server and its socket folder are cleaned up first, then the gate ends by that signal."""
+    import uvicorn
+
+    from .app import create_app
+    from .embedded import EmbeddedMlflow
+
+    signal.signal(signal.SIGTERM, _terminate)   # uvicorn restores this handler and re-raises SIGTERM to it
+    embedded, terminated = None, False
     try:
+        upstream = args.upstream
+        if not upstream:
+            # The embedded server keeps its artifacts through the gate's internal endpoint, so the gate's
+            # stores (each team's, and the default one) hold every artifact byte.
+            from .artifact_server import INTERNAL_PREFIX, internal_token
+
+            own = "127.0.0.1" if args.host in ("0.0.0.0", "::", "localhost") else args.host
+            internal = f"http://{own}:{args.port}{INTERNAL_PREFIX}/api/2.0/mlflow-artifacts/artifacts"
+            embedded = EmbeddedMlflow(args.backend_store_uri, internal,
+                                      extra_env={"MLFLOW_TRACKING_TOKEN": internal_token(settings.secret_key)})
+            embedded.start()
+            upstream = embedded.url
         app = create_app(settings, upstream_url=upstream, audit_sink=logging_setup.writer)
         trusted = args.forwarded_allow_ips
         config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
                                 loop="auto", http="auto", lifespan="on", timeout_graceful_shutdown=20,
                                 proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
                                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
-        logging.getLogger("mlflow_gate").info("mlflow-gate on http://%s:%d -> %s", args.host, args.port, upstream)
+        logging.getLogger("mlflow_gate").info("mlflow-gate on http://%s:%d -> %s", args.host, args.port,
+                                              "the embedded mlflow server" if embedded else upstream)
         uvicorn.Server(config).run()
+    except _Terminated:
+        terminated = True
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if embedded is not None:
             embedded.stop()
         logging_setup.close()
+    if terminated:
+        os.kill(os.getpid(), signal.SIGTERM)
     return 0
+
+
+def _free(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            return True
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ request body (read once, bounded), and the origin of cookie-authenticated writes
 """
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,10 +15,14 @@ from .errors import BadRequest, PayloadTooLarge, PermissionDenied
 from .forward import Receive
 
 MAX_BODY = 64 * 1024 * 1024
+MAX_JSON_DEPTH = 32                # objects and lists nested in a request body
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _BAD_RAW = re.compile(rb"%(2[eEfF]|5[cC]|00)")
 _DOUBLE_ENCODED = re.compile(r"%(2[eEfF]|5[cC]|00)")     # what would become '.', '/', '\' or NUL if decoded again
-_SINGLE = (b"authorization", b"content-length", b"host", b"x-mlflow-experiment-id")
+# Headers the gate or MLflow read as one value: given twice, the two could read different ones.
+_SINGLE = (b"authorization", b"content-length", b"content-type", b"content-encoding", b"host", b"x-request-id",
+           b"x-mlflow-experiment-id", b"x-mlflow-run-id", b"x-mlflow-workspace")
 
 
 def check_path(path: str, raw_path: bytes) -> str:
@@ -42,6 +48,18 @@ def header_map(scope: dict[str, Any]) -> dict[bytes, bytes]:
                 raise BadRequest(f"The {key.decode()} header is given twice.")
         out[key] = value
     return out
+
+
+def request_id(scope: dict[str, Any]) -> str:
+    """The client's X-Request-ID when it is one well-formed value, else a new one."""
+    sent = [v for k, v in scope["headers"] if k.lower() == b"x-request-id"]
+    return sent[0].decode() if len(sent) == 1 and _REQUEST_ID.match(sent[0]) else uuid.uuid4().hex
+
+
+def set_headers(scope: dict[str, Any], values: dict[bytes, bytes | None]) -> None:
+    """Replace (or, for None, drop) request headers before the request is forwarded."""
+    kept = [(k, v) for k, v in scope["headers"] if k.lower() not in values]
+    scope["headers"] = kept + [(k, v) for k, v in values.items() if v is not None]
 
 
 def is_page_load(method: str, path: str, headers: dict[bytes, bytes]) -> bool:
@@ -79,3 +97,33 @@ async def read_body(receive: Receive, limit: int = MAX_BODY) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def parse_json(raw: bytes | str, what: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A JSON document a client sent, nested at most `max_depth` deep: 400, never a crash, when it is not.
+
+    The parser stops at the interpreter's recursion limit (a RecursionError, caught here); what it
+    returns is then walked without recursion and refused beyond `max_depth`."""
+    try:
+        data = json.loads(raw)
+    except RecursionError as exc:
+        raise BadRequest(f"The {what} is nested too deeply: at most {max_depth} levels of objects and lists.") from exc
+    except ValueError as exc:          # also UnicodeDecodeError and over-long integers
+        raise BadRequest(f"The {what} is not valid JSON: {exc}") from exc
+    if json_depth(data) > max_depth:
+        raise BadRequest(f"The {what} is nested too deeply: at most {max_depth} levels of objects and lists.")
+    return data
+
+
+def json_depth(data: Any) -> int:
+    """How deeply objects and lists nest in parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
+    return deepest

@@ -1,4 +1,9 @@
-"""The embedded mlflow server of the quick start: a child process group on a free loopback port.
+"""The embedded mlflow server of the quick start: a child process group that answers only the gate.
+
+It listens on no TCP port: uvicorn (MLflow's server, given `--uds` through `--uvicorn-opts`) binds a
+Unix domain socket in a fresh directory of mode 0700, so only the gate's own user can connect to it
+(another local user cannot even reach the socket; on Unix, processes of the same user are one trust
+domain anyway). The gate forwards over that socket (`forward.Upstream`, `unix://` upstream URLs).
 
 It is started with its own session (process group) and, on Linux, asked to die with the gate
 (PR_SET_PDEATHSIG), so stopping the gate in any way leaves no orphan behind.
@@ -6,23 +11,22 @@ It is started with its own session (process group) and, on Linux, asked to die w
 from __future__ import annotations
 
 import ctypes
+import http.client
 import logging
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.error
-import urllib.request
 
 log = logging.getLogger("mlflow_gate.embedded")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_MAX_SOCKET_PATH = 100     # sun_path holds 108 bytes on Linux
 
 
 def _die_with_parent() -> None:
@@ -33,13 +37,33 @@ def _die_with_parent() -> None:
         pass
 
 
+def socket_status(path: str, request: str = "/health", timeout: float = 2) -> int:
+    """The HTTP status of GET `request` on the Unix socket `path` (OSError when it cannot be reached)."""
+    conn = http.client.HTTPConnection("localhost", timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        conn.sock = sock
+        conn.request("GET", request)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+        sock.close()
+
+
 class EmbeddedMlflow:
-    def __init__(self, backend_store_uri: str, artifacts_destination: str, port: int | None = None,
+    def __init__(self, backend_store_uri: str, artifacts_destination: str,
                  extra_env: dict[str, str] | None = None) -> None:
         self.extra_env = extra_env or {}
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+        self.dir = tempfile.mkdtemp(prefix="mlflow-gate-")      # mode 0700: this user only
+        self.socket = os.path.join(self.dir, "mlflow.sock")
+        if len(self.socket.encode()) > _MAX_SOCKET_PATH:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise ValueError(f"the embedded server's socket path {self.socket!r} is too long for a Unix socket; "
+                             "set TMPDIR to a shorter folder")
+        self.url = "unix://" + self.socket
+        self.args = [sys.executable, "-m", "mlflow", "server", "--uvicorn-opts", shlex.join(["--uds", self.socket]),
                      "--workers", "1", "--backend-store-uri", backend_store_uri,
                      "--artifacts-destination", artifacts_destination]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -52,24 +76,30 @@ class EmbeddedMlflow:
         for key in [k for k in env if k.startswith(("MLFLOW_TRACKING_", "MLFLOW_GATE_"))]:
             env.pop(key)
         env.update(self.extra_env)
-        log.info("starting the embedded mlflow server on %s", self.url)
+        log.info("starting the embedded mlflow server (Unix socket in a folder only this user can open)")
         self.proc = subprocess.Popen(self.args, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                shutil.rmtree(self.dir, ignore_errors=True)
                 raise RuntimeError(f"the embedded mlflow server exited with code {self.proc.returncode}")
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        log.info("embedded mlflow server is ready")
-                        return
-            except (urllib.error.URLError, OSError):
+                if socket_status(self.socket) == 200:
+                    log.info("embedded mlflow server is ready")
+                    return
+            except OSError:
                 pass
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"the embedded mlflow server did not become healthy in {timeout:.0f} s")
 
     def stop(self) -> None:
+        try:
+            self._stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None and not _group_alive(self.proc.pid):
             return
         pid = self.proc.pid

@@ -50,9 +50,10 @@ class PermissionDenied(GateError):
     status = 403
     code = "PERMISSION_DENIED"
 
-    def __init__(self, message: str, decision: Decision | None = None) -> None:
+    def __init__(self, message: str, decision: Decision | None = None, *, detail: str | None = None) -> None:
         super().__init__(message)
         self.decision = decision
+        self.detail = detail        # for the audit log only (what the upstream said), never for the caller
 
 
 class BadRequest(GateError):
@@ -80,6 +81,10 @@ class RateLimited(GateError):
 class UpstreamUnavailable(GateError):
     status = 503
     code = "TEMPORARILY_UNAVAILABLE"
+
+
+class Internal(GateError):
+    """Something the gate did not expect: logged with its traceback under the request id the message names."""
 
 
 class NotFound(GateError):

@@ -48,10 +48,16 @@ class Upstream:
 
     @classmethod
     def open(cls, base_url: str) -> Upstream:
+        """An http(s) URL, or `unix:///path/to.sock` for a server on a Unix domain socket (the embedded one)."""
         parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"upstream {base_url!r} is not an http(s) URL")
-        connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30, ttl_dns_cache=300)
+        connector: aiohttp.BaseConnector
+        if parts.scheme == "unix" and parts.path.startswith("/") and not parts.netloc:
+            connector = aiohttp.UnixConnector(path=parts.path, limit=256, keepalive_timeout=30)
+            base_url = "http://localhost"        # the Host mlflow's DNS-rebinding check accepts
+        elif parts.scheme in ("http", "https") and parts.hostname:
+            connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30, ttl_dns_cache=300)
+        else:
+            raise ValueError(f"upstream {base_url!r} is neither an http(s) URL nor unix:///path/to/socket")
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
         session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                         skip_auto_headers=("User-Agent", "Accept-Encoding"))

@@ -17,6 +17,7 @@ routing beyond one table lookup (reference/proxy-overhead.md).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 from urllib.parse import quote
@@ -25,17 +26,18 @@ from . import filters, graphql
 from .artifact_views import serve_protocol, serve_view
 from .call import Call
 from .decide import is_admin
-from .edge import check_origin, check_path, header_map, is_page_load, read_body
-from .errors import GateError, PermissionDenied, RateLimited, SignInRequired, Unauthenticated, send_error
+from .edge import check_origin, check_path, header_map, is_page_load, read_body, request_id, set_headers
+from .errors import GateError, Internal, PermissionDenied, RateLimited, SignInRequired, Unauthenticated, send_error
 from .forward import Receive, Send, relay, send_bytes
 from .limits import retry_after
 from .params import read_params
 from .policy import Team
 from .resources import authorize
-from .rewrite import REWRITES
+from .rewrite import rewrite_body
 from .routes import UNKNOWN, Access, Rewrite, Route, Source
 from .services import Services
 
+log = logging.getLogger("mlflow_gate")
 _JSON = [(b"content-type", b"application/json")]
 _NO_CREDENTIAL = ("Authentication required: send Authorization: Bearer <token> (MLFLOW_TRACKING_TOKEN), "
                   "Basic credentials, or sign in at /_gate/login.")
@@ -47,18 +49,27 @@ class Gate:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         start, status = time.perf_counter(), 0
+        rid = request_id(scope)
+        set_headers(scope, {b"x-request-id": rid.encode()})        # sent upstream as well
 
         async def counted(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
             await send(message)
 
-        call = Call(scope, receive, counted)
+        call = Call(scope, receive, counted, request_id=rid)
         try:
             await self.handle(call)
         except GateError as err:
             await self.refuse(call, err)
+        except Exception:
+            log.exception("request %s (%s %s) failed", rid, scope["method"], scope.get("path"))
+            if not status:                         # nothing sent yet: the client still gets MLflow's shape
+                await send_error(counted, Internal(f"The gate failed on this request (request id {rid}); "
+                                                   "the error is logged under that id."))
         finally:
             self.s.metrics.request(scope["method"], status or 500, time.perf_counter() - start)
             self.s.metrics.team_call(call.policy, call.decisions)
@@ -67,7 +78,8 @@ class Gate:
         call.headers = header_map(call.scope)
         check_path(call.path, call.scope.get("raw_path") or call.path.encode())
         call.policy = self.s.store.current
-        call.ident = await self.s.authn.identify(call.headers, call.policy)
+        peer = call.scope.get("client")
+        call.ident = await self.s.authn.identify(call.headers, call.policy, peer[0] if peer else None)
         call.route, call.path_params = self.s.table.lookup(call.method, call.path)
         self.limit(call)
         if call.route.access is Access.PUBLIC:
@@ -76,7 +88,7 @@ class Gate:
         self.admit(call)
         if needs_body(call.route, call.method, call.query):
             call.body = await read_body(call.receive)
-        call.params = read_params(call.method, call.route.source, call.query, call.body)
+        call.params = read_params(call.method, call.route.source, call.query, call.body, call.headers)
         if call.route.access is Access.CHECKED and not call.admin:
             await authorize(call, self.s.resolver)
         await self.respond(call)
@@ -120,8 +132,8 @@ class Gate:
             await send_bytes(call.send, 200, _JSON, json.dumps(page).encode())
             return
         self.allowed(call, "admin" if call.admin else ("signed in" if route.access is Access.SIGNED_IN else "policy"))
-        if route.rewrite is not None and call.params.body is not None:
-            call.body = await self.rewritten(call, route.rewrite)
+        if route.rewrite is not None and (call.params.body is not None or call.params.spans is not None):
+            await self.rewrite(call, route.rewrite)
         if route.view is not None and await serve_view(call, self.s.artifacts, self.s.resolver):
             return
         if route.artifacts and await serve_protocol(call, self.s.artifacts):
@@ -131,9 +143,10 @@ class Gate:
             for exp_id in call.params.values("experiment_id"):
                 self.s.resolver.forget_name(exp_id)
 
-    async def rewritten(self, call: Call, rewrite: Rewrite) -> bytes:
-        assert call.params.body is not None
-        return json.dumps(REWRITES[rewrite](call.params.body, call.who, await self.team_of(call, rewrite))).encode()
+    async def rewrite(self, call: Call, rewrite: Rewrite) -> None:
+        call.body, content_type = rewrite_body(rewrite, call.params, call.who, await self.team_of(call, rewrite))
+        if content_type is not None:              # re-encoded (OTLP): no longer the client's encoding
+            set_headers(call.scope, {b"content-type": content_type, b"content-encoding": None})
 
     async def team_of(self, call: Call, rewrite: Rewrite) -> Team | None:
         """The team owning the experiment a creation lands in (for its tags)."""
@@ -144,7 +157,8 @@ class Gate:
         return call.rules.owner("experiment", name) if name else None
 
     def allowed(self, call: Call, reason: str) -> None:
-        self.s.audit.record(call.ident, call.method, call.path, True, reason, call.decisions)
+        self.s.audit.record(call.ident, call.method, call.path, True, reason, call.decisions,
+                            request_id=call.request_id)
 
     async def refuse(self, call: Call, err: GateError) -> None:
         if isinstance(err, Unauthenticated) and is_page_load(call.method, call.path, call.headers):
@@ -152,8 +166,10 @@ class Gate:
             err = SignInRequired(call.path + ("?" + query if query else ""))
         elif isinstance(err, (PermissionDenied, Unauthenticated)):
             decision = err.decision if isinstance(err, PermissionDenied) else None
-            self.s.audit.record(call.ident, call.method, call.path, False, err.message,
-                                [decision] if decision else None, err.status)
+            detail = err.detail if isinstance(err, PermissionDenied) else None
+            self.s.audit.record(call.ident, call.method, call.path, False,
+                                err.message + (f" [{detail}]" if detail else ""),
+                                [decision] if decision else None, err.status, request_id=call.request_id)
         await send_error(call.send, err)
 
     async def forward(self, call: Call, *, strip_workspace: bool = True) -> int:
@@ -170,6 +186,8 @@ def needs_body(route: Route, method: str, query: bytes) -> bool:
     """Whether the gate must read the body: to decide on it, filter by it or rewrite it."""
     if route.graphql:
         return method != "GET"
+    if route.source is Source.OTLP:
+        return True
     return route.source is Source.PROTO and (method != "GET" or not query) and (
         route.access is Access.CHECKED or route.search is not None or route.rewrite is not None)
 

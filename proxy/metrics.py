@@ -52,8 +52,8 @@ class Metrics:
                                   ["kind"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.upstream_errors = Counter("mlflow_gate_upstream_errors", "Upstream calls that failed to connect",
                                        registry=self.registry)
-        self.artifact_bytes = Counter("mlflow_gate_artifact_bytes",
-                                      "Artifact bytes served by the gate's stores, by the store's team or (default)",
+        self.artifact_bytes = Counter("mlflow_gate_artifact_bytes", "Artifact bytes served by the gate's stores, "
+                                      "by team (store: the team's name, or default)",
                                       ["direction", "store"], registry=self.registry)
         self.team_requests = Counter("mlflow_gate_team_requests", "Requests by the team owning what they touch",
                                      ["team"], registry=self.registry)

@@ -50,7 +50,8 @@ class OidcLogin:
             raise SignInError(f"The identity provider cannot be reached ({exc.__class__.__name__}); try again "
                               "shortly.", 503) from exc
 
-    async def finish(self, request: Request) -> tuple[Identity, str]:
+    async def finish(self, request: Request) -> tuple[Identity, str, str | None]:
+        """The signed-in identity, where to go next, and the provider's refresh token (if it gave one)."""
         next_path = str(request.session.pop(NEXT_KEY, "/") or "/")
         try:
             token = await self.client.authorize_access_token(request)
@@ -73,7 +74,9 @@ class OidcLogin:
         groups = claims.get(self.settings.groups_claim) or []
         if not isinstance(groups, list):
             groups = [groups]
-        return Identity(uid, frozenset(str(g) for g in groups), via="session"), next_path
+        refresh = token.get("refresh_token")
+        return (Identity(uid, frozenset(str(g) for g in groups), via="session"), next_path,
+                refresh if isinstance(refresh, str) and refresh else None)
 
     async def logout_url(self, request: Request) -> str | None:
         """The provider's end_session_endpoint with client_id and where to come back to, if it has one."""

@@ -2,6 +2,7 @@
 personal tokens, who am I, health."""
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -16,11 +17,11 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from .decide import context_for, is_admin
-from .errors import BadRequest, GateError, NotFound, PermissionDenied, Unauthenticated, error_response
+from .errors import BadRequest, GateError, NotFound, PermissionDenied, RateLimited, Unauthenticated, error_response
 from .identity import Identity
 from .oidc import SignInError
 from .services import Services
-from .sessions import clear_cookie_header, cookie_header, make_session
+from .sessions import COOKIE, clear_cookie_header, cookie_header, make_session, new_session
 from .tokens import TokenError, mint_token, parse_duration, read_token
 
 TOKENS_COOKIE = "mlflow_gate_tokens"
@@ -117,11 +118,16 @@ async def _login_post(request: Request, rt: Services) -> Response:
         return page("Sign in", '<p class="err">Cross-site sign-in refused.</p>', 403)
     form = await small_form(request)
     next_path = safe_next(str(form.get("next") or "/"))
+    again = functools.partial(_login_form, next_path, accounts=bool(policy.users), provider=rt.oidc is not None)
     try:
-        ident = rt.authn.local_account(str(form.get("username") or ""), str(form.get("password") or ""), policy)
+        ident = await rt.authn.local_account(str(form.get("username") or ""), str(form.get("password") or ""),
+                                             policy, _client(request))
+    except RateLimited as exc:
+        answer = page("Sign in", again(exc.message), 429)
+        answer.headers["retry-after"] = str(exc.retry_after)
+        return answer
     except Unauthenticated:
-        return page("Sign in", _login_form(next_path, "Unknown user or wrong password.", accounts=bool(policy.users),
-                                           provider=rt.oidc is not None), 401)
+        return page("Sign in", again("Unknown user or wrong password."), 401)
     return signed_in(rt, ident, next_path)
 
 
@@ -130,15 +136,21 @@ async def callback(request: Request) -> Response:
     if rt.oidc is None:
         return page("Sign in", '<p class="err">No identity provider is configured.</p>', 404)
     try:
-        ident, next_path = await rt.oidc.finish(request)
+        ident, next_path, refresh_token = await rt.oidc.finish(request)
+        ident = rt.authn.admit(ident, rt.store.current)
     except SignInError as exc:
         return page("Sign-in failed", f'<p class="err">{html.escape(exc.message)}</p>'
                     '<p><a href="/_gate/login">Try again</a></p>', exc.status)
-    return signed_in(rt, ident, safe_next(next_path))
+    except Unauthenticated as exc:
+        return page("Sign-in refused", f'<p class="err">{html.escape(exc.message)}</p>', 403)
+    return signed_in(rt, ident, safe_next(next_path), refresh_token)
 
 
 async def logout(request: Request) -> Response:
     rt = _services(request)
+    value = request.cookies.get(COOKIE)
+    if value:
+        await rt.authn.sign_out(value)
     target = "/_gate/signed-out"
     if rt.oidc is not None:
         target = await rt.oidc.logout_url(request) or target
@@ -191,8 +203,10 @@ async def tokens(request: Request) -> Response:
 
 def _minted(request: Request, rt: Services, ident: Identity, seconds: int, name: str,
             listed: list[dict[str, Any]]) -> Response:
-    token = mint_token(rt.secret_key, ident.id, tuple(sorted(ident.groups)), seconds, name)
-    claims = read_token(rt.secret_key, token).as_json()
+    token = mint_token(rt.secret_key, ident.id, tuple(sorted(ident.groups)), seconds, name, account=ident.account)
+    minted = read_token(rt.secret_key, token)
+    rt.audit.minted(ident, minted)
+    claims = minted.as_json()
     listed = ([{k: claims[k] for k in ("id", "name", "expires_at")}] + listed)[:20]
     if wants_json(request):
         response: Response = JSONResponse({"token": token, **claims}, headers={"cache-control": "no-store"})
@@ -216,16 +230,21 @@ async def oidc_info(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
+    """The status for anyone (probes send no credential); the details only for admins."""
     rt = _services(request)
+    ident = await _credential(request)
+    if isinstance(ident, Response):
+        return ident
     upstream_ok, detail = await rt.upstream_health()
     policy = rt.store.current
-    body = {
-        "status": "ok" if upstream_ok else "unavailable",
-        "upstream": {"ok": upstream_ok, "detail": detail},
-        "stores": await rt.artifacts.stores.health(policy),
-        "policy": {"sources": list(policy.sources), "teams": len(policy.teams), "error": rt.store.error,
-                   "reloads": rt.store.reloads},
-    }
+    body: dict[str, Any] = {"status": "ok" if upstream_ok else "unavailable"}
+    if ident is not None and is_admin(policy, ident):
+        body.update({
+            "upstream": {"ok": upstream_ok, "detail": detail},
+            "stores": await rt.artifacts.stores.health(policy),
+            "policy": {"sources": list(policy.sources), "teams": len(policy.teams), "error": rt.store.error,
+                       "reloads": rt.store.reloads},
+        })
     return JSONResponse(body, status_code=200 if upstream_ok else 503, headers={"cache-control": "no-store"})
 
 
@@ -235,14 +254,39 @@ async def live(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(_services(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    """For admins; Prometheus scrapes the listener of `serve --metrics-port` instead, with no credential."""
+    rt = _services(request)
+    ident = await _credential(request)
+    if isinstance(ident, Response):
+        return ident
+    if ident is None or not is_admin(rt.store.current, ident):
+        err: GateError = (Unauthenticated if ident is None else PermissionDenied)(
+            "/_gate/metrics is for admins; scrape the metrics listener (mlflow-gate serve --metrics-port) instead.")
+        return error_response(err)
+    return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8",
+                    headers={"cache-control": "no-store"})
+
+
+async def _credential(request: Request) -> Identity | None | Response:
+    """The caller if the request carries a credential, None if it carries none, 401 JSON if it is invalid."""
+    rt = _services(request)
+    try:
+        return await rt.authn.identify({k.lower(): v for k, v in request.headers.raw}, rt.store.current,
+                                       _client(request))
+    except GateError as err:
+        return error_response(err)
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 async def caller(request: Request) -> Identity | Response:
     """The signed-in caller, or the answer for one who is not (sign-in redirect for browsers, else 401 JSON)."""
     rt = _services(request)
     try:
-        ident = await rt.authn.identify({k.lower(): v for k, v in request.headers.raw}, rt.store.current)
+        ident = await rt.authn.identify({k.lower(): v for k, v in request.headers.raw}, rt.store.current,
+                                        _client(request))
         if ident is None:
             raise Unauthenticated("Authentication required.")
     except GateError as err:
@@ -321,8 +365,8 @@ def same_origin(request: Request, rt: Services) -> bool:
     return f"{parts.scheme}://{parts.netloc}" == _origin_of(request, rt)
 
 
-def signed_in(rt: Services, ident: Identity, next_path: str) -> Response:
-    value = make_session(rt.secret_key, Identity(ident.id, ident.groups, via="session"), rt.session_lifetime)
+def signed_in(rt: Services, ident: Identity, next_path: str, refresh_token: str | None = None) -> Response:
+    value = make_session(rt.secret_key, new_session(ident, rt.session_lifetime, refresh_token))
     response = RedirectResponse(next_path, status_code=303, headers={"cache-control": "no-store"})
     response.raw_headers.append((b"set-cookie", cookie_header(value, max_age=rt.session_lifetime,
                                                               secure=rt.secure_cookies)))

@@ -8,10 +8,13 @@ spellings, or a scalar given twice, is refused.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import parse_qsl
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from . import otlp
+from .edge import parse_json
 from .errors import BadRequest
 from .routes import Source
 
@@ -22,11 +25,13 @@ def camel(name: str) -> str:
 
 
 class Params:
-    """Parameters of one request: `query` pairs, or a `body` JSON object."""
+    """Parameters of one request: `query` pairs, a `body` JSON object, or an OTLP export (`spans`)."""
 
-    def __init__(self, query: list[tuple[str, str]] | None = None, body: dict[str, Any] | None = None) -> None:
+    def __init__(self, query: list[tuple[str, str]] | None = None, body: dict[str, Any] | None = None,
+                 spans: ExportTraceServiceRequest | None = None) -> None:
         self.query = query
         self.body = body
+        self.spans = spans
 
     @property
     def from_query(self) -> bool:
@@ -36,6 +41,8 @@ class Params:
         """Every id a field names (a scalar, a list, or a dotted path with `[]` into the body)."""
         if self.query is not None:
             return [v for k, v in self.query if k == field]
+        if self.spans is not None:
+            return otlp.trace_ids(self.spans) if field == "trace_ids" else []
         if self.body is None:
             return []
         return [str(v) for v in _walk(self.body, field.split(".")) if v is not None and v != ""]
@@ -83,38 +90,37 @@ def parse_body(body: bytes) -> dict[str, Any]:
     """The JSON body as MLflow reads it (empty -> {}, double-encoded string decoded again)."""
     if not body.strip():
         return {}
-    try:
-        data = json.loads(body)
-        if isinstance(data, str):
-            data = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}") from exc
+    data = parse_json(body, "request body")
+    if isinstance(data, str):
+        data = parse_json(data, "request body")
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object.")
     _reject_twins(data)
     return data
 
 
-def _reject_twins(obj: Any, depth: int = 0) -> None:
-    """Refuse any object, at any depth, that spells one field both snake_case and camelCase."""
-    if depth > 32:
-        raise BadRequest("The request body is nested too deeply.")
+def _reject_twins(obj: Any) -> None:
+    """Refuse any object, at any depth, that spells one field both snake_case and camelCase
+    (`parse_json` has bounded the depth)."""
     if isinstance(obj, dict):
         keys = set(obj)
         for key in keys:
             if "_" in key and camel(key) in keys and camel(key) != key:
                 raise BadRequest(f"Request specifies both '{key}' and '{camel(key)}'; provide only one of them.")
         for value in obj.values():
-            _reject_twins(value, depth + 1)
+            _reject_twins(value)
     elif isinstance(obj, list):
         for item in obj:
-            _reject_twins(item, depth + 1)
+            _reject_twins(item)
 
 
-def read_params(method: str, source: Source | str, query_string: bytes, body: bytes | None) -> Params:
+def read_params(method: str, source: Source | str, query_string: bytes, body: bytes | None,
+                headers: dict[bytes, bytes] | None = None) -> Params:
     source = Source(source)
     if source is Source.NONE:
         return Params(query=[])
+    if source is Source.OTLP:
+        return Params(spans=otlp.read(body or b"", headers or {}))
     query = parse_query(query_string)
     if source is Source.QUERY or (method == "GET" and query):
         return Params(query=query)
@@ -139,5 +145,14 @@ def ids_of(fields: tuple[str, ...], params: Params, path_params: dict[str, str],
             values = params.values(field)
             if params.query is not None and len(values) > 1 and not field.endswith("s") and not repeatable:
                 raise BadRequest(f"Parameter '{field}' is given {len(values)} times; give it once.")
-        out += [v for v in values if v not in out]
+        out += [_printable(field, v) for v in values if v not in out]
     return out
+
+
+def _printable(field: str, value: str) -> str:
+    """An id the gate looks up must be text it can send on (no lone surrogates from a JSON escape)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"Parameter '{field.split(':')[-1]}' is not valid UTF-8 text.") from exc
+    return value

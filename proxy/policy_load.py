@@ -314,14 +314,20 @@ def _read_user(r: Reader, uid: str, spec: Any, parts: Parts) -> None:
 
 
 def _revoked_users(r: Reader, value: Any) -> list[str]:
+    """User ids written as subjects are (user@domain or user:ID), or a machine id as an issuer makes it
+    (`system:serviceaccount:ml:trainer`), lower-cased. A bare word is refused: most likely a typo."""
     out = []
     for i, text in enumerate(r.strings(value, ("revoked_users",))):
-        text = text.strip()
-        if text == "everyone" or text.startswith(("group:", "team:")) or not text or " " in text:
+        try:
+            subject = Subject.parse(text)
+        except ValueError:
+            machine = ":" in text and " " not in text.strip()
+            subject = Subject("user", text.strip().lower()) if machine else Subject("none")
+        if subject.kind != "user":
             r.problem(("revoked_users", i), f"{text!r} is not a user id: list ids (bob@example.com, user:ci-bot); "
                                             "to cut off a group, use `denies`")
-            continue
-        out.append(text[len("user:"):].lower() if text.startswith("user:") else text.lower())
+        else:
+            out.append(subject.value)
     return out
 
 

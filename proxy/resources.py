@@ -2,9 +2,14 @@
 experiment; experiment id -> name. Looked up through the upstream and cached.
 
 Mappings that never change (a run's, trace's or logged model's experiment) are kept until the
-cache is full; an experiment's name can change by rename, so it is kept for a short time and
-dropped by the gate when a rename passes through it. An id that cannot be resolved raises
-`Unresolvable`: the caller denies, never allows.
+cache is full (the gate lets no trace move: see `existing_trace`); an experiment's name can change
+by rename, so it is kept for a short time and dropped by the gate when a rename passes through it.
+An id that cannot be resolved raises `Unresolvable`: the caller denies, never allows, with the
+message a refused object gets (`denial`), so no answer tells whether another team's object exists.
+
+Ids the client chooses (a trace id of a trace it starts or exports spans to) are the exception: a
+trace the upstream definitely does not have (404 RESOURCE_DOES_NOT_EXIST) is a create; every other
+lookup stays fail-closed.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 from .cache import LRU
 from .decide import Decision, decide
@@ -22,17 +27,23 @@ from .identity import Identity
 from .params import ids_of
 from .policy import Level, Policy
 from .rewrite import STORE_TAG
-from .routes import Names
+from .routes import Names, Need
 
 if TYPE_CHECKING:
     from .call import Call
 
 _EXPERIMENT_ID = re.compile(r"^[0-9]{1,19}$")
+_CHOSEN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")      # what a client may pick as a new id
 PROMPT_SOURCES = frozenset({"prompt-template", "dummy-source"})   # MLflow's placeholders for prompt versions
 
 
 class Unresolvable(PermissionDenied):
-    """An id the upstream does not know (or will not say): denied, with the id named."""
+    """An id the upstream does not know (or will not say): denied like an object of another team.
+
+    `detail` (what the upstream said) goes to the audit log only."""
+
+    def __init__(self, shown: str, detail: str) -> None:
+        super().__init__(f"Permission denied: you have no access to {shown}, or it does not exist.", detail=detail)
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,6 @@ class Target:
     kind: str          # experiment | model
     name: str
     level: Level       # what the request needs on it
-    shown: str         # how the caller named it, for a denial (never the resolved name)
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,14 @@ def _dig(data: Any, *keys: str) -> Any:
     return data
 
 
+def _stored_in(what: str, ident: str, data: Any, field: tuple[str, ...]) -> str:
+    """The experiment id at `field` of a lookup's answer."""
+    found = _dig(data, *field)
+    if not found:
+        raise Unresolvable(f"{what} {ident}", "not stored in an MLflow experiment")
+    return str(found)
+
+
 class Resolver:
     def __init__(self, upstream: Upstream, *, name_ttl: float = 30.0, size: int = 100_000) -> None:
         self.upstream = upstream
@@ -68,15 +86,10 @@ class Resolver:
         self.model_artifacts: LRU[str, str] = LRU(size)
         self.names: LRU[str, tuple[str, str | None]] = LRU(size, ttl=name_ttl)   # id -> (name, store team)
         self.datasets: LRU[str, tuple[str, ...]] = LRU(size // 10, ttl=name_ttl)
+        self.trace_route_v3: bool | None = None   # whether the upstream has GET /api/3.0/mlflow/traces/{id}
 
     async def _get(self, what: str, ident: str, path: str, params: dict[str, str] | None = None) -> Any:
-        status, data = await self.upstream.get_json(path, params)
-        if status == 200:
-            return data
-        if status >= 500:
-            raise UpstreamUnavailable(f"The MLflow server failed to look up {what} {ident!r} ({status}).")
-        raise Unresolvable(f"Permission denied: {what} {ident!r} cannot be resolved to an experiment "
-                           f"(the server answered {status}).")
+        return _expect_found(what, ident, *await self.upstream.get_json(path, params))
 
     async def run(self, run_id: str) -> RunInfo:
         info = self.runs.get(run_id)
@@ -84,16 +97,58 @@ class Resolver:
             data = await self._get("run", run_id, "/api/2.0/mlflow/runs/get", {"run_id": run_id})
             exp_id = _dig(data, "run", "info", "experiment_id")
             if not exp_id:
-                raise Unresolvable(f"Permission denied: run {run_id!r} names no experiment.")
+                raise Unresolvable(f"run {run_id}", "the run names no experiment")
             info = RunInfo(str(exp_id), str(_dig(data, "run", "info", "user_id") or ""),
                            str(_dig(data, "run", "info", "artifact_uri") or ""))
             self.runs.put(run_id, info)
         return info
 
     async def trace(self, trace_id: str) -> str:
-        return await self._experiment_of(self.traces, "trace", trace_id,
-                                         f"/api/3.0/mlflow/traces/{quote(trace_id, safe='')}",
-                                         ("trace", "trace_info", "trace_location", "mlflow_experiment", "experiment_id"))
+        exp_id = self.traces.get(trace_id)
+        if exp_id is None:
+            status, data, field = await self._trace_lookup(trace_id)
+            exp_id = _stored_in("trace", trace_id, _expect_found("trace", trace_id, status, data), field)
+            self.traces.put(trace_id, exp_id)
+        return exp_id
+
+    async def _trace_lookup(self, trace_id: str) -> tuple[int, Any, tuple[str, ...]]:
+        """The upstream's answer about a trace, and where in it the experiment id is. MLflow 3.2 on answers
+        `GET /api/3.0/mlflow/traces/{id}`; 2.22 and 3.1 lack that route (their 404 is not MLflow's JSON error:
+        remembered) and answer `GET /api/2.0/mlflow/traces/{id}/info`, as all versions do."""
+        if self.trace_route_v3 is not False:
+            status, data = await self.upstream.get_json(_trace_path(trace_id))
+            if status != 404 or (isinstance(data, dict) and data.get("error_code")):
+                self.trace_route_v3 = True
+                return status, data, _TRACE_EXPERIMENT
+            self.trace_route_v3 = False
+        status, data = await self.upstream.get_json(f"/api/2.0/mlflow/traces/{quote(trace_id, safe='')}/info")
+        return status, data, ("trace_info", "experiment_id")
+
+    async def existing_trace(self, trace_id: str) -> str | None:
+        """The experiment of the trace a client-chosen id names, or None when there is none yet (a create).
+
+        Only a definite "does not exist" from the upstream makes an id new. MLflow never moves a
+        trace for the gate's callers (`Need.within` keeps trace starts in the trace's experiment),
+        so the mapping is cached like any other."""
+        if not _CHOSEN_ID.match(trace_id):
+            raise BadRequest(f"Invalid trace id {trace_id!r}: use letters, digits, '-' and '_' (at most 128).")
+        if (cached := self.traces.get(trace_id)) is not None:
+            return cached
+        status, data, field = await self._trace_lookup(trace_id)
+        if _missing(status, data):
+            return None
+        exp_id = _stored_in("trace", trace_id, _expect_found("trace", trace_id, status, data), field)
+        self.traces.put(trace_id, exp_id)
+        return exp_id
+
+    async def is_assessment_of(self, trace_id: str, assessment_id: str) -> bool:
+        """Whether the trace holds an assessment with this id (not cached: assessments come and go)."""
+        path = f"{_trace_path(trace_id)}/assessments/{quote(assessment_id, safe='')}"
+        status, data = await self.upstream.get_json(path)
+        if _missing(status, data):
+            return False
+        _expect_found("assessment", assessment_id, status, data)
+        return True
 
     async def logged_model(self, model_id: str) -> str:
         return await self._experiment_of(self.logged_models, "logged model", model_id,
@@ -120,10 +175,7 @@ class Resolver:
         """The experiment id a child object lives in: looked up once, then cached (it never moves)."""
         exp_id = cache.get(ident)
         if exp_id is None:
-            found = _dig(await self._get(what, ident, path), *field)
-            if not found:
-                raise Unresolvable(f"Permission denied: {what} {ident!r} is not stored in an MLflow experiment.")
-            exp_id = str(found)
+            exp_id = _stored_in(what, ident, await self._get(what, ident, path), field)
             cache.put(ident, exp_id)
         return exp_id
 
@@ -134,7 +186,7 @@ class Resolver:
                                    f"/api/3.0/mlflow/datasets/{quote(dataset_id, safe='')}/experiment-ids")
             ids = tuple(str(i) for i in data.get("experiment_ids", ()))
             if not ids:
-                raise Unresolvable(f"Permission denied: dataset {dataset_id!r} belongs to no experiment.")
+                raise Unresolvable(f"dataset {dataset_id}", "the dataset belongs to no experiment")
             self.datasets.put(dataset_id, ids)
         return ids
 
@@ -154,7 +206,7 @@ class Resolver:
                                    {"experiment_id": experiment_id})
             name = _dig(data, "experiment", "name")
             if not isinstance(name, str):
-                raise Unresolvable(f"Permission denied: experiment {experiment_id!r} has no name.")
+                raise Unresolvable(f"experiment {experiment_id}", "the experiment has no name")
             tags = _dig(data, "experiment", "tags") or []
             store = next((t.get("value") for t in tags if isinstance(t, dict) and t.get("key") == STORE_TAG), None)
             info = (name, store)
@@ -170,32 +222,35 @@ class Resolver:
         """The names one id of a request stands for, with the level needed on each."""
         return await _RESOLVE[what](self, value, ident, level)
 
-    async def _by_experiment(self, exp_id: str, level: Level, shown: str) -> list[Target]:
-        return [Target("experiment", await self.experiment_name(exp_id), level, shown)]
+    async def _by_experiment(self, exp_id: str, level: Level) -> list[Target]:
+        return [Target("experiment", await self.experiment_name(exp_id), level)]
 
     async def _experiment_id(self, value: str, ident: Identity, level: Level) -> list[Target]:
-        return await self._by_experiment(value, level, f"experiment {value}")
+        return await self._by_experiment(value, level)
 
     async def _run(self, value: str, ident: Identity, level: Level) -> list[Target]:
-        return await self._by_experiment((await self.run(value)).experiment_id, level, f"run {value}")
+        return await self._by_experiment((await self.run(value)).experiment_id, level)
 
     async def _run_owned(self, value: str, ident: Identity, level: Level) -> list[Target]:
         info = await self.run(value)
-        return await self._by_experiment(info.experiment_id, level if info.user_id == ident.id else Level.MANAGE,
-                                         f"run {value}")
+        return await self._by_experiment(info.experiment_id, level if info.user_id == ident.id else Level.MANAGE)
 
     async def _trace(self, value: str, ident: Identity, level: Level) -> list[Target]:
-        return await self._by_experiment(await self.trace(value), level, f"trace {value}")
+        return await self._by_experiment(await self.trace(value), level)
+
+    async def _new_trace(self, value: str, ident: Identity, level: Level) -> list[Target]:
+        """A chosen trace id: nothing to decide when it is new (the route decides on where it goes)."""
+        exp_id = await self.existing_trace(value)
+        return [] if exp_id is None else await self._by_experiment(exp_id, level)
 
     async def _logged_model(self, value: str, ident: Identity, level: Level) -> list[Target]:
-        return await self._by_experiment(await self.logged_model(value), level, f"logged model {value}")
+        return await self._by_experiment(await self.logged_model(value), level)
 
     async def _dataset(self, value: str, ident: Identity, level: Level) -> list[Target]:
-        return [t for exp_id in await self.dataset(value)
-                for t in await self._by_experiment(exp_id, level, f"dataset {value}")]
+        return [t for exp_id in await self.dataset(value) for t in await self._by_experiment(exp_id, level)]
 
     async def _artifact_path(self, value: str, ident: Identity, level: Level) -> list[Target]:
-        return await self._by_experiment(artifact_experiment(value), level, f"artifact path {value!r}")
+        return await self._by_experiment(artifact_experiment(value), level)
 
     async def _source(self, source: str, ident: Identity, level: Level) -> list[Target]:
         """A model version's source must be something the caller may read, never a raw storage URI."""
@@ -210,11 +265,27 @@ class Resolver:
         raise PermissionDenied("Permission denied: a model version's source must be a runs:/, models:/ or "
                                "mlflow-artifacts: URI of something you can read; raw storage URIs are for admins.")
 
+    async def _prompt_uri(self, uri: str, ident: Identity, level: Level) -> list[Target]:
+        return [Target("model", prompt_name(uri), level)]
 
-def _by_name(kind: str, what: str) -> Callable[[Resolver, str, Identity, Level], Awaitable[list[Target]]]:
+    async def _within_only(self, value: str, ident: Identity, level: Level) -> list[Target]:
+        raise TypeError("an assessment id is checked within its trace (Need.within), never on its own")
+
+
+def _by_name(kind: str) -> Callable[[Resolver, str, Identity, Level], Awaitable[list[Target]]]:
     async def resolve(resolver: Resolver, value: str, ident: Identity, level: Level) -> list[Target]:
-        return [Target(kind, value, level, f"{what} {value!r}")]
+        return [Target(kind, value, level)]
     return resolve
+
+
+def prompt_name(uri: str) -> str:
+    """The prompt a `prompts:/NAME/VERSION` or `prompts:/NAME@ALIAS` URI names, parsed as MLflow parses it."""
+    parsed = urlparse(uri, allow_fragments=False)
+    parts = parsed.path[1:].split("/") if parsed.path.startswith("/") else []
+    if parsed.scheme != "prompts" or parsed.netloc or parsed.params or parsed.query or not 1 <= len(parts) <= 2 \
+            or not parts[0].strip():
+        raise BadRequest(f"Invalid prompt URI {uri!r}: use prompts:/<name>/<version> or prompts:/<name>@<alias>.")
+    return parts[0] if len(parts) == 2 else parts[0].rsplit("@", 1)[0]
 
 
 async def authorize(call: Call, resolver: Resolver) -> None:
@@ -229,20 +300,33 @@ async def authorize(call: Call, resolver: Resolver) -> None:
         if need.alias and not aliases:
             raise BadRequest(f"Missing value for required parameter '{need.alias}'.")
         for value in ids:
-            await check(call, resolver, need.what, value, need.level, aliases=aliases)
+            if need.within is None:
+                await check(call, resolver, need.what, value, need.level, aliases=aliases)
+            else:
+                await check_within(call, resolver, need, value)
 
 
 async def check(call: Call, resolver: Resolver, what: Names, value: str, level: Level, *,
                 aliases: tuple[str, ...] = ()) -> None:
     """One id: resolved to its names, each decided and recorded; refused at the first shortfall.
-    `aliases`: the model aliases the request sets, moves or deletes (protected ones need manage)."""
-    for target in await resolver.targets(what, value, call.who, level):
+    `aliases`: the model aliases the request sets, moves or deletes (a protected one needs manage).
+
+    Refused with no access and not found are one answer (`denial`): the level the route needs, the
+    id as the caller gave it. Only a caller who may read the object learns the level it holds."""
+    shown = SHOWN[what].format(value)
+    try:
+        targets = await resolver.targets(what, value, call.who, level)
+    except Unresolvable as exc:
+        raise PermissionDenied(denial(level, shown), detail=exc.detail) from exc
+    for target in targets:
         protected = _protected(call.rules, target, aliases)
-        needed = Level.MANAGE if protected else target.level
-        decision = decide(call.rules, call.who, target.kind, target.name, needed)
+        decision = decide(call.rules, call.who, target.kind, target.name,
+                          Level.MANAGE if protected else target.level)
         call.decisions.append(decision)
         if not decision.allowed:
-            raise PermissionDenied(_refusal(target, decision, protected), decision)
+            if decision.have is Level.NONE:
+                raise PermissionDenied(denial(level, shown), decision)
+            raise PermissionDenied(_refusal(shown, target, decision, protected), decision)
 
 
 def _protected(policy: Policy, target: Target, aliases: tuple[str, ...]) -> str | None:
@@ -252,29 +336,81 @@ def _protected(policy: Policy, target: Target, aliases: tuple[str, ...]) -> str 
     return f"{found!r} (team {team.name})" if team and found is not None else None
 
 
-def _refusal(target: Target, decision: Decision, protected: str | None) -> str:
+def _refusal(shown: str, target: Target, decision: Decision, protected: str | None) -> str:
     if protected is not None and decision.have >= target.level:     # refused because the alias is protected
-        return (f"Permission denied: alias {protected} of {target.shown} is protected: setting, moving or "
-                f"deleting it needs manage on the model; you have {decision.have}.")
-    return f"Permission denied: {target.level} on {target.shown} is needed; you have {decision.have}."
+        return (f"Permission denied: alias {protected} of {shown} is protected: setting, moving or deleting it "
+                f"needs manage on the model; you have {decision.have}.")
+    return f"Permission denied: {target.level} on {shown} is needed; you have {decision.have}."
 
 
+def denial(level: Level, shown: str) -> str:
+    return f"Permission denied: {level} on {shown} is needed; you have no access to it, or it does not exist."
+
+
+async def check_within(call: Call, resolver: Resolver, need: Need, value: str) -> None:
+    """A chosen id that must stay where the request puts it: a trace started in the experiment it is already
+    in (or a new one), an assessment id of that trace's own. MLflow would otherwise merge the start into the
+    existing trace (or assessment) and move it, wherever it was."""
+    assert need.within is not None
+    where = ids_of((need.within,), call.params, call.path_params, call.headers)
+    if need.what is Names.NEW_TRACE:
+        exp_id = await resolver.existing_trace(value)
+        if exp_id is not None and exp_id not in where:
+            raise PermissionDenied(f"Permission denied: trace {value} already exists in another experiment, and a "
+                                   "trace cannot move; start it with a new trace id.", detail=f"in experiment {exp_id}")
+    elif not (where and await resolver.is_assessment_of(where[0], value)):
+        raise PermissionDenied(f"Permission denied: assessment {value} is not one of this trace's; leave "
+                               "assessment_id and overrides out of the assessments of a trace you start.")
+
+
+# How a denial names each kind of id: as the caller gave it, never what it resolved to.
+SHOWN: dict[Names, str] = {
+    Names.EXPERIMENT: "experiment {}", Names.EXPERIMENT_NAME: "experiment {!r}", Names.NEW_EXPERIMENT: "experiment {!r}",
+    Names.RUN: "run {}", Names.RUN_OWNED: "run {}", Names.TRACE: "trace {}", Names.NEW_TRACE: "trace {}",
+    Names.ASSESSMENT: "assessment {}", Names.LOGGED_MODEL: "logged model {}", Names.MODEL: "model {!r}",
+    Names.NEW_MODEL: "model {!r}", Names.PROMPT_URI: "prompt {!r}", Names.DATASET: "dataset {}",
+    Names.ARTIFACT_PATH: "artifact path {!r}", Names.SOURCE_URI: "model version source {!r}",
+}
 _RESOLVE: dict[Names, Callable[[Resolver, str, Identity, Level], Awaitable[list[Target]]]] = {
     Names.EXPERIMENT: Resolver._experiment_id,
-    Names.EXPERIMENT_NAME: _by_name("experiment", "experiment"),
-    Names.NEW_EXPERIMENT: _by_name("experiment", "experiment"),
+    Names.EXPERIMENT_NAME: _by_name("experiment"),
+    Names.NEW_EXPERIMENT: _by_name("experiment"),
     Names.RUN: Resolver._run,
     Names.RUN_OWNED: Resolver._run_owned,
     Names.TRACE: Resolver._trace,
+    Names.NEW_TRACE: Resolver._new_trace,
+    Names.ASSESSMENT: Resolver._within_only,
     Names.LOGGED_MODEL: Resolver._logged_model,
-    Names.MODEL: _by_name("model", "model"),
-    Names.NEW_MODEL: _by_name("model", "model"),
+    Names.MODEL: _by_name("model"),
+    Names.NEW_MODEL: _by_name("model"),
+    Names.PROMPT_URI: Resolver._prompt_uri,
     Names.DATASET: Resolver._dataset,
     Names.ARTIFACT_PATH: Resolver._artifact_path,
     Names.SOURCE_URI: Resolver._source,
 }
-if set(_RESOLVE) != set(Names):                # every kind of id a route can name has its resolution
-    raise ImportError(f"ids without a resolution: {sorted(n.value for n in set(Names) - set(_RESOLVE))}")
+for _table, _what in ((_RESOLVE, "a resolution"), (SHOWN, "a way to show them")):
+    if set(_table) != set(Names):              # every kind of id a route can name is resolved and shown
+        raise ImportError(f"ids without {_what}: {sorted(n.value for n in set(Names) - set(_table))}")
+
+
+def _trace_path(trace_id: str) -> str:
+    return f"/api/3.0/mlflow/traces/{quote(trace_id, safe='')}"
+
+
+_TRACE_EXPERIMENT = ("trace", "trace_info", "trace_location", "mlflow_experiment", "experiment_id")
+
+
+def _missing(status: int, data: Any) -> bool:
+    """The upstream's definite "no such object" (not a refusal, a bad id or a failure)."""
+    return status == 404 and isinstance(data, dict) and data.get("error_code") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _expect_found(what: str, ident: str, status: int, data: Any) -> Any:
+    if status == 200:
+        return data
+    if status >= 500:
+        raise UpstreamUnavailable(f"The MLflow server failed to look up {what} {ident!r} ({status}).")
+    raise Unresolvable(f"{what} {ident}", f"the server answered {status}")
 
 
 def artifact_experiment(path: str) -> str:

@@ -1,24 +1,35 @@
-"""Request rewrites applied before forwarding. Pure functions over the parsed JSON body.
+"""Request rewrites applied before forwarding. Pure functions over the parsed body.
 
 - experiments/create: the client's `artifact_location` is dropped, so the upstream puts the
   experiment under its own store (`mlflow-artifacts:/<id>`); the owning team's tags are added.
 - runs/create: tag `mlflow.user` (and `user_id`) become the authenticated id; team tags added.
-- runs/set-tag and runs/log-batch: `mlflow.user` cannot be set to anyone else.
+- Everything else a caller creates records the authenticated id as its creator where MLflow reads
+  one: tag `mlflow.user` of logged models, registered models and versions (prompts too), traces
+  (v3 metadata, v2 request metadata, OTLP root spans), evaluation datasets and their records,
+  and an issue's `created_by`. Whatever the client sent there is replaced.
+- Tags set later (runs, traces, logged models, registry, datasets): `mlflow.user` cannot be set to
+  anyone else.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
-from .errors import PermissionDenied
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from . import otlp
+from .edge import parse_json
+from .errors import BadRequest, PermissionDenied
 from .identity import Identity
-from .params import camel
+from .params import Params, camel
 from .policy import Team
 from .routes import Rewrite
 
 USER_TAG = "mlflow.user"
 GATE_TAGS = "mlflow-gate."          # tags only the gate sets
 STORE_TAG = "mlflow-gate.artifact-store"
+_JSON_STRING_DEPTH = 64             # dataset records nest user data deeper than request bodies do
 
 
 def _pop(body: dict[str, Any], key: str) -> Any:
@@ -60,18 +71,117 @@ def run_create(body: dict[str, Any], ident: Identity, team: Team | None) -> dict
 
 
 def run_set_tag(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    """A key/value tag body (runs, traces, registered models, model versions)."""
     if body.get("key") == USER_TAG:
         body["value"] = ident.id
     return body
 
 
 def run_log_batch(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
-    tags = body.get("tags")
-    if isinstance(tags, list):
-        for tag in tags:
-            if isinstance(tag, dict) and tag.get("key") == USER_TAG:
-                tag["value"] = ident.id
+    """A `tags` list on an existing object (runs/log-batch, logged-model tags)."""
+    _claim(_field(body, "tags"), ident)
     return body
+
+
+def created_with_tags(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    """A creation with a `tags` list (logged models, registered models and versions)."""
+    body["tags"] = _with_tags(_pop(body, "tags"), {USER_TAG: ident.id}, {})
+    return body
+
+
+def trace_start_v3(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    """`trace.trace_info`: metadata `mlflow.user` (where MLflow's client records who made a trace) and tag
+    `mlflow.user` (what MLflow's UI shows, after the application's own `mlflow.trace.user`) are the caller."""
+    info = _object(_object(body, "trace", create=False), "trace_info", create=False)
+    if info is not None:
+        for key in ("trace_metadata", "tags"):
+            mapping = _object(info, key)
+            if mapping is None:
+                raise BadRequest(f"Field '{key}' of trace_info must be an object.")
+            mapping[USER_TAG] = ident.id
+    return body
+
+
+def trace_start_v2(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    for key in ("request_metadata", "tags"):
+        body[key] = _with_tags(_pop(body, key), {USER_TAG: ident.id}, {})
+    return body
+
+
+def trace_end_v2(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    _claim(_field(body, "request_metadata"), ident)
+    _claim(_field(body, "tags"), ident)
+    return body
+
+
+def dataset_create(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    """Evaluation datasets: `tags` is a JSON string; MLflow takes its `mlflow.user` as the creator."""
+    tags = _json_string(body, "tags", {})
+    if isinstance(tags, dict):
+        tags[USER_TAG] = ident.id
+        body["tags"] = json.dumps(tags)
+    return body
+
+
+def dataset_tags(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    tags = _json_string(body, "tags", None)
+    if isinstance(tags, dict) and USER_TAG in tags:
+        tags[USER_TAG] = ident.id
+        body["tags"] = json.dumps(tags)
+    return body
+
+
+def dataset_records(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    """`records` is a JSON string of records; each record's tag `mlflow.user` is its creator (or updater)."""
+    records = _json_string(body, "records", None)
+    if isinstance(records, list):
+        for record in records:
+            if not isinstance(record, dict) or not isinstance(record.setdefault("tags", {}), dict):
+                raise BadRequest("Each dataset record must be a JSON object whose 'tags' is an object.")
+            record["tags"][USER_TAG] = ident.id
+        body["records"] = json.dumps(records)
+    return body
+
+
+def issue_create(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    _pop(body, "created_by")
+    body["created_by"] = ident.id
+    return body
+
+
+def otlp_spans(message: ExportTraceServiceRequest, ident: Identity) -> None:
+    otlp.set_creator(message, ident.id)
+
+
+def _field(body: dict[str, Any], key: str) -> Any:
+    return body[key] if key in body else body.get(camel(key))
+
+
+def _object(body: dict[str, Any] | None, key: str, *, create: bool = True) -> dict[str, Any] | None:
+    """The object under `key` (or its camelCase twin), created when absent if `create`; None when it is
+    something else."""
+    if body is None:
+        return None
+    value = _field(body, key)
+    if value is None and create:
+        value = body[key] = {}
+    return value if isinstance(value, dict) else None
+
+
+def _claim(tags: Any, ident: Identity) -> None:
+    """In a list of {key, value}: `mlflow.user` becomes the caller."""
+    for tag in tags if isinstance(tags, list) else []:
+        if isinstance(tag, dict) and tag.get("key") == USER_TAG:
+            tag["value"] = ident.id
+
+
+def _json_string(body: dict[str, Any], key: str, default: Any) -> Any:
+    """A field MLflow reads as a JSON string, parsed with the gate's bounds (`default` when absent); a value
+    that is not a string is left for MLflow to refuse."""
+    value = body.get(key)
+    if value is None or value == "":
+        return default
+    return parse_json(value, f"field {key!r}", max_depth=_JSON_STRING_DEPTH) if isinstance(value, str) else None
 
 
 REWRITES: dict[Rewrite, Callable[[dict[str, Any], Identity, Team | None], dict[str, Any]]] = {
@@ -80,7 +190,30 @@ REWRITES: dict[Rewrite, Callable[[dict[str, Any], Identity, Team | None], dict[s
     Rewrite.RUN_SET_TAG: run_set_tag,
     Rewrite.RUN_LOG_BATCH: run_log_batch,
     Rewrite.EXPERIMENT_TAG: experiment_tag,
+    Rewrite.TAG_VALUE: run_set_tag,
+    Rewrite.TAG_LIST: run_log_batch,
+    Rewrite.CREATED_WITH_TAGS: created_with_tags,
+    Rewrite.TRACE_START_V3: trace_start_v3,
+    Rewrite.TRACE_START_V2: trace_start_v2,
+    Rewrite.TRACE_END_V2: trace_end_v2,
+    Rewrite.DATASET_CREATE: dataset_create,
+    Rewrite.DATASET_TAGS: dataset_tags,
+    Rewrite.DATASET_RECORDS: dataset_records,
+    Rewrite.ISSUE_CREATE: issue_create,
 }
-_missing = set(Rewrite) - set(REWRITES)
-if _missing:                                    # a route may only name a rewrite that exists
+SPAN_REWRITES: dict[Rewrite, Callable[[ExportTraceServiceRequest, Identity], None]] = {
+    Rewrite.OTLP_SPANS: otlp_spans,
+}
+_missing = set(Rewrite) - set(REWRITES) - set(SPAN_REWRITES)
+if _missing or set(REWRITES) & set(SPAN_REWRITES):      # a route may only name a rewrite that exists, once
     raise ImportError(f"rewrites without an implementation: {sorted(r.value for r in _missing)}")
+
+
+def rewrite_body(rewrite: Rewrite, params: Params, ident: Identity, team: Team | None) -> tuple[bytes, bytes | None]:
+    """The body to forward after `rewrite`, and its new Content-Type when the encoding changed (OTLP
+    goes upstream as the protobuf the gate checked)."""
+    if params.spans is not None:
+        SPAN_REWRITES[rewrite](params.spans, ident)
+        return otlp.encode(params.spans), otlp.CONTENT_TYPE
+    assert params.body is not None, "a rewrite runs on a body the gate parsed"
+    return json.dumps(REWRITES[rewrite](params.body, ident, team)).encode(), None

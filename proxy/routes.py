@@ -37,6 +37,7 @@ class Source(enum.Enum):
     """Where MLflow reads the request's parameters."""
     PROTO = "proto"            # as MLflow's _get_request_message: the query of a GET, else the JSON body
     QUERY = "query"            # request.args only
+    OTLP = "otlp"              # an OTLP ExportTraceServiceRequest (protobuf or JSON, maybe compressed): `otlp.py`
     NONE = "none"              # no parameters the gate needs
 
 
@@ -48,8 +49,11 @@ class Names(enum.Enum):
     RUN = "run"
     RUN_OWNED = "run_owned"                # a run; manage is needed unless the caller created it
     TRACE = "trace"
+    NEW_TRACE = "new_trace"                # a trace id the client chooses: new (a create), or an existing trace
+    ASSESSMENT = "assessment"              # an assessment id: must be one of the trace's that `within` names
     LOGGED_MODEL = "logged_model"
     MODEL = "model"                        # a registered model's (or prompt's) name
+    PROMPT_URI = "prompt_uri"              # prompts:/NAME/VERSION or prompts:/NAME@ALIAS
     NEW_MODEL = "new_model"
     DATASET = "dataset"
     ARTIFACT_PATH = "artifact_path"        # an mlflow-artifacts path: <experiment id>/...
@@ -63,6 +67,17 @@ class Rewrite(enum.Enum):
     RUN_CREATE = "run_create"
     RUN_SET_TAG = "run_set_tag"
     RUN_LOG_BATCH = "run_log_batch"
+    TAG_VALUE = "tag_value"                # a key/value tag body: `mlflow.user` can only be the caller
+    TAG_LIST = "tag_list"                  # a `tags` list on an existing object: the same
+    CREATED_WITH_TAGS = "created_with_tags"    # a creation with a `tags` list: `mlflow.user` is the caller
+    TRACE_START_V3 = "trace_start_v3"      # the trace's `mlflow.user` metadata is the caller
+    TRACE_START_V2 = "trace_start_v2"
+    TRACE_END_V2 = "trace_end_v2"
+    OTLP_SPANS = "otlp_spans"              # root spans carry the caller as the trace's `mlflow.user` tag
+    DATASET_CREATE = "dataset_create"      # `tags` (a JSON string) gets `mlflow.user` = the caller
+    DATASET_TAGS = "dataset_tags"
+    DATASET_RECORDS = "dataset_records"    # each record's `mlflow.user` tag is the caller
+    ISSUE_CREATE = "issue_create"          # `created_by` is the caller
 
 
 class Search(enum.Enum):
@@ -86,6 +101,8 @@ class Need:
 
     fields: where the ids are: a parameter name (its camelCase twin is read too), `path:NAME` for a
             URL parameter, `header:NAME`, or a dotted path into the JSON body where `[]` walks a list.
+    within: for an id the client chooses, the field naming where an existing object must already lie
+            (NEW_TRACE: the experiment; ASSESSMENT: the trace).
     alias:  on a model, where the request names an alias it sets, moves or deletes (read like `fields`):
             an alias the owning team lists in `protected_aliases` needs manage on the model.
     """
@@ -93,6 +110,7 @@ class Need:
     fields: tuple[str, ...]
     level: Level
     optional: bool = False
+    within: str | None = None
     alias: str | None = None
 
     def __post_init__(self) -> None:
@@ -178,6 +196,8 @@ def artifacts(methods: str, pattern: str, *needs: Need) -> Route:
     return row(methods, pattern, CHECKED, *needs, source=Source.NONE, artifacts=True)
 
 
+_V3_EXPERIMENT = "trace.trace_info.trace_location.mlflow_experiment.experiment_id"
+
 ROUTES: tuple[Route, ...] = (
     # --- UI, server, misc --------------------------------------------------------------------
     row("GET", "/health", PUBLIC),
@@ -243,19 +263,30 @@ ROUTES: tuple[Route, ...] = (
     checked("GET", "2.0/mlflow/get-trace-artifact", trace("request_id", level=R), source=Source.QUERY),
     checked("GET", "3.0/mlflow/get-trace-artifact", trace("request_id", level=R), source=Source.QUERY),
     checked("GET", "2.0/mlflow/traces", exp("experiment_ids", level=R)),
-    checked("POST", "2.0/mlflow/traces", exp(level=E)),
-    checked("PATCH", "2.0/mlflow/traces/{request_id}", trace("path:request_id", level=E)),
+    checked("POST", "2.0/mlflow/traces", exp(level=E), rewrite=Rewrite.TRACE_START_V2),
+    checked("PATCH", "2.0/mlflow/traces/{request_id}", trace("path:request_id", level=E),
+            rewrite=Rewrite.TRACE_END_V2),
     checked("GET", "2.0/mlflow/traces/{request_id}/info", trace("path:request_id", level=R)),
-    checked("PATCH DELETE", "2.0/mlflow/traces/{request_id}/tags", trace("path:request_id", level=E)),
+    checked("PATCH", "2.0/mlflow/traces/{request_id}/tags", trace("path:request_id", level=E),
+            rewrite=Rewrite.TAG_VALUE),
+    checked("DELETE", "2.0/mlflow/traces/{request_id}/tags", trace("path:request_id", level=E)),
     checked("POST", "2.0/mlflow/traces/delete-traces", exp(level=M)),
     checked("POST", "3.0/mlflow/traces/delete-traces", exp(level=M)),
     checked("POST", "2.0/mlflow/traces/link-prompts", trace("trace_id", level=E),
             model("prompt_versions[].name", level=R)),
     checked("POST", "2.0/mlflow/traces/link-to-run", run("run_id", level=E), trace("trace_ids", level=R)),
+    # MLflow merges a start on an existing trace id (moving it, with its assessments): a chosen trace id is new
+    # or already in the target experiment, and assessment ids it carries are that trace's own.
     checked("POST", "3.0/mlflow/traces",
-            exp("trace.trace_info.trace_location.mlflow_experiment.experiment_id", level=E)),
+            exp(_V3_EXPERIMENT, level=E),
+            Need(Names.NEW_TRACE, ("trace.trace_info.trace_id",), E, within=_V3_EXPERIMENT),
+            Need(Names.ASSESSMENT, ("trace.trace_info.assessments[].assessment_id",
+                                    "trace.trace_info.assessments[].overrides"), E, optional=True,
+                 within="trace.trace_info.trace_id"),
+            rewrite=Rewrite.TRACE_START_V3),
     checked("GET", "3.0/mlflow/traces/{trace_id}", trace("path:trace_id", level=R)),
-    checked("PATCH DELETE", "3.0/mlflow/traces/{trace_id}/tags", trace("path:trace_id", level=E)),
+    checked("PATCH", "3.0/mlflow/traces/{trace_id}/tags", trace("path:trace_id", level=E), rewrite=Rewrite.TAG_VALUE),
+    checked("DELETE", "3.0/mlflow/traces/{trace_id}/tags", trace("path:trace_id", level=E)),
     checked("POST", "3.0/mlflow/traces/{trace_id}/assessments", trace("path:trace_id", level=E)),
     checked("GET", "3.0/mlflow/traces/{trace_id}/assessments/{assessment_id}", trace("path:trace_id", level=R)),
     checked("PATCH DELETE", "3.0/mlflow/traces/{trace_id}/assessments/{assessment_id}",
@@ -267,11 +298,22 @@ ROUTES: tuple[Route, ...] = (
             exp("locations[].mlflow_experiment.experiment_id", "experiment_ids", level=R)),
     checked("POST", "3.0/mlflow/traces/metrics", exp("experiment_ids", level=R)),
     checked("POST", "3.0/mlflow/traces/calculate-filter-correlation", exp("experiment_ids", level=R)),
-    checked("POST", "/v1/traces", exp("header:x-mlflow-experiment-id", level=E), source=Source.NONE),
+    # OTLP: spans of an existing trace are appended to it wherever it lives; the run header links the traces.
+    checked("POST", "/v1/traces", exp("header:x-mlflow-experiment-id", level=E),
+            run("header:x-mlflow-run-id", level=E, optional=True),
+            Need(Names.NEW_TRACE, ("trace_ids",), E, optional=True), source=Source.OTLP, rewrite=Rewrite.OTLP_SPANS),
     row("GET", "2.0/mlflow/unified-traces", ADMIN),                      # Databricks stub
     row("GET", "2.0/mlflow/get-online-trace-details", ADMIN),            # Databricks stub
+    # MLflow 2.22 and 3.1 serve traces through the 2.0 rows above (ids named `request_id`); these 2.0
+    # routes of theirs are stubs that answer "not implemented" (the POST is registered under the literal
+    # path `{assessment.trace_id}`).
+    row("GET", "2.0/mlflow/traces/{trace_id}", ADMIN),
+    row("POST", "2.0/mlflow/traces/{trace_id}/assessments", ADMIN),
+    row("GET PATCH DELETE", "2.0/mlflow/traces/{trace_id}/assessments/{assessment_id}", ADMIN),
+    row("POST", "2.0/mlflow/traces/search", ADMIN),                       # 3.1 only
     # --- logged models -----------------------------------------------------------------------
-    checked("POST", "2.0/mlflow/logged-models", exp(level=E), run("source_run_id", level=R, optional=True)),
+    checked("POST", "2.0/mlflow/logged-models", exp(level=E), run("source_run_id", level=R, optional=True),
+            rewrite=Rewrite.CREATED_WITH_TAGS),
     checked("POST", "2.0/mlflow/logged-models/search", exp("experiment_ids", level=R)),
     checked("GET", "2.0/mlflow/logged-models/{model_id}", lm(level=R)),
     checked("PATCH", "2.0/mlflow/logged-models/{model_id}", lm(level=E)),
@@ -280,16 +322,17 @@ ROUTES: tuple[Route, ...] = (
     checked("GET", "2.0/mlflow/logged-models/{model_id}/artifacts/files", lm(level=R), source=Source.QUERY,
             view=View.LOGGED_MODEL_FILE),
     checked("POST", "2.0/mlflow/logged-models/{model_id}/params", lm(level=E)),
-    checked("PATCH", "2.0/mlflow/logged-models/{model_id}/tags", lm(level=E)),
+    checked("PATCH", "2.0/mlflow/logged-models/{model_id}/tags", lm(level=E), rewrite=Rewrite.TAG_LIST),
     checked("DELETE", "2.0/mlflow/logged-models/{model_id}/tags/{tag_key}", lm(level=E)),
     # --- model registry and prompts ----------------------------------------------------------
-    checked("POST", "2.0/mlflow/registered-models/create", need(Names.NEW_MODEL, "name", level=E)),
+    checked("POST", "2.0/mlflow/registered-models/create", need(Names.NEW_MODEL, "name", level=E),
+            rewrite=Rewrite.CREATED_WITH_TAGS),
     checked("GET", "2.0/mlflow/registered-models/get", model(level=R)),
     checked("GET POST", "2.0/mlflow/registered-models/get-latest-versions", model(level=R)),
     checked("POST", "2.0/mlflow/registered-models/rename", model(level=M), model("new_name", level=M)),
     checked("PATCH", "2.0/mlflow/registered-models/update", model(level=E)),
     checked("DELETE", "2.0/mlflow/registered-models/delete", model(level=M)),
-    checked("POST", "2.0/mlflow/registered-models/set-tag", model(level=E)),
+    checked("POST", "2.0/mlflow/registered-models/set-tag", model(level=E), rewrite=Rewrite.TAG_VALUE),
     checked("DELETE", "2.0/mlflow/registered-models/delete-tag", model(level=E)),
     # An alias also goes with the version it points to or its model (delete) and travels with a rename: those
     # rows need manage anyway. No other route sets one (model-versions/create takes none; GraphQL has no
@@ -298,31 +341,34 @@ ROUTES: tuple[Route, ...] = (
     checked("POST DELETE", "2.0/mlflow/registered-models/alias", alias(level=E)),
     row("GET", "2.0/mlflow/registered-models/search", SIGNED_IN, search=Search.REGISTERED_MODELS),
     checked("POST", "2.0/mlflow/model-versions/create", model(level=E), run("run_id", level=R, optional=True),
-            lm("model_id", level=R, optional=True), Need(Names.SOURCE_URI, ("source",), R, optional=True)),
+            lm("model_id", level=R, optional=True), Need(Names.SOURCE_URI, ("source",), R, optional=True),
+            rewrite=Rewrite.CREATED_WITH_TAGS),
     checked("GET", "2.0/mlflow/model-versions/get", model(level=R)),
     checked("GET", "2.0/mlflow/model-versions/get-download-uri", model(level=R)),
     checked("GET", "/model-versions/get-artifact", model(level=R), source=Source.QUERY, view=View.MODEL_VERSION_FILE),
     checked("PATCH", "2.0/mlflow/model-versions/update", model(level=E)),
-    checked("POST", "2.0/mlflow/model-versions/set-tag", model(level=E)),
+    checked("POST", "2.0/mlflow/model-versions/set-tag", model(level=E), rewrite=Rewrite.TAG_VALUE),
     checked("DELETE", "2.0/mlflow/model-versions/delete-tag", model(level=E)),
     checked("POST", "2.0/mlflow/model-versions/transition-stage", model(level=E)),
     checked("DELETE", "2.0/mlflow/model-versions/delete", model(level=M)),
     row("GET", "2.0/mlflow/model-versions/search", SIGNED_IN, search=Search.MODEL_VERSIONS),
     # --- evaluation datasets -----------------------------------------------------------------
-    checked("POST", "3.0/mlflow/datasets/create", exp("experiment_ids", level=E)),
+    checked("POST", "3.0/mlflow/datasets/create", exp("experiment_ids", level=E), rewrite=Rewrite.DATASET_CREATE),
     checked("GET POST", "3.0/mlflow/datasets/search", exp("experiment_ids", level=R)),
     checked("GET", "3.0/mlflow/datasets/{dataset_id}", dataset(R)),
     checked("DELETE", "3.0/mlflow/datasets/{dataset_id}", dataset(M)),
     checked("GET", "3.0/mlflow/datasets/{dataset_id}/experiment-ids", dataset(R)),
     checked("GET", "3.0/mlflow/datasets/{dataset_id}/records", dataset(R)),
-    checked("POST DELETE", "3.0/mlflow/datasets/{dataset_id}/records", dataset(E)),
-    checked("PATCH", "3.0/mlflow/datasets/{dataset_id}/tags", dataset(E)),
+    checked("POST", "3.0/mlflow/datasets/{dataset_id}/records", dataset(E), rewrite=Rewrite.DATASET_RECORDS),
+    checked("DELETE", "3.0/mlflow/datasets/{dataset_id}/records", dataset(E)),
+    checked("PATCH", "3.0/mlflow/datasets/{dataset_id}/tags", dataset(E), rewrite=Rewrite.DATASET_TAGS),
     checked("DELETE", "3.0/mlflow/datasets/{dataset_id}/tags/{key}", dataset(E)),
     checked("POST", "3.0/mlflow/datasets/{dataset_id}/add-experiments", dataset(E), exp("experiment_ids", level=E)),
     checked("POST", "3.0/mlflow/datasets/{dataset_id}/remove-experiments", dataset(E),
             exp("experiment_ids", level=E)),
     # --- issues, label schemas, review queues, scorers, evaluation: experiment-scoped ---------
-    checked("POST", "3.0/mlflow/issues", exp(level=E), run("source_run_id", level=R, optional=True)),
+    checked("POST", "3.0/mlflow/issues", exp(level=E), run("source_run_id", level=R, optional=True),
+            rewrite=Rewrite.ISSUE_CREATE),
     checked("POST", "3.0/mlflow/issues/search", exp(level=R)),
     checked("POST", "3.0/mlflow/label-schemas/create", exp(level=M)),
     checked("GET", "3.0/mlflow/label-schemas/get-by-name", exp(level=R)),
@@ -339,7 +385,9 @@ ROUTES: tuple[Route, ...] = (
     checked("PUT", "3.0/mlflow/scorers/online-config", exp(level=E)),
     checked("POST", "3.0/mlflow/scorer/invoke", exp(level=E), trace("trace_ids", level=R)),
     checked("POST", "3.0/mlflow/genai/evaluate/invoke", exp(level=E)),
-    checked("POST", "3.0/mlflow/prompt-optimization/jobs", exp(level=E)),
+    # The job copies the dataset into the run and registers new versions of the prompt.
+    checked("POST", "3.0/mlflow/prompt-optimization/jobs", exp(level=E), Need(Names.PROMPT_URI, ("source_prompt_uri",), E),
+            Need(Names.DATASET, ("config.dataset_id",), R, optional=True)),
     checked("GET POST", "3.0/mlflow/prompt-optimization/jobs/search", exp(level=R)),
     # Ids these rows carry (issue, schema, queue, job, scorer config) are not resolved to an
     # experiment by the gate yet: admins only, never allowed by guess.

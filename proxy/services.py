@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httpx
+from prometheus_client import start_http_server
 
+from . import upstream_version
 from .artifact_server import ArtifactServer
 from .artifacts import Stores
 from .audit import Audit, Denials
@@ -29,6 +31,7 @@ from .metrics import Metrics
 from .oidc import OidcLogin
 from .oidc_config import Discovery, OidcSettings
 from .policy import PolicyStore
+from .provider_sessions import ProviderSessions
 from .resources import Resolver
 from .routes import RouteTable
 from .settings import Settings
@@ -54,6 +57,7 @@ class Services:
     secure_cookies: bool
     denials: Denials                                      # the last refusals (the admin page's), this replica's
     budgets: Budgets                                      # limits.requests_per_minute, this replica's
+    version: upstream_version.UpstreamVersion | None = None     # which MLflow the gate fronts (watched)
     _health: tuple[float, bool, str] = field(default=(0.0, False, "not checked yet"))
 
     @property
@@ -85,10 +89,22 @@ async def open_services(settings: Settings, upstream_url: str, *, policy_poll: f
     http = httpx.AsyncClient(timeout=10, follow_redirects=False)
     upstream = Upstream.open(upstream_url)
     watcher = asyncio.create_task(_watch_policy(store, policy_poll))
+    services = _build(settings, upstream_url, store, http, upstream, audit_sink)
+    versions = upstream_version.start(upstream, services.table)
+    services.version = versions
+    listener = None
     try:
-        yield _build(settings, upstream_url, store, http, upstream, audit_sink)
+        if settings.metrics_port is not None:
+            listener, _ = start_http_server(settings.metrics_port, settings.metrics_host, services.metrics.registry)
+            log.info("metrics on http://%s:%d/_gate/metrics", settings.metrics_host, settings.metrics_port)
+        yield services
     finally:
+        versions.stop()
+        if listener is not None:
+            listener.shutdown()
+            listener.server_close()
         watcher.cancel()
+        services.authn.close()
         await upstream.close()
         await http.aclose()
 
@@ -97,9 +113,12 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
            audit_sink: Callable[[str], None] | None) -> Services:
     parts = urlsplit(settings.public_url) if settings.public_url else None
     oidc_settings = OidcSettings.from_env()
-    jwt = None
-    if oidc_settings and oidc_settings.audience:
-        jwt = JwtValidator(oidc_settings, Discovery(oidc_settings, http), http)
+    jwt = provider = None
+    if oidc_settings:
+        discovery = Discovery(oidc_settings, http)
+        provider = ProviderSessions(oidc_settings, discovery, http, settings.session_check)
+        if oidc_settings.audience:
+            jwt = JwtValidator(oidc_settings, discovery, http)
     metrics = Metrics(store)
     upstream.metrics = metrics
     resolver = Resolver(upstream)
@@ -110,9 +129,9 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
     return Services(
         settings=settings, upstream_url=upstream_url, store=store, http=http,
         oidc=OidcLogin(oidc_settings, settings.public_url) if oidc_settings else None,
-        authn=Authenticator(settings.secret_key, jwt=jwt), table=RouteTable(), metrics=metrics, upstream=upstream,
-        resolver=resolver, artifacts=artifacts, audit=Audit(metrics, audit_sink, denials), denials=denials,
-        budgets=Budgets(),
+        authn=Authenticator(settings.secret_key, jwt=jwt, provider=provider), table=RouteTable(), metrics=metrics,
+        upstream=upstream, resolver=resolver, artifacts=artifacts, audit=Audit(metrics, audit_sink, denials),
+        denials=denials, budgets=Budgets(),
         public_origin=f"{parts.scheme}://{parts.netloc}" if parts else None,
         secure_cookies=bool(parts and parts.scheme == "https"))
 

@@ -20,6 +20,9 @@ class Settings:
     public_url: str | None = None
     session_lifetime: int = 12 * 3600
     internal_from_anywhere: bool = False         # the internal artifact endpoint also answers non-loopback peers
+    metrics_port: int | None = None              # a separate listener for /_gate/metrics, for anyone who reaches it
+    metrics_host: str = "127.0.0.1"
+    session_check: float = 30.0                  # seconds between checks of a provider session with the provider
     secret_key: str = field(default="", repr=False)
 
     def __repr__(self) -> str:  # never print the secret

@@ -1,7 +1,9 @@
 """Personal tokens: signed with the secret key, carrying an id, the user, groups and expiry.
 
 A token is `mgt_` + an itsdangerous-signed payload. It is revoked by listing its id under
-`revoked_tokens` in the policy; expiry is checked on every use.
+`revoked_tokens` (or its user under `revoked_users`) in the policy; expiry is checked on every use.
+A token a local account minted carries the account's stamp: it works while the account does
+(`accounts.current`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class TokenClaims:
     groups: tuple[str, ...]
     expires: float
     name: str = ""
+    account: str | None = None      # the minting local account's stamp
 
     def as_json(self) -> dict[str, object]:
         return {"id": self.id, "user": self.user, "groups": list(self.groups), "expires": int(self.expires),
@@ -48,12 +51,15 @@ def _serializer(secret_key: str) -> URLSafeSerializer:
 
 
 def mint_token(secret_key: str, user: str, groups: tuple[str, ...] | list[str] = (), expires_in: float = 30 * 86400,
-               name: str = "") -> str:
+               name: str = "", account: str | None = None) -> str:
     if not user:
         raise TokenError("a token needs a user id")
-    claims = {"i": secrets.token_hex(8), "u": user, "g": list(groups), "e": int(time.time() + expires_in)}
+    claims: dict[str, object] = {"i": secrets.token_hex(8), "u": user, "g": list(groups),
+                                 "e": int(time.time() + expires_in)}
     if name:
         claims["n"] = name
+    if account is not None:
+        claims["a"] = account
     return PREFIX + _serializer(secret_key).dumps(claims)
 
 
@@ -64,7 +70,7 @@ def read_token(secret_key: str, token: str, *, now: float | None = None) -> Toke
     try:
         data = _serializer(secret_key).loads(token[len(PREFIX):])
         claims = TokenClaims(str(data["i"]), str(data["u"]), tuple(str(g) for g in data.get("g", ())),
-                             float(data["e"]), str(data.get("n", "")))
+                             float(data["e"]), str(data.get("n", "")), str(data["a"]) if "a" in data else None)
     except BadSignature as exc:
         raise TokenError("the personal token's signature is invalid (tampered, or signed with another key)") from exc
     except (KeyError, TypeError, ValueError) as exc:

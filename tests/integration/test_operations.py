@@ -97,9 +97,10 @@ def test_upstream_down_gives_503_and_the_gate_recovers(relayed_gate) -> None:  #
         assert r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
         r = http.get("/api/2.0/mlflow/runs/get", params={"run_id": "0" * 32})
         assert r.status_code == 503 and r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        admin = {"Authorization": f"Bearer {gate.token('root@corp.test')}"}  # type: ignore[attr-defined]
         health = httpx.get(gate.url + "/_gate/health", timeout=10)  # type: ignore[attr-defined]
         time.sleep(2.1)   # the health answer is cached for 2 s
-        health = httpx.get(gate.url + "/_gate/health", timeout=10)  # type: ignore[attr-defined]
+        health = httpx.get(gate.url + "/_gate/health", headers=admin, timeout=10)  # type: ignore[attr-defined]
         assert health.status_code == 503 and health.json()["upstream"]["ok"] is False
         relay.start()
         assert http.post(SEARCH, json={"max_results": 5}).status_code == 200
@@ -107,13 +108,14 @@ def test_upstream_down_gives_503_and_the_gate_recovers(relayed_gate) -> None:  #
 
 def test_a_broken_policy_keeps_the_last_good_one_serving(mlflow_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     gate = start_gate(tmp_path / "gate", mlflow_server.url)
+    admin = {"Authorization": f"Bearer {gate.token('root@corp.test')}"}    # the policy's details are for admins
     try:
         with gate.http("alice") as alice:
             assert alice.post("/api/2.0/mlflow/experiments/create", json={"name": "alpha/reload-a"}).status_code == 200
             gate.policy_path.write_text(TEST_POLICY + "\nbogus_key: true\n")
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                health = httpx.get(gate.url + "/_gate/health", timeout=10).json()
+                health = httpx.get(gate.url + "/_gate/health", headers=admin, timeout=10).json()
                 if health["policy"]["error"]:
                     break
                 time.sleep(0.2)
@@ -130,7 +132,7 @@ def test_a_broken_policy_keeps_the_last_good_one_serving(mlflow_server, tmp_path
                     break
                 time.sleep(0.2)
             assert status == 403
-            assert httpx.get(gate.url + "/_gate/health", timeout=10).json()["policy"]["error"] is None
+            assert httpx.get(gate.url + "/_gate/health", headers=admin, timeout=10).json()["policy"]["error"] is None
     finally:
         gate.stop()
 
@@ -176,12 +178,13 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_requests_decisions_and_upstream_calls(gate) -> None:  # type: ignore[no-untyped-def]
-    before = httpx.get(gate.url + "/_gate/metrics", timeout=10).text
+    admin = {"Authorization": f"Bearer {gate.token('root@corp.test')}"}     # /_gate/metrics is for admins
+    before = httpx.get(gate.url + "/_gate/metrics", headers=admin, timeout=10).text
     with gate.http("alice") as alice, gate.http() as anonymous:
         assert alice.post(SEARCH, json={"max_results": 1}).status_code == 200
         assert alice.post("/api/2.0/mlflow/experiments/create", json={"name": "beta/nope"}).status_code == 403
         assert anonymous.post(SEARCH, json={"max_results": 1}).status_code == 401
-    after = httpx.get(gate.url + "/_gate/metrics", timeout=10).text
+    after = httpx.get(gate.url + "/_gate/metrics", headers=admin, timeout=10).text
     for name, labels, at_least in [
         ("mlflow_gate_requests_total", {"method": "POST", "status": "2xx"}, 1),
         ("mlflow_gate_requests_total", {"method": "POST", "status": "4xx"}, 2),

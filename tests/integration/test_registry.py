@@ -47,7 +47,7 @@ def test_registered_models(gate):
     with denied():
         bob.set_registered_model_tag(f"alpha-m-{n}", "k", "bob")
     model = alice.get_registered_model(f"alpha-m-{n}")
-    assert (model.description, model.tags) == ("v2", {"k": "v"})
+    assert (model.description, model.tags) == ("v2", {"k": "v", "mlflow.user": ALICE})  # the gate records the creator
 
     # search: only readable names, also with a filter
     assert set(model_names(alice, filter_string=f"name LIKE '%{n}%'")) == {f"alpha-m-{n}", f"shared-m-{n}"}
@@ -83,7 +83,7 @@ def test_model_versions(gate, world: World, tmp_path: Path):
     alice.update_model_version(name, "1", description="first")
     alice.set_model_version_tag(name, "1", "validated", "yes")
     got = alice.get_model_version(name, "1")
-    assert (got.description, got.tags) == ("first", {"validated": "yes"})
+    assert (got.description, got.tags) == ("first", {"validated": "yes", "mlflow.user": ALICE})
     versions = alice.search_model_versions(f"name = '{name}'")
     assert [v.version for v in versions] == ["1"]
 

@@ -199,7 +199,8 @@ def test_prompt_aliases_are_protected_too(rules_gate: Gate) -> None:
 # --- limits.requests_per_minute -----------------------------------------------------------------------------
 
 def reloads(gate: Gate) -> int:
-    return int(httpx.get(gate.url + "/_gate/health", timeout=10).json()["policy"]["reloads"]["ok"])
+    with gate.http(ROOT_USER) as admin:              # health details are for admins
+        return int(admin.get("/_gate/health").json()["policy"]["reloads"]["ok"])
 
 
 def use_policy(gate: Gate, text: str) -> None:
@@ -237,18 +238,22 @@ def test_requests_over_the_budget_get_429_with_retry_after(rules_gate: Gate) -> 
             assert refused.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
             assert "20 a minute to this gate replica" in refused.json()["message"]
             assert 1 <= int(refused.headers["retry-after"]) <= 3          # one request every 3 s
-            assert bob.get(SEARCH).status_code == 429
             # a separate budget for another caller; health and metrics are never counted
             assert nina.get(SEARCH).status_code == 200
             for path in ("/health", "/_gate/health", "/_gate/me"):
                 assert bob.get(path).status_code == 200, path
             assert bob.get("/_gate/metrics").status_code != 429      # 200, or 403 where metrics are for admins
-            # the real mlflow client waits for Retry-After and is then answered
-            began = time.monotonic()
-            assert gate.client(BOB).search_experiments(max_results=1) is not None
-            assert time.monotonic() - began >= 0.9
-        assert re.search(r'mlflow_gate_decisions_total\{allowed="false",reason="rate limited"\} [1-9]',
-                         metrics_text(gate))
+            # the real mlflow client, refused, waits for Retry-After and is then answered
+            for _ in range(3):     # (unless a slot opened between the last refusal and its call: then again)
+                spend(bob, 20)
+                before, began = rate_limited(gate), time.monotonic()
+                assert gate.client(BOB).search_experiments(max_results=1) is not None
+                waited = time.monotonic() - began
+                if rate_limited(gate) > before:
+                    assert waited >= 0.9, waited
+                    break
+            else:
+                raise AssertionError("the mlflow client was never refused right after the budget was spent")
         # a new limit on reload is a new budget: bob may send again at once
         use_policy(gate, rules_policy(root, "limits: {requests_per_minute: 1000}\n"))
         with gate.http(BOB) as bob:
@@ -260,6 +265,11 @@ def test_requests_over_the_budget_get_429_with_retry_after(rules_gate: Gate) -> 
 
 
 # --- per-team figures on /_gate/metrics ---------------------------------------------------------------------
+
+def rate_limited(gate: Gate) -> float:
+    found = re.search(r'mlflow_gate_decisions_total\{allowed="false",reason="rate limited"\} (\S+)', metrics_text(gate))
+    return float(found.group(1)) if found else 0.0
+
 
 def metrics_text(gate: Gate) -> str:
     with gate.http(ROOT_USER) as root:       # an admin may read /_gate/metrics wherever it is served

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 
 import pytest
+from itsdangerous import URLSafeSerializer
 
 from proxy.authn import Authenticator
 from proxy.errors import Unauthenticated
 from proxy.identity import Identity
 from proxy.passwords import hash_password, verify_password
 from proxy.policy import load_policy_text
-from proxy.sessions import COOKIE, make_session
+from proxy.sessions import COOKIE, make_session, new_session, read_session
 from proxy.tokens import TokenError, mint_token, parse_duration, read_token
 
 KEY = "unit-test-secret-key-0123456789"
@@ -110,17 +112,28 @@ def test_no_credential_is_anonymous() -> None:
     assert identify({b"cookie": b"other=1"}) is None
 
 
+def session_cookie(ident: Identity, lifetime: float = 60, **kw) -> dict[bytes, bytes]:  # type: ignore[no-untyped-def]
+    return {b"cookie": f"a=1; {COOKIE}={make_session(KEY, new_session(ident, lifetime, **kw))}".encode()}
+
+
 def test_session_cookie() -> None:
-    value = make_session(KEY, Identity("dave@x.test", frozenset({"vision"})), 60)
+    value = make_session(KEY, new_session(Identity("carol@x.test", frozenset({"vision"})), 60))
     ident = identify({b"cookie": f"a=1; {COOKIE}={value}".encode()})
-    assert ident is not None and ident.id == "dave@x.test" and ident.via == "session"
+    assert ident is not None and ident.id == "carol@x.test" and ident.via == "session"
+    assert ident.groups == frozenset({"vision"})
     with pytest.raises(Unauthenticated):
         identify({b"cookie": f"{COOKIE}={value[:-2]}xx".encode()})
     with pytest.raises(Unauthenticated):
         identify({b"cookie": f"{COOKIE}=garbage".encode()})
-    expired = make_session(KEY, Identity("dave@x.test"), -1)
     with pytest.raises(Unauthenticated, match="expired"):
-        identify({b"cookie": f"{COOKIE}={expired}".encode()})
+        identify(session_cookie(Identity("carol@x.test"), -1))
+
+
+def test_the_provider_refresh_token_is_kept_encrypted_in_the_cookie() -> None:
+    value = make_session(KEY, new_session(Identity("carol@x.test"), 60, refresh_token="rt-secret-value"))
+    payload = URLSafeSerializer(KEY, salt="mlflow-gate.session").loads(value)   # what the cookie's holder can read
+    assert "rt-secret-value" not in json.dumps(payload)
+    assert read_session(KEY, value).refresh_token == "rt-secret-value"
 
 
 def test_password_hashes() -> None:

@@ -243,7 +243,8 @@ def test_gate_pods_are_hardened_probed_and_drained(rendered: tuple[dict[str, Any
     assert deployment["spec"]["replicas"] >= 2
 
     port = {p["name"]: p["containerPort"] for p in gate["ports"]}
-    assert port == {"http": GATE_PORT}
+    flags = _flags(gate["args"])
+    assert port == {"http": GATE_PORT, "metrics": int(flags["--metrics-port"])}
     for probe, path in (("readinessProbe", "/_gate/health"), ("livenessProbe", "/_gate/live")):
         get = gate[probe]["httpGet"]
         assert get["path"] == path, probe
@@ -257,10 +258,16 @@ def test_gate_pods_are_hardened_probed_and_drained(rendered: tuple[dict[str, Any
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/path"] == "/_gate/metrics"
-    assert int(annotations["prometheus.io/port"]) == GATE_PORT
+    # Prometheus scrapes the metrics listener (the main port's /_gate/metrics is for admins), and only
+    # Prometheus's namespace may reach it
+    assert int(annotations["prometheus.io/port"]) == port["metrics"] != GATE_PORT
+    assert flags["--metrics-host"] == "0.0.0.0"
+    ingress = _one(rendered, "NetworkPolicy", "mlflow-gate-ingress")["spec"]["ingress"]
+    admitted = {p["port"]: [peer.get("namespaceSelector", {}).get("matchLabels") for peer in rule["from"]]
+                for rule in ingress for p in rule["ports"]}
+    assert admitted[port["metrics"]] == [{"kubernetes.io/metadata.name": "monitoring"}]
 
     # policy files: a ConfigMap mounted as a folder (no subPath, so the kubelet's updates arrive)
-    flags = _flags(gate["args"])
     mounts = {m["mountPath"]: m for m in gate["volumeMounts"]}
     policy_mount = mounts[flags["--policy"]]
     assert "subPath" not in policy_mount and policy_mount.get("readOnly") is True
@@ -588,15 +595,28 @@ def _exec_start(unit: configparser.ConfigParser) -> list[str]:
     return shlex.split(" ".join(values).replace("\\", " "))
 
 
-def test_systemd_units_keep_mlflow_on_loopback_behind_the_gate() -> None:
+def _uds(server_flags: dict[str, str]) -> str:
+    """The Unix socket uvicorn is told to listen on (`--uvicorn-opts=--uds=PATH`); it then binds no TCP port."""
+    opts = _flags(shlex.split(server_flags["--uvicorn-opts"]))
+    assert "--host" not in server_flags and "--port" not in server_flags and "--port" not in opts
+    return opts["--uds"]
+
+
+def test_systemd_units_let_only_the_gate_reach_mlflow() -> None:
     server = _unit(VM / "mlflow-server.service")
     gate = _unit(VM / "mlflow-gate.service")
     server_cmd, gate_cmd = _exec_start(server), _exec_start(gate)
     assert server_cmd[0].endswith("/mlflow") and server_cmd[1] == "server"
     assert gate_cmd[0].endswith("/mlflow-gate") and gate_cmd[1] == "serve"
     server_flags, gate_flags = _flags(server_cmd), _flags(gate_cmd)
-    assert server_flags["--host"] == "127.0.0.1"
-    assert gate_flags["--upstream"] == f"http://127.0.0.1:{server_flags['--port']}"
+    # mlflow listens on a Unix socket in its runtime folder, which admits its own group only; the gate (and
+    # nobody else) gets that group
+    socket_path = _uds(server_flags)
+    runtime = server["Service"]["RuntimeDirectory"]
+    assert Path(socket_path).parent == Path("/run") / runtime
+    assert int(server["Service"]["RuntimeDirectoryMode"], 8) & 0o007 == 0, "others must not enter the socket folder"
+    assert server["Service"].get("Group") == gate["Service"]["SupplementaryGroups"] == server["Service"]["User"]
+    assert gate_flags["--upstream"] == f"unix://{socket_path}"
     destination = urlsplit(server_flags["--artifacts-destination"])
     assert (destination.hostname, destination.port, destination.path) == \
         ("127.0.0.1", int(gate_flags["--port"]), INTERNAL_PATH)
@@ -627,8 +647,8 @@ def test_tls_drop_ins_agree_with_each_other() -> None:
     destination = urlsplit(server_flags["--artifacts-destination"])
     assert (destination.scheme, destination.hostname, destination.port, destination.path) == \
         ("https", "127.0.0.1", int(gate_flags["--port"]), INTERNAL_PATH)
-    assert server_flags["--host"] == "127.0.0.1"
-    assert _flags(_exec_start(_unit(VM / "mlflow-server.service")))["--port"] == gate_flags["--upstream"].rsplit(":", 1)[1]
+    plain = _flags(_exec_start(_unit(VM / "mlflow-server.service")))
+    assert gate_flags["--upstream"] == f"unix://{_uds(server_flags)}" == f"unix://{_uds(plain)}"
 
 
 def test_reverse_proxy_examples_front_the_gate_and_hide_its_internal_paths() -> None:

@@ -1,58 +1,9 @@
-"""GraphQL documents analysed per root field; request rewrites on creation."""
+"""Request rewrites on creation (GraphQL documents: test_graphql.py)."""
 from __future__ import annotations
 
-import pytest
-
-from proxy.errors import BadRequest, PermissionDenied
-from proxy.graphql import analyse, filter_model_versions, model_names
 from proxy.identity import Identity
 from proxy.policy import Team
 from proxy.rewrite import experiment_create, run_create, run_log_batch, run_set_tag
-
-UI_GET_RUN = """query GetRun($data: MlflowGetRunInput!) { mlflowGetRun(input: $data) { run { info { runUuid }
-  experiment { name } modelVersions { name version source } } } }"""
-
-
-def test_the_ui_get_run_query_needs_read_on_the_run_and_filters_model_versions() -> None:
-    needs = analyse(UI_GET_RUN, {"data": {"runId": "r1"}})
-    assert needs.ids == (("run", "r1"),)
-    assert needs.filter_model_versions
-
-
-def test_literal_inputs_aliases_fragments_and_several_fields() -> None:
-    doc = """query { a: mlflowGetExperiment(input: {experimentId: "3"}) { experiment { name } }
-      ...F }
-      fragment F on Query { mlflowSearchRuns(input: {experimentIds: ["4", "5"]}) { runs { info { runUuid } } } }"""
-    assert analyse(doc, None).ids == (("experiment", "3"), ("experiment", "4"), ("experiment", "5"))
-
-
-@pytest.mark.parametrize("doc", ["query { mlflowDeleteEverything { ok } }", "mutation { somethingNew(input: {}) }"])
-def test_unknown_root_fields_are_refused(doc: str) -> None:
-    with pytest.raises(PermissionDenied):
-        analyse(doc, None)
-
-
-@pytest.mark.parametrize("doc", ["query { mlflowGetRun(input: {}) { run { info { runUuid } } } }", "query {", ""])
-def test_missing_ids_and_bad_documents_are_400(doc: str) -> None:
-    with pytest.raises(BadRequest):
-        analyse(doc, None)
-
-
-@pytest.mark.parametrize("doc", [
-    'query { mlflowGetRun(input: {runId: "r"}) { run { mv: modelVersions { name } } } }',
-    'query { mlflowGetRun(input: {runId: "r"}) { run { modelVersions { version } } } }',
-    'query { mlflowGetRun(input: {runId: "r"}) { run { modelVersions { n: name } } } }',
-])
-def test_model_versions_must_select_their_name_unaliased(doc: str) -> None:
-    with pytest.raises(PermissionDenied):
-        analyse(doc, None)
-
-
-def test_model_version_filtering() -> None:
-    data = {"data": {"mlflowGetRun": {"run": {"modelVersions": [{"name": "a-1"}, {"name": "b-1"}]}}}}
-    assert model_names(data) == {"a-1", "b-1"}
-    assert filter_model_versions(data, {"a-1"})["data"]["mlflowGetRun"]["run"]["modelVersions"] == [{"name": "a-1"}]
-
 
 BOB = Identity("bob@x.test")
 TEAM = Team("vision", tags=(("cost-center", "cv-42"),))

@@ -98,7 +98,8 @@ def test_the_refusal_says_the_alias_is_protected_and_manage_is_needed() -> None:
 def test_a_caller_without_edit_is_refused_as_before_and_learns_nothing_of_the_protection() -> None:
     with pytest.raises(PermissionDenied) as refused:
         decide_alias("nina@corp.test", "POST", "vision-clf", "champion")
-    assert refused.value.message == "Permission denied: edit on model 'vision-clf' is needed; you have none."
+    assert refused.value.message == ("Permission denied: edit on model 'vision-clf' is needed; you have no access "
+                                     "to it, or it does not exist.")
 
 
 def test_reading_an_alias_needs_read_only() -> None:

@@ -7,36 +7,12 @@ which is safe, but means the table is behind the installed MLflow: this test nam
 from __future__ import annotations
 
 import re
-import warnings
 
 import pytest
 
 from proxy.routes import ADMIN, CHECKED, PUBLIC, REFUSED, SIGNED_IN, RouteTable
-
-SAMPLES = {"artifact_path": "1/0123456789abcdef0123456789abcdef/artifacts/x.txt", "path": "a/b", "filename": "a.js"}
-
-
-def installed_routes() -> set[tuple[str, str]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from mlflow.server import app as flask_app
-        from mlflow.server.fastapi_app import create_fastapi_app
-
-        fastapi_app = create_fastapi_app()
-    out: set[tuple[str, str]] = set()
-    for rule in flask_app.url_map.iter_rules():
-        pattern = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
-        for method in rule.methods - {"HEAD", "OPTIONS"}:
-            out.add((method, pattern))
-    for path, ops in fastapi_app.openapi()["paths"].items():
-        for method in ops:
-            out.add((method.upper(), path))
-    return out
-
-
-def concrete(pattern: str) -> str:
-    return re.sub(r"\{(\w+)\}", lambda m: SAMPLES.get(m.group(1), "p-" + m.group(1)), pattern)
-
+from proxy.upstream_version import sample_path as concrete
+from tests.compat.mlflow_routes import installed_routes
 
 ROUTES = sorted(installed_routes())
 

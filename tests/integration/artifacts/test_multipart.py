@@ -221,6 +221,6 @@ def test_aborted_multipart_upload_leaves_nothing(gate: ArtGate, alpha_log: Logge
 
 
 def test_gate_healthy_after_interruptions(gate: ArtGate) -> None:
-    r = httpx.get(gate.url + "/_gate/health", timeout=30)
+    r = gate.health()
     assert r.status_code == 200, r.text
     assert all(v.get("ok") for k, v in r.json().get("stores", {}).items()), r.text

@@ -39,7 +39,7 @@ def wait_store_state(bad: BadGate, team: str, ok: bool, timeout: float = 20) -> 
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        body = httpx.get(bad.gate.url + "/_gate/health", timeout=30).json()
+        body = bad.gate.health().json()
         if body.get("stores", {}).get(team, {}).get("ok") is ok:
             return body
         time.sleep(0.5)

@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
 import mlflow
 import pytest
 from botocore.exceptions import ClientError
@@ -60,7 +59,7 @@ def test_moto_refuses_each_team_the_other_bucket(gate: ArtGate) -> None:
 
 
 def test_health_reports_each_team_store(gate: ArtGate) -> None:
-    r = httpx.get(gate.url + "/_gate/health", timeout=30)
+    r = gate.health()
     body = r.json()
     assert r.status_code == 200, body
     stores = body.get("stores")

@@ -1,0 +1,53 @@
+"""Class: existence oracle. For every way a request names an object (each checked row of the route table, each of
+its needs and fields: path, query, body, header, OTLP headers, artifact path, model-version source, prompt URI) and
+every kind of object: another team's object is refused, and a missing one gets the same status and the same message
+(the id aside), which never passes on what the upstream answered."""
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.adversarial.adv_it import Objects, Way, build, normalised, ways
+from tests.integration.gate_it import ALICE
+
+pytestmark = pytest.mark.integration
+WAYS = ways()
+
+
+def test_the_table_covers_every_kind_and_place() -> None:
+    places = {w.field.split(":")[0] if ":" in w.field else ("query" if w.in_query else "body") for w in WAYS}
+    assert {"path", "query", "body", "header"} <= places, places
+    assert {w.kind.label for w in WAYS} >= {"experiment", "experiment name", "run", "trace", "logged model",
+                                             "dataset", "model name", "artifact path", "source runs:/",
+                                             "source models:/", "source mlflow-artifacts:"}
+    assert len(WAYS) > 150, len(WAYS)
+
+
+@pytest.mark.parametrize("way", WAYS, ids=[w.id for w in WAYS])
+def test_foreign_and_missing_objects_get_one_answer(gate, objects: Objects, way: Way) -> None:
+    foreign, missing = way.kind.value(objects, "foreign"), way.kind.value(objects, "missing")
+    with gate.http(ALICE) as h:
+        a = build(way, foreign, objects).send(h)
+        b = build(way, missing, objects).send(h)
+    assert a.status_code == 403, f"another team's object was not refused: {a.status_code} {a.text[:300]}"
+    assert normalised(a, foreign) == normalised(b, missing), (a.text, b.text)
+    assert "answered" not in b.text and "404" not in b.text, b.text
+
+
+@pytest.mark.parametrize(("method", "path", "kind", "template"), [
+    ("POST", "/api/2.0/mlflow/experiments/search", "experiment_name", "name = '{}'"),
+    ("GET", "/api/2.0/mlflow/registered-models/search", "model", "name = '{}'"),
+    ("GET", "/api/2.0/mlflow/model-versions/search", "model", "name = '{}'"),
+    ("GET", "/api/2.0/mlflow/registered-models/search", "model", "name LIKE '{}%'"),
+])
+def test_searches_for_a_foreign_or_a_missing_name_answer_alike(gate, objects: Objects, method: str, path: str,
+                                                               kind: str, template: str) -> None:
+    """Searches are answered, filtered: by name, another team's object and a missing one give the same page."""
+    missing = {"experiment_name": "beta/missing-name", "model": "beta-missing-name"}[kind]
+    answers = []
+    with gate.http(ALICE) as h:
+        for name in (objects.foreign[kind], missing):
+            query = {"filter": template.format(name), "max_results": 10}
+            r = h.post(path, json=query) if method == "POST" else h.get(path, params=query)
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+    assert answers[0] == answers[1] and not any(answers[0].values()), answers
