@@ -2,8 +2,9 @@
 by which rule (`review.who_can`, as `policy who-can` answers it), and the last refusals this replica saw.
 
 HTML in the pages' shared layout (`pages.page`: no script, a strict content security policy; the who-can
-form is a plain GET form), or JSON for API clients. Everyone else gets 403. The refusals come from the
-audit's in-memory ring (`audit.Denials`): what the audit log already holds, no database.
+form is a plain GET form), or JSON for API clients. Anyone else signed in gets the 403 of every admin-only
+route (`/_gate/metrics`, MLflow's admin routes through the gate): MLflow's JSON error, for browsers too. The
+refusals come from the audit's in-memory ring (`audit.Denials`): what the audit log already holds, no database.
 """
 from __future__ import annotations
 
@@ -33,11 +34,8 @@ async def admin(request: Request) -> Response:
     if isinstance(ident, Response):
         return ident
     policy = services.store.current
-    if not is_admin(policy, ident):
-        refusal = PermissionDenied("Permission denied: /_gate/admin is for admins only.")
-        if wants_json(request):
-            return error_response(refusal)
-        return page("Admin", f'<p class="err">{html.escape(refusal.message)}</p>', 403)
+    if not is_admin(policy, ident):     # the answer of every admin-only route: MLflow's JSON, whatever Accept says
+        return error_response(PermissionDenied("Permission denied: /_gate/admin is for admins only."))
     kind, name = request.query_params.get("kind") or "experiment", request.query_params.get("name") or ""
     problem = "" if kind in KINDS else f"kind must be one of {', '.join(KINDS)}, not {kind!r}."
     answer = who_can(policy, kind, name) if name and not problem else None

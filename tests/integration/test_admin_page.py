@@ -1,6 +1,6 @@
 """/_gate/admin in Chromium (Debian's, via Playwright): an admin signs in with a local account, sees the teams with
 their protected aliases, the grants, denies and limits, asks who can reach a name with the GET form, and finds a
-refusal the real mlflow client just met; a member who is no admin gets the 403 page. No script runs on the page
+refusal the real mlflow client just met; a member who is no admin gets the 403 every admin-only route gives. No script runs on the page
 and the browser reports no content-security-policy violation."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from proxy.passwords import hash_password
@@ -122,9 +123,39 @@ def test_the_admin_page_in_chromium(admin_gate: Gate, browser: tuple[Any, list[s
     assert page.evaluate("document.scripts.length") == 0
     assert problems == [], problems
 
-    # a member who is no admin: the 403 page
+    # a member who is no admin: the refusal every admin-only route gives (MLflow's JSON), nothing of the policy
     page.goto(gate.url + "/_gate/logout")
     sign_in(page, gate, "bob@corp.test", BOB_PASSWORD)
     response = page.goto(gate.url + "/_gate/admin")
     assert response is not None and response.status == 403
-    assert "for admins only" in page.inner_text("body") and "champion" not in page.inner_text("body")
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"error_code": "PERMISSION_DENIED",
+                               "message": "Permission denied: /_gate/admin is for admins only."}
+    assert "champion" not in page.inner_text("body")
+
+
+ADMIN_ONLY = {"/_gate/admin": "/_gate/admin is for admins only",
+              "/_gate/metrics": "/_gate/metrics is for admins",
+              "/api/2.0/mlflow/webhooks": "/api/2.0/mlflow/webhooks is for admins only"}
+
+
+def test_non_admins_get_the_answer_of_every_admin_only_route(admin_gate: Gate) -> None:
+    """Over HTTP, with a personal token and with the browser's Accept: /_gate/admin refuses as /_gate/metrics and
+    MLflow's admin routes through the gate do (status, headers' type, body keys, error code)."""
+    gate = admin_gate
+    for accept in ("application/json", "text/html,application/xhtml+xml,*/*;q=0.8"):
+        with gate.http("nina@corp.test") as nina:
+            for path, says in ADMIN_ONLY.items():
+                r = nina.get(path, headers={"accept": accept})
+                assert r.status_code == 403, (path, r.text)
+                assert r.headers["content-type"].startswith("application/json"), (path, r.headers)
+                body = r.json()
+                assert set(body) == {"error_code", "message"} and body["error_code"] == "PERMISSION_DENIED", body
+                assert says in body["message"], (path, body)
+        with gate.http("admin@corp.test") as root:
+            r = root.get("/_gate/admin", headers={"accept": accept})
+            assert r.status_code == 200, r.text
+    with httpx.Client(base_url=gate.url) as anonymous:
+        for path in ADMIN_ONLY:
+            r = anonymous.get(path, headers={"accept": "application/json"})
+            assert r.status_code == 401 and r.json()["error_code"] == "UNAUTHENTICATED", (path, r.text)

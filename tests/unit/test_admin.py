@@ -50,12 +50,18 @@ def auth(user: str, accept: str = "application/json") -> dict[str, str]:
     return {"authorization": f"Bearer {mint_token(KEY, user)}", "accept": accept}
 
 
-def test_others_get_403_json_or_page(page: tuple[TestClient, Denials]) -> None:
+@pytest.mark.parametrize("accept", ["application/json", "text/html", "*/*"])
+def test_others_get_the_admin_routes_403_whatever_they_accept(page: tuple[TestClient, Denials], accept: str) -> None:
     client, _ = page
-    r = client.get("/_gate/admin", headers=auth("carol@corp.test"))
-    assert r.status_code == 403 and r.json()["error_code"] == "PERMISSION_DENIED"
-    r = client.get("/_gate/admin", headers=auth("bob@corp.test", "text/html"))
-    assert r.status_code == 403 and "for admins only" in r.text and "vision" not in r.text
+    for user in ("carol@corp.test", "bob@corp.test"):
+        r = client.get("/_gate/admin?kind=model&name=vision-clf", headers=auth(user, accept))
+        assert r.status_code == 403 and r.headers["content-type"] == "application/json"
+        assert r.json() == {"error_code": "PERMISSION_DENIED",
+                            "message": "Permission denied: /_gate/admin is for admins only."}
+
+
+def test_no_credential_is_401_json_or_the_sign_in_redirect(page: tuple[TestClient, Denials]) -> None:
+    client, _ = page
     r = client.get("/_gate/admin", headers={"accept": "application/json"})
     assert r.status_code == 401
     r = client.get("/_gate/admin", headers={"accept": "text/html"}, follow_redirects=False)
