@@ -4,6 +4,7 @@ maintainer allowed, through every route that sets, moves or drops an alias, prom
 figures on /_gate/metrics after real traffic (team names only, never a user id or a storage root)."""
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -15,10 +16,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.gate_it import denied, uid
+from tests.support.client import env_vars
 from tests.support.gate import Gate, start_gate
 
 pytestmark = pytest.mark.integration
 
+MiB = 1024 * 1024
 ROOT_USER, CAROL, BOB, ERIN, NINA = "root@corp.test", "carol@corp.test", "bob@corp.test", "erin@corp.test", \
     "nina@corp.test"
 
@@ -308,3 +311,23 @@ def test_per_team_figures_after_real_traffic(rules_gate: Gate, tmp_path: Path) -
     assert teams <= {"vision", "nlp", "(no team)"}, teams
     text = metrics_text(gate)
     assert not re.search(r"corp\.test|file://|vision-store|default-store", text)   # no user ids, no storage roots
+
+
+def test_multipart_parts_count_as_the_owning_teams_bytes(rules_gate: Gate, tmp_path: Path) -> None:
+    """The mlflow client's proxied multipart upload: its parts reach the gate's part endpoint (not the MLflow
+    request path), and each part's bytes count under the team owning the experiment, once."""
+    gate, size = rules_gate, 11 * MiB
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(size))
+    bob = gate.client(BOB)
+    run_id = bob.create_run(bob.create_experiment(f"vision/mpu-{uid()}")).info.run_id
+    before = team_samples(gate)
+    with env_vars(MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD="true", MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE=str(5 * MiB),
+                  MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE=str(5 * MiB)):
+        bob.log_artifact(run_id, str(local), "big")
+    after = team_samples(gate)
+    assert grew(before, after, "mlflow_gate_team_artifact_bytes_total", team="vision", direction="in") == size
+    assert grew(before, after, "mlflow_gate_team_artifact_bytes_total", team="nlp", direction="in") == 0
+    assert grew(before, after, "mlflow_gate_team_artifact_bytes_total", team="(no team)", direction="in") == 0
+    store = gate.policy_path.parent / "vision-store"
+    assert [p.stat().st_size for p in store.rglob("big.bin")] == [size]     # landed whole in vision's own store
