@@ -6,6 +6,7 @@ is `policy`.
 from __future__ import annotations
 
 import enum
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,19 @@ class Team:
 
     def prefixes(self, kind: str) -> tuple[str, ...]:
         return self.experiments if kind == "experiment" else self.models
+
+    def protects(self, alias: str) -> bool:
+        """Whether `alias` is one of `protected_aliases`, compared as a database might (see `alias_key`)."""
+        key = alias_key(alias)
+        return any(alias_key(a) == key for a in self.protected_aliases)
+
+
+def alias_key(alias: str) -> str:
+    """An alias as the most lenient database would compare it: MySQL's default collations ignore case and
+    accents, so there `Champion` or `chámpion` would overwrite `champion`; and MLflow's alias check
+    (`^[\\w\\-]*$`) lets a trailing newline through. Protection errs on the side of more aliases."""
+    decomposed = unicodedata.normalize("NFKD", alias.strip())
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 `open_services` is the app's lifespan: the policy store and its watcher, the upstream session, the
 resolver's caches, the credential chain (with the keys of the identity provider and of the policy's
-issuers), the artifact stores, the audit writer, the metrics. Nothing
+issuers), the artifact stores, the audit writer (and its ring of the last denials), the metrics, the
+per-caller request budgets. Nothing
 here is a module global, so tests can run many gates in one process.
 """
 from __future__ import annotations
@@ -21,12 +22,13 @@ from prometheus_client import start_http_server
 from . import upstream_version
 from .artifact_server import ArtifactServer
 from .artifacts import Stores
-from .audit import Audit
+from .audit import Audit, Denials
 from .authn import Authenticator
 from .errors import UpstreamUnavailable
 from .forward import Upstream
 from .issuers import Issuers
 from .jwt_bearer import provider_verifier
+from .limits import Budgets
 from .metrics import Metrics
 from .oidc import OidcLogin
 from .oidc_config import Discovery, OidcSettings
@@ -55,6 +57,8 @@ class Services:
     audit: Audit
     public_origin: str | None
     secure_cookies: bool
+    denials: Denials                                      # the last refusals (the admin page's), this replica's
+    budgets: Budgets                                      # limits.requests_per_minute, this replica's
     version: upstream_version.UpstreamVersion | None = None     # which MLflow the gate fronts (watched)
     _health: tuple[float, bool, str] = field(default=(0.0, False, "not checked yet"))
 
@@ -124,6 +128,7 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
     metrics = Metrics(store)
     upstream.metrics = metrics
     resolver = Resolver(upstream)
+    denials = Denials()
     artifacts = ArtifactServer(Stores(settings.artifacts_destination), resolver, store, settings.secret_key,
                                settings.public_url, internal_from_anywhere=settings.internal_from_anywhere,
                                metrics=metrics)
@@ -132,7 +137,8 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
         oidc=OidcLogin(oidc_settings, settings.public_url) if oidc_settings else None,
         authn=Authenticator(settings.secret_key, jwt=jwt, provider=provider, issuers=issuers), table=RouteTable(),
         metrics=metrics, upstream=upstream,
-        resolver=resolver, artifacts=artifacts, audit=Audit(metrics, audit_sink),
+        resolver=resolver, artifacts=artifacts, audit=Audit(metrics, audit_sink, denials),
+        denials=denials, budgets=Budgets(),
         public_origin=f"{parts.scheme}://{parts.netloc}" if parts else None,
         secure_cookies=bool(parts and parts.scheme == "https"))
 
