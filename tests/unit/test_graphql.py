@@ -249,7 +249,8 @@ def test_another_team_s_object_and_a_missing_one_get_the_same_denial() -> None:
     with pytest.raises(PermissionDenied) as missing:
         authorized((EXAMPLE, {"unrelated": 1}, None), {})
     assert foreign.value.message == missing.value.message == \
-        "Permission denied: GraphQL field 'mlflowSearchRuns' needs read on experiment '7'."
+        "Permission denied: read on experiment 7 is needed (GraphQL field 'mlflowSearchRuns'); you have no access " \
+        "to it, or it does not exist. You can read experiments whose names start with 'alpha/'."
     assert foreign.value.decision is not None and not foreign.value.decision.allowed
 
 
