@@ -186,12 +186,24 @@ def browse(page: Any, oidc_gate: Gate, oidc_provider: OidcProvider, seeded: Seed
                f"experiment_id={seeded.bob_exp_id}&", f"experiment_id={seeded.bob_exp_id} ")
         return [(status, what) for status, what in answers if any(b in what for b in bob)]
 
-    # MLflow renders the gate's 403 as its own error ("Experiment load error: ... status code 403").
+    # MLflow renders the gate's refusal as its own error (the gate's words: "Permission denied: ... is needed").
     page.wait_for_function("() => /load error|permission denied|status code 403/i.test(document.body.innerText)")
     page.wait_for_timeout(300)
     text = body_text(page)
     shots.take(page, "bob-experiment-refused")
-    assert about_bob() and all(status == 403 for status, _ in about_bob()), about_bob()
+    # Each request about bob's experiment is refused: a 403, or for a GraphQL document that selects its field's
+    # apiError, MLflow's own in-band form (200, data null, apiError PERMISSION_DENIED), which the UI shows at once.
+    assert about_bob(), answers
+    for status, what in about_bob():
+        url, _, document = what.partition(" ")
+        if status != 403:
+            assert status == 200 and url == f"{gate}/graphql", (status, what)
+            replayed = page.evaluate("""async (body) => (await fetch('/graphql', {method: 'POST', body,
+                headers: {'Content-Type': 'application/json'}})).json()""", document)
+            [answer] = replayed["data"].values()
+            [error] = [v for v in answer.values() if isinstance(v, dict)]
+            assert error["code"] == "PERMISSION_DENIED" and "is needed" in error["message"], replayed
+            assert not [v for v in answer.values() if v not in (None, error) and not isinstance(v, str)], replayed
     assert seeded.bob_exp not in text and seeded.bob_run not in text and "bob_secret_metric" not in text
     assert not [what for status, what in answers if status == 200 and (seeded.bob_exp in what or "bob-secret" in what)]
     # The same refusal for a write from the UI's own origin (a same-origin fetch with the session cookie).
