@@ -5,7 +5,7 @@ Mappings that never change (a run's, trace's or logged model's experiment) are k
 cache is full (the gate lets no trace move: see `existing_trace`); an experiment's name can change
 by rename, so it is kept for a short time and dropped by the gate when a rename passes through it.
 An id that cannot be resolved raises `Unresolvable`: the caller denies, never allows, with the
-message a refused object gets (`denial`), so no answer tells whether another team's object exists.
+message a refused object gets (`denials.denial`), so no answer tells whether another team's object exists.
 
 Ids the client chooses (a trace id of a trace it starts or exports spans to) are the exception: a
 trace the upstream definitely does not have (404 RESOURCE_DOES_NOT_EXIST) is a create; every other
@@ -21,6 +21,7 @@ from urllib.parse import quote, urlparse
 
 from .cache import LRU
 from .decide import Decision, decide
+from .denials import denial, shortfall, shown
 from .errors import BadRequest, PermissionDenied, UpstreamUnavailable
 from .forward import Upstream
 from .identity import Identity
@@ -311,13 +312,13 @@ async def check(call: Call, resolver: Resolver, what: Names, value: str, level: 
     """One id: resolved to its names, each decided and recorded; refused at the first shortfall.
     `aliases`: the model aliases the request sets, moves or deletes (a protected one needs manage).
 
-    Refused with no access and not found are one answer (`denial`): the level the route needs, the
-    id as the caller gave it. Only a caller who may read the object learns the level it holds."""
-    shown = SHOWN[what].format(value)
+    Refused with no access and not found are one answer (`denials.denial`): the level the route needs, the
+    id as the caller gave it, the names the caller may use. Only a caller who may read the object learns the
+    level it holds."""
     try:
         targets = await resolver.targets(what, value, call.who, level)
     except Unresolvable as exc:
-        raise PermissionDenied(denial(level, shown), detail=exc.detail) from exc
+        raise PermissionDenied(denial(level, what, value, call.rules, call.who), detail=exc.detail) from exc
     for target in targets:
         protected = _protected(call.rules, target, aliases)
         decision = decide(call.rules, call.who, target.kind, target.name,
@@ -325,8 +326,8 @@ async def check(call: Call, resolver: Resolver, what: Names, value: str, level: 
         call.decisions.append(decision)
         if not decision.allowed:
             if decision.have is Level.NONE:
-                raise PermissionDenied(denial(level, shown), decision)
-            raise PermissionDenied(_refusal(shown, target, decision, protected), decision)
+                raise PermissionDenied(denial(level, what, value, call.rules, call.who), decision)
+            raise PermissionDenied(_refusal(call, what, value, target, decision, protected), decision)
 
 
 def _protected(policy: Policy, target: Target, aliases: tuple[str, ...]) -> str | None:
@@ -336,15 +337,12 @@ def _protected(policy: Policy, target: Target, aliases: tuple[str, ...]) -> str 
     return f"{found!r} (team {team.name})" if team and found is not None else None
 
 
-def _refusal(shown: str, target: Target, decision: Decision, protected: str | None) -> str:
+def _refusal(call: Call, what: Names, value: str, target: Target, decision: Decision, protected: str | None) -> str:
+    """The refusal of a caller who may read the object but needs more (a protected alias says so)."""
     if protected is not None and decision.have >= target.level:     # refused because the alias is protected
-        return (f"Permission denied: alias {protected} of {shown} is protected: setting, moving or deleting it "
-                f"needs manage on the model; you have {decision.have}.")
-    return f"Permission denied: {target.level} on {shown} is needed; you have {decision.have}."
-
-
-def denial(level: Level, shown: str) -> str:
-    return f"Permission denied: {level} on {shown} is needed; you have no access to it, or it does not exist."
+        return (f"Permission denied: alias {protected} of {shown(what, value)} is protected: setting, moving or "
+                f"deleting it needs manage on the model; you have {decision.have}.")
+    return shortfall(decision.needed, decision.have, what, value, call.rules, call.who)
 
 
 async def check_within(call: Call, resolver: Resolver, need: Need, value: str) -> None:
@@ -363,14 +361,6 @@ async def check_within(call: Call, resolver: Resolver, need: Need, value: str) -
                                "assessment_id and overrides out of the assessments of a trace you start.")
 
 
-# How a denial names each kind of id: as the caller gave it, never what it resolved to.
-SHOWN: dict[Names, str] = {
-    Names.EXPERIMENT: "experiment {}", Names.EXPERIMENT_NAME: "experiment {!r}", Names.NEW_EXPERIMENT: "experiment {!r}",
-    Names.RUN: "run {}", Names.RUN_OWNED: "run {}", Names.TRACE: "trace {}", Names.NEW_TRACE: "trace {}",
-    Names.ASSESSMENT: "assessment {}", Names.LOGGED_MODEL: "logged model {}", Names.MODEL: "model {!r}",
-    Names.NEW_MODEL: "model {!r}", Names.PROMPT_URI: "prompt {!r}", Names.DATASET: "dataset {}",
-    Names.ARTIFACT_PATH: "artifact path {!r}", Names.SOURCE_URI: "model version source {!r}",
-}
 _RESOLVE: dict[Names, Callable[[Resolver, str, Identity, Level], Awaitable[list[Target]]]] = {
     Names.EXPERIMENT: Resolver._experiment_id,
     Names.EXPERIMENT_NAME: _by_name("experiment"),
@@ -388,9 +378,8 @@ _RESOLVE: dict[Names, Callable[[Resolver, str, Identity, Level], Awaitable[list[
     Names.ARTIFACT_PATH: Resolver._artifact_path,
     Names.SOURCE_URI: Resolver._source,
 }
-for _table, _what in ((_RESOLVE, "a resolution"), (SHOWN, "a way to show them")):
-    if set(_table) != set(Names):              # every kind of id a route can name is resolved and shown
-        raise ImportError(f"ids without {_what}: {sorted(n.value for n in set(Names) - set(_table))}")
+if set(_RESOLVE) != set(Names):              # every kind of id a route can name is resolved
+    raise ImportError(f"ids without a resolution: {sorted(n.value for n in set(Names) - set(_RESOLVE))}")
 
 
 def _trace_path(trace_id: str) -> str:
