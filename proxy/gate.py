@@ -21,7 +21,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from . import filters, graphql
+from . import graphql
 from .artifact_views import serve_protocol, serve_view
 from .call import Call
 from .decide import is_admin
@@ -113,7 +113,7 @@ class Gate:
             return
         if route.search is not None and not call.admin:
             self.allowed(call, "signed in; answer filtered")
-            page = await filters.search(call, self.s.upstream)
+            page = await self.s.searches.page(call)
             await send_bytes(call.send, 200, _JSON, json.dumps(page).encode())
             return
         self.allowed(call, "admin" if call.admin else ("signed in" if route.access is Access.SIGNED_IN else "policy"))
