@@ -44,8 +44,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_gate import Client  # noqa: E402 - the keep-alive stdlib client of the other benchmark
-from benchlib import (  # noqa: E402
+from bench_gate import Client
+from benchlib import (
     ROOT,
     VENV_BIN,
     Proc,
@@ -279,12 +279,13 @@ def bench_caller(s: Servers, kind: str, user: str, token: str, rows: list[tuple]
     out["listing"] = {}
     for size in k["page_sizes"]:
         (got, pages), calls = counted(s, lambda size=size: listing(gate, kind, size))
-        gate_ms, direct_ms = [], []
+        gate_ms, direct_ms, gate_cpu = [], [], 0.0
         for r in range(cfg["listing_reps"]):
             for target in (("gate", "direct") if r % 2 == 0 else ("direct", "gate")):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), s.gate.cpu()
                 if target == "gate":
                     listing(gate, kind, size)
+                    gate_cpu += s.gate.cpu() - c0
                 else:
                     for p in prefixes:
                         listing(direct, kind, size, like(p))
@@ -292,7 +293,8 @@ def bench_caller(s: Servers, kind: str, user: str, token: str, rows: list[tuple]
         g, d = statistics.median(gate_ms), statistics.median(direct_ms)
         out["listing"][size] = {"exact": got == want, "items": len(got), "pages": pages, "upstream_calls": calls,
                                 "calls_per_page": round(calls / pages, 2), "gate": round(g, 1), "direct": round(d, 1),
-                                "ratio": round(g / d, 3)}
+                                "ratio": round(g / d, 3),
+                                "gate_cpu_ms_per_page": round(gate_cpu * 1000 / (pages * cfg["listing_reps"]), 2)}
     gate.close()
     direct.close()
     return out
@@ -318,7 +320,8 @@ def bench_size(tmp: Path, schema: Path, n: int, tokens: dict[str, str], cfg: dic
                     f"exact {fp['exact']})")
                 for size, li in r["listing"].items():
                     log(f"    listing by {size}: {li['gate']} vs {li['direct']} ms ({li['ratio']}x), {li['pages']} "
-                        f"pages, {li['calls_per_page']} calls/page, {li['items']} items, exact {li['exact']}")
+                        f"pages, {li['calls_per_page']} calls/page, {li['items']} items, exact {li['exact']}, "
+                        f"gate CPU {li['gate_cpu_ms_per_page']} ms/page")
     finally:
         s.stop()
     return res
@@ -333,7 +336,7 @@ def table(res: dict) -> list[dict]:
     fr, lr = TARGETS["first_page_ratio_max"], TARGETS["listing_ratio_max"]
     for size in res["sizes"]:
         for kind in KINDS:
-            for user, r in size[kind].items():
+            for r in size[kind].values():
                 tag = f"{size['n_experiments'] // 1000}k {kind[:5]} {r['prefixes']}p"
                 fp = r["first_page"]
                 rows.append(table_row(f"{tag} first page (ms)", fp["gate"], fp["direct"], fp["ratio"], f"<= {fr}",
