@@ -240,11 +240,12 @@ class ReadAhead:
         count = sum(len(w[1]) for w in windows.values())
         if not count or count > min(self.per_entry, self.items):
             return None
+        now = time.monotonic()
         nonce = secrets.token_urlsafe(12)
-        self.entries[nonce] = Saved(owner, windows, count, time.monotonic() + self.ttl)
+        self.entries[nonce] = Saved(owner, windows, count, now + self.ttl)
         self.count += count
-        while self.count > self.items:
-            self.count -= self.entries.popitem(last=False)[1].count
+        while self.entries and (self.count > self.items or next(iter(self.entries.values())).expires < now):
+            self.count -= self.entries.popitem(last=False)[1].count      # the oldest first: full or expired
         return nonce
 
     def take(self, nonce: str | None, owner: tuple[Any, ...]) -> dict[str, tuple[Position, list[Item], Position]]:

@@ -267,3 +267,29 @@ def test_max_results(value: Any, expected: int) -> None:
 def test_bad_max_results(value: str) -> None:
     with pytest.raises(BadRequest):
         parse_max_results(value, SEARCHES[Search.EXPERIMENTS])
+
+
+def test_read_ahead_is_single_use_bound_to_its_owner_and_bounded() -> None:
+    from collections import deque
+
+    from proxy.merge import Cursor, Lane, Merge
+    from proxy.plan import Stream
+
+    def merge_with(n: int) -> Merge:
+        lane = Lane(Stream("a/", "name LIKE 'a/%'"), Cursor(), deque({"name": f"a/{i}"} for i in range(n)))
+        return Merge([lane], None, None, None, "experiments", 1000, 10)  # type: ignore[arg-type]
+
+    store = ReadAhead(items=10, ttl=30.0)
+    nonce = store.put(("alice", frozenset()), merge_with(4))
+    assert store.take(nonce, ("bob", frozenset())) == {}                   # another caller: nothing, and it is gone
+    assert store.take(nonce, ("alice", frozenset())) == {}
+    nonce = store.put(("alice", frozenset()), merge_with(4))
+    assert len(store.take(nonce, ("alice", frozenset()))["a/"][1]) == 4
+    assert store.take(nonce, ("alice", frozenset())) == {}                 # used once
+    assert store.put(("alice", frozenset()), merge_with(11)) is None       # larger than the whole store
+    first = store.put(("alice", frozenset()), merge_with(6))
+    second = store.put(("alice", frozenset()), merge_with(6))
+    assert store.take(first, ("alice", frozenset())) == {} and store.count == 6   # the oldest made room
+    assert store.take(second, ("alice", frozenset()))
+    expired = ReadAhead(ttl=-1.0)
+    assert expired.take(expired.put(("a",), merge_with(2)), ("a",)) == {}
