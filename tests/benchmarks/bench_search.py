@@ -3,8 +3,9 @@
 
 Run from the checkout root:
 
-    .venv/bin/python tests/benchmarks/bench_search.py            # 22k and 100k experiments, about 6-10 minutes
-    .venv/bin/python tests/benchmarks/bench_search.py --quick    # 22k only, fewer repetitions, about 3 minutes
+    .venv/bin/python tests/benchmarks/bench_search.py            # 22k and 100k experiments, about 10-12 minutes
+    .venv/bin/python tests/benchmarks/bench_search.py --quick    # 22k only, fewer repetitions, about 4 minutes
+    .venv/bin/python tests/benchmarks/bench_search.py --compare ../before   # + the gate of another checkout
 
 Per server size it builds a SQLite store quickly (the schema created by MLflow's own SqlAlchemyStore classes, then
 bulk inserts: 50 teams, a shared area and personal areas), starts `mlflow server --workers 1` on it and
@@ -26,8 +27,6 @@ Not named test_*.py: pytest must not collect it. Results (machine-specific) go t
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import shutil
 import sqlite3
@@ -42,24 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support from the checkout's root
 
-from bench_gate import Client
-from benchlib import (
-    ROOT,
-    VENV_BIN,
-    Proc,
-    base_env,
-    free_port,
-    gate_argv,
-    gate_cli,
-    git_head,
-    log,
-    print_table,
-    raise_on_sigterm,
-    table_row,
-    wait_http_ok,
-)
+from bench_gate import Client  # the keep-alive stdlib client of the other benchmark
+from benchlib import Guard, Table, finish, log, new_record, raise_on_sigterm
+
+from tests.support.gate import gate_process, mint_token, write_policy
+from tests.support.mlflow_server import mlflow_process
+from tests.support.process import Process, child_env
 
 N_TEAMS = 50
 PER_PREFIX_EXPERIMENTS = 420
@@ -127,7 +116,7 @@ def create_schema(db: Path) -> float:
             "T(sys.argv[1], sys.argv[2]); R(sys.argv[1])\n")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, f"sqlite:///{db}", str(db.parent / "art")], check=True,
-                   env=base_env(), capture_output=True, timeout=300)
+                   env=child_env(), capture_output=True, timeout=300)
     return time.perf_counter() - t0
 
 
@@ -163,42 +152,44 @@ def expected(kind: str, rows: list[tuple], prefixes: list[str]) -> list[str]:
 
 @dataclass
 class Servers:
-    tmp: Path
-    mlflow: Proc
-    mlflow_port: int
-    gate: Proc
-    gate_port: int
+    mlflow: Process
+    gates: dict[str, Process]           # "gate" (this checkout's) and, with --compare, "compare"
 
     def stop(self) -> None:
-        for p in (self.gate, self.mlflow):
+        for p in (*self.gates.values(), self.mlflow):
             try:
                 p.stop()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 traceback.print_exc()
 
     def upstream_lines(self) -> int:
-        text = self.mlflow.logfile.read_text(errors="replace")
+        text = self.mlflow.log_path.read_text(errors="replace")
         return sum(1 for ln in text.splitlines() if "HTTP/1.1\" " in ln)
 
+    def port(self, name: str) -> int:
+        return int((self.mlflow if name == "direct" else self.gates[name]).url.rsplit(":", 1)[1])
 
-def start(tmp: Path, db: Path) -> Servers:
-    mport, gport = free_port(), free_port()
-    mlflow = Proc("mlflow", [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}",
-                             "--artifacts-destination", str(tmp / "art"), "--host", "127.0.0.1",
-                             "--port", str(mport), "--workers", "1"],
-                  base_env(), tmp / f"mlflow-{db.stem}.log", tmp)
-    wait_http_ok(mport, "/health", mlflow, 180)
-    (tmp / "policy.yaml").write_text(policy_yaml())
-    gate = Proc("gate", gate_argv() + ["serve", "--policy", str(tmp / "policy.yaml"), "--host", "127.0.0.1",
-                                       "--port", str(gport), "--upstream", f"http://127.0.0.1:{mport}"],
-                base_env() | {"MLFLOW_GATE_AUDIT_LOG": "off"}, tmp / f"gate-{db.stem}.log", ROOT)
+
+def start(tmp: Path, db: Path, compare: Path | None) -> Servers:
+    root = tmp / db.stem
+    mlflow = mlflow_process(root, f"sqlite:///{db}", str(tmp / "art")).start()
+    gates: dict[str, Process] = {}
+    s = Servers(mlflow, gates)
     try:
-        wait_http_ok(gport, "/_gate/health", gate, 60)
-    except Exception:
-        mlflow.stop()
-        gate.stop()
+        mlflow.wait_ready(180)
+        upstream = mlflow.url
+        gates["gate"] = gate_process(root / "gate", write_policy(root / "gate", policy_yaml()), upstream,
+                                     env={"MLFLOW_GATE_AUDIT_LOG": "off"}).start()
+        if compare is not None:
+            gates["compare"] = gate_process(root / "compare", write_policy(root / "compare", policy_yaml()), upstream,
+                                            env={"MLFLOW_GATE_AUDIT_LOG": "off", "PYTHONPATH": str(compare)},
+                                            name="compare").start()
+        for g in gates.values():
+            g.wait_ready(60)
+    except BaseException:
+        s.stop()
         raise
-    return Servers(tmp, mlflow, mport, gate, gport)
+    return s
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,66 +253,90 @@ def counted(s: Servers, fn: Callable[[], object]) -> tuple[object, int]:
     return result, s.upstream_lines() - before
 
 
-def bench_caller(s: Servers, kind: str, user: str, token: str, rows: list[tuple], cfg: dict) -> dict:
-    k = KINDS[kind]
-    prefixes = readable_prefixes(user, k["sep"])
-    gate, direct = Client(s.gate_port, {"Authorization": f"Bearer {token}"}), Client(s.mlflow_port)
-    out: dict = {"prefixes": len(prefixes)}
-    want = expected(kind, rows, prefixes)
-    page, calls = counted(s, lambda: search(gate, kind, 100))
-    first = [x["name"] for x in page.get(k["list"], [])]  # type: ignore[union-attr]
-    out["first_page"] = {"exact": first == want[:100], "upstream_calls": calls}
-    lat = interleaved({"gate": lambda: search(gate, kind, 100),
-                       "direct": lambda: search(direct, kind, 100, flt=like(prefixes[0]))},
-                      cfg["blocks"], cfg["per_block"])
-    out["first_page"] |= {t: round(statistics.median(v), 2) for t, v in lat.items()}
-    out["first_page"]["ratio"] = round(out["first_page"]["gate"] / out["first_page"]["direct"], 3)
-    out["listing"] = {}
-    for size in k["page_sizes"]:
-        (got, pages), calls = counted(s, lambda size=size: listing(gate, kind, size))
-        gate_ms, direct_ms, gate_cpu = [], [], 0.0
-        for r in range(cfg["listing_reps"]):
-            for target in (("gate", "direct") if r % 2 == 0 else ("direct", "gate")):
-                t0, c0 = time.perf_counter(), s.gate.cpu()
-                if target == "gate":
-                    listing(gate, kind, size)
-                    gate_cpu += s.gate.cpu() - c0
-                else:
-                    for p in prefixes:
-                        listing(direct, kind, size, like(p))
-                (gate_ms if target == "gate" else direct_ms).append((time.perf_counter() - t0) * 1000)
-        g, d = statistics.median(gate_ms), statistics.median(direct_ms)
-        out["listing"][size] = {"exact": got == want, "items": len(got), "pages": pages, "upstream_calls": calls,
-                                "calls_per_page": round(calls / pages, 2), "gate": round(g, 1), "direct": round(d, 1),
-                                "ratio": round(g / d, 3),
-                                "gate_cpu_ms_per_page": round(gate_cpu * 1000 / (pages * cfg["listing_reps"]), 2)}
-    gate.close()
-    direct.close()
+def first_page(s: Servers, clients: dict[str, Client], kind: str, prefixes: list[str], want: list[str],
+               cfg: dict) -> dict:
+    """The gates' first page against the direct page of one prefix; each gate's upstream calls and exactness."""
+    out: dict = {}
+    for name in s.gates:
+        page, calls = counted(s, lambda name=name: search(clients[name], kind, 100))
+        got = [x["name"] for x in page.get(KINDS[kind]["list"], [])]  # type: ignore[union-attr]
+        out[name] = {"exact": got == want[:100], "upstream_calls": calls}
+    fns = {name: (lambda name=name: search(clients[name], kind, 100)) for name in s.gates}
+    fns["direct"] = lambda: search(clients["direct"], kind, 100, flt=like(prefixes[0]))
+    lat = {t: statistics.median(v) for t, v in interleaved(fns, cfg["blocks"], cfg["per_block"]).items()}
+    out["direct"] = {"ms": round(lat["direct"], 2)}
+    for name in s.gates:
+        out[name] |= {"ms": round(lat[name], 2), "ratio": round(lat[name] / lat["direct"], 3)}
     return out
 
 
-def bench_size(tmp: Path, schema: Path, n: int, tokens: dict[str, str], cfg: dict) -> dict:
+def full_listing(s: Servers, clients: dict[str, Client], kind: str, size: int, prefixes: list[str],
+                 want: list[str], cfg: dict) -> dict:
+    """Every page through each gate against the direct listings of each readable prefix (rounds alternate)."""
+    out: dict = {}
+    for name in s.gates:
+        (got, pages), calls = counted(s, lambda name=name: listing(clients[name], kind, size))
+        out[name] = {"exact": got == want, "items": len(got), "pages": pages, "upstream_calls": calls,
+                     "calls_per_page": round(calls / pages, 2)}
+    ms: dict[str, list[float]] = {t: [] for t in (*s.gates, "direct")}
+    cpu = dict.fromkeys(s.gates, 0.0)
+    reps = cfg["listing_reps"]
+    for r in range(reps):
+        for target in (list(ms) if r % 2 == 0 else list(ms)[::-1]):
+            t0, c0 = time.perf_counter(), s.gates[target].cpu_seconds() if target in s.gates else 0.0
+            if target == "direct":
+                for p in prefixes:
+                    listing(clients["direct"], kind, size, like(p))
+            else:
+                listing(clients[target], kind, size)
+                cpu[target] += s.gates[target].cpu_seconds() - c0
+            ms[target].append((time.perf_counter() - t0) * 1000)
+    direct = statistics.median(ms["direct"])
+    out["direct"] = {"ms": round(direct, 1)}
+    for name in s.gates:
+        med = statistics.median(ms[name])
+        out[name] |= {"ms": round(med, 1), "ratio": round(med / direct, 3),
+                      "cpu_ms_per_page": round(cpu[name] * 1000 / (out[name]["pages"] * reps), 2)}
+    return out
+
+
+def bench_caller(s: Servers, kind: str, user: str, token: str, rows: list[tuple], cfg: dict) -> dict:
+    prefixes = readable_prefixes(user, KINDS[kind]["sep"])
+    auth = {"Authorization": f"Bearer {token}"}
+    clients = {name: Client(s.port(name), auth) for name in s.gates} | {"direct": Client(s.port("direct"))}
+    want = expected(kind, rows, prefixes)
+    try:
+        return {"prefixes": len(prefixes), "first_page": first_page(s, clients, kind, prefixes, want, cfg),
+                "listing": {size: full_listing(s, clients, kind, size, prefixes, want, cfg)
+                            for size in KINDS[kind]["page_sizes"]}}
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+def bench_size(tmp: Path, schema: Path, n: int, tokens: dict[str, str], cfg: dict, compare: Path | None) -> dict:
     db = tmp / f"mlflow-{n}.db"
     shutil.copy(schema, db)
     t0 = time.perf_counter()
     rows = fill(db, n, n // 11)
     res: dict = {"n_experiments": n, "n_models": n // 11, "fill_s": round(time.perf_counter() - t0, 1)}
     log(f"{n} experiments, {n // 11} registered models inserted in {res['fill_s']} s; starting servers")
-    s = start(tmp, db)
+    s = start(tmp, db, compare)
     try:
         for kind in KINDS:
             res[kind] = {}
             for user in CALLERS:
-                r = bench_caller(s, kind, user, tokens[user], rows[kind], cfg)
-                res[kind][user] = r
-                fp = r["first_page"]
-                log(f"  {kind} {len(readable_prefixes(user, KINDS[kind]['sep']))} prefixes: first page "
-                    f"{fp['gate']} vs {fp['direct']} ms ({fp['ratio']}x, {fp['upstream_calls']} calls, "
-                    f"exact {fp['exact']})")
-                for size, li in r["listing"].items():
-                    log(f"    listing by {size}: {li['gate']} vs {li['direct']} ms ({li['ratio']}x), {li['pages']} "
-                        f"pages, {li['calls_per_page']} calls/page, {li['items']} items, exact {li['exact']}, "
-                        f"gate CPU {li['gate_cpu_ms_per_page']} ms/page")
+                r = res[kind][user] = bench_caller(s, kind, user, tokens[user], rows[kind], cfg)
+                for name in s.gates:
+                    fp = r["first_page"][name]
+                    log(f"  {name}: {kind}, {r['prefixes']} prefixes: first page {fp['ms']} vs "
+                        f"{r['first_page']['direct']['ms']} ms ({fp['ratio']}x, {fp['upstream_calls']} calls, "
+                        f"exact {fp['exact']})")
+                    for size, li in r["listing"].items():
+                        g = li[name]
+                        log(f"    listing by {size}: {g['ms']} vs {li['direct']['ms']} ms ({g['ratio']}x), "
+                            f"{g['pages']} pages, {g['calls_per_page']} calls/page, {g['items']} items, "
+                            f"exact {g['exact']}, gate CPU {g['cpu_ms_per_page']} ms/page")
     finally:
         s.stop()
     return res
@@ -332,66 +347,65 @@ def bench_size(tmp: Path, schema: Path, n: int, tokens: dict[str, str], cfg: dic
 
 
 def table(res: dict) -> list[dict]:
-    rows = []
+    rows = Table()
     fr, lr = TARGETS["first_page_ratio_max"], TARGETS["listing_ratio_max"]
     for size in res["sizes"]:
         for kind in KINDS:
             for r in size[kind].values():
-                tag = f"{size['n_experiments'] // 1000}k {kind[:5]} {r['prefixes']}p"
-                fp = r["first_page"]
-                rows.append(table_row(f"{tag} first page (ms)", fp["gate"], fp["direct"], fp["ratio"], f"<= {fr}",
-                                      fp["ratio"] <= fr and fp["exact"]))
-                rows.append(table_row(f"{tag} first page upstream calls", fp["upstream_calls"], "-", "-",
-                                      f"<= {r['prefixes']}", fp["upstream_calls"] <= r["prefixes"]))
-                for page_size, li in r["listing"].items():
-                    rows.append(table_row(f"{tag} listing by {page_size} (ms)", li["gate"], li["direct"], li["ratio"],
-                                          f"<= {lr}", li["ratio"] <= lr and li["exact"]))
-                    rows.append(table_row(f"{tag} listing by {page_size} calls/page", li["calls_per_page"], "-", "-",
-                                          f"<= {r['prefixes']}", li["calls_per_page"] <= r["prefixes"]))
+                for name in (n for n in r["first_page"] if n != "direct"):
+                    tag = f"{name[:4]} {size['n_experiments'] // 1000}k {kind[:5]} {r['prefixes']}p"
+                    fp, k = r["first_page"][name], r["prefixes"]
+                    rows.add(f"{tag} first page (ms)", fp["ms"], r["first_page"]["direct"]["ms"], fp["ratio"],
+                             f"<= {fr}", fp["ratio"] <= fr and fp["exact"])
+                    rows.add(f"{tag} first page calls", fp["upstream_calls"], "-", "-", f"<= {k}",
+                             fp["upstream_calls"] <= k)
+                    for page_size, li in r["listing"].items():
+                        g = li[name]
+                        rows.add(f"{tag} listing by {page_size} (ms)", g["ms"], li["direct"]["ms"], g["ratio"],
+                                 f"<= {lr}", g["ratio"] <= lr and g["exact"])
+                        rows.add(f"{tag} listing by {page_size} calls/page", g["calls_per_page"], "-", "-",
+                                 f"<= {k}", g["calls_per_page"] <= k)
     return rows
 
 
-TABLE_COLS = [("metric", 44), ("gate", 9), ("direct", 9), ("value", 7), ("target", 8), ("verdict", 7)]
+TABLE_COLS = [("metric", 46), ("gate", 9), ("direct", 9), ("value", 7), ("target", 8), ("verdict", 7)]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="22k only, fewer repetitions")
     ap.add_argument("--sizes", default=None, help="comma-separated experiment counts (default 22000,100000)")
+    ap.add_argument("--compare", metavar="CHECKOUT", type=Path, default=None,
+                    help="also measure the gate of another checkout (before/after in one run, same servers)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, dbs)")
     ap.add_argument("--out", default=str(HERE / "last-search.json"))
     args = ap.parse_args()
     sizes = [int(x) for x in (args.sizes or ("22000" if args.quick else "22000,100000")).split(",")]
-    cfg = {"blocks": 4 if args.quick else 6, "per_block": 3 if args.quick else 5, "listing_reps": 1 if args.quick else 3}
-    res: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": cfg, "targets": TARGETS, "sizes": [],
-                 "env": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "git_head": git_head(),
-                         "proxy": os.environ.get("PYTHONPATH", "(installed)")}}
+    cfg = {"sizes": sizes, "blocks": 4 if args.quick else 6, "per_block": 3 if args.quick else 5,
+           "listing_reps": 1 if args.quick or args.compare else 3}
+    started = time.time()
+    res = new_record("quick" if args.quick else "full", cfg, TARGETS, ("mlflow",))
+    res["sizes"] = []
     raise_on_sigterm()
     tmp = Path(tempfile.mkdtemp(prefix="bench-search-"))
-    rc = 0
+    guard = Guard(res)
     try:
-        tokens = {u: gate_cli("token", "create", "--user", u, "--name", "bench") for u in CALLERS}
+        tokens = {u: mint_token(u, name="bench") for u in CALLERS}
         schema = tmp / "schema.db"
         log(f"creating the MLflow schema in {tmp}")
         res["schema_s"] = round(create_schema(schema), 1)
         for n in sizes:
-            res["sizes"].append(bench_size(tmp, schema, n, tokens, cfg))
-    except KeyboardInterrupt:
-        res["error"], rc = "interrupted", 130
-    except Exception as exc:  # noqa: BLE001 - reported; the servers are stopped already
-        traceback.print_exc()
-        res["error"], rc = f"{type(exc).__name__}: {exc}", 1
+            res["sizes"].append(bench_size(tmp, schema, n, tokens, cfg, args.compare.resolve() if args.compare else None))
+    except BaseException as exc:
+        if not guard.absorb(exc):
+            raise
     finally:
-        res["env"]["loadavg_end"] = os.getloadavg()
-        if args.keep or rc:
+        if args.keep or guard.rc:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    if res["sizes"]:
-        print_table(table(res), TABLE_COLS, ".1f")
-    log(f"load average {res['env']['loadavg_start']} -> {res['env']['loadavg_end']}; JSON in {args.out}")
-    return rc
+    finish(res, started, table, TABLE_COLS, ".1f", args.out)
+    return guard.rc
 
 
 if __name__ == "__main__":
