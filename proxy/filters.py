@@ -142,7 +142,7 @@ class Searches:
                 body["filter"] = flt
             if token:
                 body["page_token"] = token
-            status, data = await self.upstream.get_json(call.path, body=body, method=call.method)
+            status, data = await self.upstream.get_json(call.path, body=body, method=call.method, reads=True)
         if status != 200:
             raise UpstreamAnswer(status, data)
         return data if isinstance(data, dict) else {}

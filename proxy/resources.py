@@ -229,7 +229,8 @@ class Resolver:
             chunk = wanted[start:start + _BATCH]
             body = {"filter": f"experiment_id IN ({', '.join(repr(i) for i in chunk)})",
                     "max_results": len(chunk), "view_type": "ALL"}
-            status, data = await self.upstream.get_json("/api/2.0/mlflow/experiments/search", body=body, method="POST")
+            status, data = await self.upstream.get_json("/api/2.0/mlflow/experiments/search", body=body, method="POST",
+                                                        reads=True)
             if status != 200 or not isinstance(data, dict):
                 return                  # one lookup per id then, which says what is wrong
             for exp in data.get("experiments") or []:

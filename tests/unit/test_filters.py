@@ -44,7 +44,7 @@ class FakeMlflow:
         self.opaque, self.calls, self.sizes, self.tokens = opaque, 0, [], {}  # type: ignore[var-annotated]
 
     async def get_json(self, path: str, params: Any = None, body: dict[str, Any] | None = None,
-                       method: str = "GET") -> tuple[int, Any]:
+                       method: str = "GET", **_: Any) -> tuple[int, Any]:
         self.calls += 1
         assert body is not None
         size, token = body["max_results"], body.get("page_token")
