@@ -293,3 +293,18 @@ def test_read_ahead_is_single_use_bound_to_its_owner_and_bounded() -> None:
     assert store.take(second, ("alice", frozenset()))
     expired = ReadAhead(ttl=-1.0)
     assert expired.take(expired.put(("a",), merge_with(2)), ("a",)) == {}
+
+
+@pytest.mark.parametrize(("user", "names", "default"), [
+    ("gina@corp.test", ["gamma/1", "gamma/2", "GAMMA/3"], "none"),      # SQLite's LIKE 'gamma/%' finds GAMMA/ too
+    ("gina@corp.test", ["gamma/1", "gamma/2"], "none"),                 # the readable items end on the boundary
+    ("bob@corp.test", ["b/1", "b/2", "gamma/3", "gamma/4"], "read"),     # a scan: only another team's items follow
+])
+def test_a_full_page_carries_a_token_only_when_a_readable_item_follows(user: str, names: list[str],
+                                                                       default: str) -> None:
+    policy = load_policy_text(POLICY.replace("default: none", f"default: {default}"))
+    up = FakeMlflow(names)
+    page = asyncio.run(Searches(up, "k" * 32).page(  # type: ignore[arg-type]
+        make_call(user, {"max_results": 2, "order_by": ["name DESC" if default == "none" else "name ASC"]}, policy)))
+    assert [e["name"] for e in page["experiments"]] == sorted(names[:2], reverse=default == "none")
+    assert "next_page_token" not in page, page
