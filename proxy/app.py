@@ -16,6 +16,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from . import pages
 from .artifact_server import INTERNAL_PREFIX, PART_PATH
+from .compression import Compression
 from .errors import GateError, send_error
 from .forward import Receive, Send
 from .gate import Gate
@@ -59,7 +60,7 @@ def create_app(settings: Settings, *, upstream_url: str, policy_poll: float = 1.
         else:
             await pages_app(scope, receive, send)  # type: ignore[arg-type]
 
-    return app
+    return Compression(app)     # outermost: coded answers, decoded request bodies (compression.py)
 
 
 def _services(running: dict[str, Any]) -> Services:

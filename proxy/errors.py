@@ -76,6 +76,27 @@ class RateLimited(GateError):
         return [(b"retry-after", str(self.retry_after).encode())]
 
 
+class NotAcceptable(GateError):
+    """Accept-Encoding refuses every coding the gate can answer with (identity included)."""
+
+    status = 406
+    code = "INVALID_PARAMETER_VALUE"
+
+
+class UnsupportedMediaType(GateError):
+    """A request body in a content coding the gate does not decode: the answer names those it does."""
+
+    status = 415
+    code = "INVALID_PARAMETER_VALUE"
+
+    def __init__(self, message: str, accepted: str) -> None:
+        super().__init__(message)
+        self.accepted = accepted
+
+    def headers(self) -> Headers:
+        return [(b"accept-encoding", self.accepted.encode())]
+
+
 class UpstreamUnavailable(GateError):
     status = 503
     code = "TEMPORARILY_UNAVAILABLE"

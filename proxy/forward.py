@@ -33,6 +33,7 @@ DROP_REQUEST = frozenset({
 DROP_RESPONSE = frozenset({
     "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
     "proxy-authenticate", "content-length",
+    "date", "server",           # uvicorn sends its own; passing MLflow's on gave every answer both twice
 })
 CHUNK = 256 * 1024
 

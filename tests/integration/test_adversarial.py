@@ -447,3 +447,11 @@ def test_upstream_gets_a_host_it_accepts(echo_gate):
         hosts = header_values(rec, "Host")
         assert len(hosts) == 1, rec["headers"]
         assert urllib.parse.urlsplit(f"http://{hosts[0]}").hostname in {"127.0.0.1", "localhost"}, hosts
+
+
+def test_a_forwarded_answer_carries_each_of_date_and_server_once(gate, world: World):
+    with gate.http("alice") as alice:
+        r = alice.get("/api/2.0/mlflow/experiments/get", params={"experiment_id": world.alpha_exp})
+    assert r.status_code == 200, r.text
+    for name in ("date", "server", "content-type"):
+        assert len(r.headers.get_list(name)) <= 1, (name, r.headers.get_list(name))

@@ -214,9 +214,14 @@ def test_wrong_passwords_are_throttled_per_account_with_429_and_retry_after(own_
 
 
 def test_wrong_passwords_are_throttled_per_address_for_any_user_name(own_gate) -> None:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
     statuses = [search(own_gate.url, basic(f"nobody-{i}@corp.test", "guess")).status_code for i in range(30)]
+    elapsed = time.monotonic() - started
     first = statuses.index(429) if 429 in statuses else len(statuses)
-    assert 20 <= first <= 24 and set(statuses[first:]) == {429}, statuses
+    # 20 at once, then one more per 3 s (ADDRESS_LIMIT): a slow machine may earn a few back while it guesses
+    earned = int(elapsed / 3) + 1
+    assert 20 <= first <= 20 + earned and set(statuses[first:]) <= {401, 429}, (statuses, elapsed)
+    assert statuses[first:].count(401) <= earned, (statuses, elapsed)
 
 
 def _latency(url: str, headers: dict[str, str], seconds: float) -> list[float]:
