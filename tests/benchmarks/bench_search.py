@@ -5,6 +5,7 @@ Run from the checkout root:
 
     .venv/bin/python tests/benchmarks/bench_search.py            # 22k and 100k experiments, about 10-12 minutes
     .venv/bin/python tests/benchmarks/bench_search.py --quick    # 22k only, fewer repetitions, about 4 minutes
+    .venv/bin/python tests/benchmarks/bench_search.py --quick --sizes 4840   # the smallest server: a check that it runs
     .venv/bin/python tests/benchmarks/bench_search.py --compare ../before   # + the gate of another checkout
 
 Per server size it builds a SQLite store quickly (the schema created by MLflow's own SqlAlchemyStore classes, then
@@ -54,6 +55,7 @@ N_TEAMS = 50
 PER_PREFIX_EXPERIMENTS = 420
 PER_PREFIX_MODELS = 40
 T0 = 1_700_000_000_000
+MODELS_PER_EXPERIMENT = 11   # a server of n experiments holds n // 11 registered models
 TARGETS = {"first_page_ratio_max": 1.5, "listing_ratio_max": 1.5}
 CALLERS = {  # user -> teams it is a member of (the grant adds shared/ and its personal area for c3 and c10)
     "c1@corp.test": ["t00"],
@@ -318,9 +320,9 @@ def bench_size(tmp: Path, schema: Path, n: int, tokens: dict[str, str], cfg: dic
     db = tmp / f"mlflow-{n}.db"
     shutil.copy(schema, db)
     t0 = time.perf_counter()
-    rows = fill(db, n, n // 11)
-    res: dict = {"n_experiments": n, "n_models": n // 11, "fill_s": round(time.perf_counter() - t0, 1)}
-    log(f"{n} experiments, {n // 11} registered models inserted in {res['fill_s']} s; starting servers")
+    rows = fill(db, n, n // MODELS_PER_EXPERIMENT)
+    res: dict = {"n_experiments": n, "n_models": n // MODELS_PER_EXPERIMENT, "fill_s": round(time.perf_counter() - t0, 1)}
+    log(f"{n} experiments, {n // MODELS_PER_EXPERIMENT} registered models inserted in {res['fill_s']} s; starting servers")
     s = start(tmp, db, compare)
     try:
         for kind in KINDS:
@@ -371,16 +373,28 @@ def table(res: dict) -> list[dict]:
 TABLE_COLS = [("metric", 46), ("gate", 9), ("direct", 9), ("value", 7), ("target", 8), ("verdict", 7)]
 
 
+def min_size() -> int:
+    """The smallest server: the rows some caller reads, the same at every size (4840 experiments)."""
+    return len(all_readable_prefixes("/")) * max(PER_PREFIX_EXPERIMENTS, PER_PREFIX_MODELS * MODELS_PER_EXPERIMENT)
+
+
 def main() -> int:
+    smallest = min_size()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="22k only, fewer repetitions")
-    ap.add_argument("--sizes", default=None, help="comma-separated experiment counts (default 22000,100000)")
+    ap.add_argument("--sizes", default=None, help="comma-separated experiment counts (default 22000,100000; "
+                    f"at least {smallest}: `--quick --sizes {smallest}` is the smallest run, a few minutes)")
     ap.add_argument("--compare", metavar="CHECKOUT", type=Path, default=None,
                     help="also measure the gate of another checkout (before/after in one run, same servers)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, dbs)")
     ap.add_argument("--out", default=str(HERE / "last-search.json"))
     args = ap.parse_args()
-    sizes = [int(x) for x in (args.sizes or ("22000" if args.quick else "22000,100000")).split(",")]
+    try:
+        sizes = [int(x) for x in (args.sizes or ("22000" if args.quick else "22000,100000")).split(",")]
+    except ValueError:
+        ap.error(f"--sizes takes comma-separated integers, got {args.sizes!r}")
+    if min(sizes) < smallest:
+        ap.error(f"--sizes: at least {smallest} experiments (the readable rows every size holds), got {min(sizes)}")
     cfg = {"sizes": sizes, "blocks": 4 if args.quick else 6, "per_block": 3 if args.quick else 5,
            "listing_reps": 1 if args.quick or args.compare else 3}
     started = time.time()
