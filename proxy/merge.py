@@ -7,11 +7,13 @@ next item is in, and how many items of that page are consumed. MLflow's SQL and 
 (`{"offset": n}`, base64); once the upstream's tokens are seen to be offsets, positions are written as offsets, so
 resuming costs nothing; otherwise the page is fetched again and the consumed items skipped.
 
-Upstream page sizes follow what each stream gave so far: a fresh search asks each of k streams for about 1.5/k of
-the page; a stream asked again in the same search asks for twice as much as the last time, up to the caller's page
-size, so a long listing costs about the upstream pages a direct listing of each prefix would. Items fetched beyond a
-page are kept for a short while (`ReadAhead`), bound to the caller and the search, so the next page usually needs no
-upstream call at all; when they are gone (another replica, expired), the positions in the page token still resume
+Upstream page sizes follow what each stream gave so far: a fresh search asks each of k streams for its share of the
+page with room for chance (`share_of`: 1.5 times the share, or three standard deviations over it when that is more,
+as for 10 streams: 20 items each for a page of 100, so one stream rarely runs dry and is asked twice); a stream
+asked again in the same search asks for twice as much as the last time, up to the caller's page size, so a long
+listing costs about the upstream pages a direct listing of each prefix would. Items fetched beyond a page are kept
+for a short while (`ReadAhead`), bound to the caller and the search, so the next page usually needs no upstream call
+at all; when they are gone (another replica, expired), the positions in the page token still resume
 exactly. Every item is checked again (`wanted`) when it is handed out.
 """
 from __future__ import annotations
@@ -34,6 +36,13 @@ from .searches import SortKey
 Item = dict[str, Any]
 Fetch = Callable[[Stream, str | None, int], Awaitable[dict[str, Any]]]   # (stream, upstream token, size) -> answer
 SCAN_PAGE = 1000          # upstream page size of a scan: most items may be unreadable
+
+
+def share_of(need: int, share: float) -> int:
+    """The items to ask a stream for when it gave `share` of the items so far (or each of the streams gets an equal
+    share): the larger of 1.5 times its share and its share plus three standard deviations of a binomial draw."""
+    mean = share * need
+    return math.ceil(max(1.5 * mean, mean + 3 * math.sqrt(need * share * (1 - share))))
 
 
 @dataclass(frozen=True)
@@ -163,7 +172,7 @@ class Merge:
             taken = sum(other.cursor.taken for other in self.lanes)
             live = sum(1 for other in self.lanes if not other.cursor.pos.end or other.window)
             share = lane.cursor.taken / taken if taken else 1 / max(live, 1)
-            size = math.ceil(1.5 * share * need) + 1
+            size = share_of(need, share) + 1
         return max(1, min(size, self.page_size + 1, self.upstream_max))   # one more: is there a next page?
 
     async def fill(self, lane: Lane, size: int) -> None:
