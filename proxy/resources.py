@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
 
 from .cache import LRU
-from .decide import decide
+from .decide import Decision, decide
 from .errors import BadRequest, PermissionDenied, UpstreamUnavailable
 from .forward import Upstream
 from .identity import Identity
 from .params import ids_of
-from .policy import Level
+from .policy import Level, Policy
 from .rewrite import STORE_TAG
 from .routes import Names, Need
 
@@ -323,15 +323,20 @@ async def authorize(call: Call, resolver: Resolver) -> None:
             if need.optional:
                 continue
             raise BadRequest(f"Missing value for required parameter '{need.fields[0].split(':')[-1]}'.")
+        aliases = tuple(ids_of((need.alias,), call.params, call.path_params, call.headers)) if need.alias else ()
+        if need.alias and not aliases:
+            raise BadRequest(f"Missing value for required parameter '{need.alias}'.")
         for value in ids:
             if need.within is None:
-                await check(call, resolver, need.what, value, need.level)
+                await check(call, resolver, need.what, value, need.level, aliases=aliases)
             else:
                 await check_within(call, resolver, need, value)
 
 
-async def check(call: Call, resolver: Resolver, what: Names, value: str, level: Level) -> None:
+async def check(call: Call, resolver: Resolver, what: Names, value: str, level: Level, *,
+                aliases: tuple[str, ...] = ()) -> None:
     """One id: resolved to its names, each decided and recorded; refused at the first shortfall.
+    `aliases`: the model aliases the request sets, moves or deletes (a protected one needs manage).
 
     Refused with no access and not found are one answer (`denial`): the level the route needs, the
     id as the caller gave it. Only a caller who may read the object learns the level it holds."""
@@ -341,13 +346,28 @@ async def check(call: Call, resolver: Resolver, what: Names, value: str, level: 
     except Unresolvable as exc:
         raise PermissionDenied(denial(level, shown), detail=exc.detail) from exc
     for target in targets:
-        decision = decide(call.rules, call.who, target.kind, target.name, target.level)
+        protected = _protected(call.rules, target, aliases)
+        decision = decide(call.rules, call.who, target.kind, target.name,
+                          Level.MANAGE if protected else target.level)
         call.decisions.append(decision)
         if not decision.allowed:
             if decision.have is Level.NONE:
                 raise PermissionDenied(denial(level, shown), decision)
-            raise PermissionDenied(f"Permission denied: {decision.needed} on {shown} is needed; "
-                                   f"you have {decision.have}.", decision)
+            raise PermissionDenied(_refusal(shown, target, decision, protected), decision)
+
+
+def _protected(policy: Policy, target: Target, aliases: tuple[str, ...]) -> str | None:
+    """The first of `aliases` that the team owning the model protects, as "'champion' (team vision)"."""
+    team = policy.owner(target.kind, target.name) if aliases else None
+    found = next((a for a in aliases if team.protects(a)), None) if team else None
+    return f"{found!r} (team {team.name})" if team and found is not None else None
+
+
+def _refusal(shown: str, target: Target, decision: Decision, protected: str | None) -> str:
+    if protected is not None and decision.have >= target.level:     # refused because the alias is protected
+        return (f"Permission denied: alias {protected} of {shown} is protected: setting, moving or deleting it "
+                f"needs manage on the model; you have {decision.have}.")
+    return f"Permission denied: {target.level} on {shown} is needed; you have {decision.have}."
 
 
 def denial(level: Level, shown: str) -> str:
