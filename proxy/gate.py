@@ -8,8 +8,9 @@ that names it:
   params     the parameters are read as MLflow will read them
   resources  every id is resolved to its name and decided (`decide`)
   rewrite    the body is rewritten where the gate forces something
-  then one answer: the gate's own to the MLflow UI (`ui`: who is signed in, its sign-out), GraphQL (`graphql`), a filtered search (`filters`), an artifact view or the
-  artifact protocol from the gate's stores (`artifact_views`), or the upstream's (`forward`).
+  then one answer: the gate's own to the MLflow UI (`ui`: who is signed in, its sign-out), GraphQL
+  (`graphql`), a filtered search (`searches`, `filters`), an artifact view or the artifact protocol from
+  the gate's stores (`artifact_views`), or the upstream's (`forward`).
 
 Everything here is plain asyncio over ASGI messages: the forwarding path carries no framework
 routing beyond one table lookup (reference/proxy-overhead.md).
@@ -22,7 +23,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from . import filters, graphql, ui
+from . import graphql, ui
 from .artifact_views import serve_protocol, serve_view
 from .call import Call
 from .decide import is_admin
@@ -136,7 +137,7 @@ class Gate:
             return
         if route.search is not None and not call.admin:
             self.allowed(call, "signed in; answer filtered")
-            page = await filters.search(call, self.s.upstream)
+            page = await self.s.searches.page(call)
             await send_bytes(call.send, 200, _JSON, json.dumps(page).encode())
             return
         self.allowed(call, "admin" if call.admin else ("signed in" if route.access is Access.SIGNED_IN else "policy"))

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 _EXPERIMENT_ID = re.compile(r"^[0-9]{1,19}$")
 _CHOSEN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")      # what a client may pick as a new id
+_BATCH = 500                 # experiment ids per batch lookup (below SQLite's bound-parameter limits)
 PROMPT_SOURCES = frozenset({"prompt-template", "dummy-source"})   # MLflow's placeholders for prompt versions
 
 
@@ -60,6 +61,15 @@ class RunInfo:
     experiment_id: str
     user_id: str
     artifact_uri: str = ""
+
+
+def _name_and_store(exp: Any) -> tuple[str, str | None] | None:
+    """An experiment's name and the team whose artifact store holds it (its `mlflow-gate.artifact-store` tag)."""
+    name = exp.get("name") if isinstance(exp, dict) else None
+    if not isinstance(name, str):
+        return None
+    tags = exp.get("tags") or []
+    return name, next((t.get("value") for t in tags if isinstance(t, dict) and t.get("key") == STORE_TAG), None)
 
 
 def _dig(data: Any, *keys: str) -> Any:
@@ -205,14 +215,29 @@ class Resolver:
         if info is None:
             data = await self._get("experiment", experiment_id, "/api/2.0/mlflow/experiments/get",
                                    {"experiment_id": experiment_id})
-            name = _dig(data, "experiment", "name")
-            if not isinstance(name, str):
+            info = _name_and_store(data.get("experiment") if isinstance(data, dict) else None)
+            if info is None:
                 raise Unresolvable(f"experiment {experiment_id}", "the experiment has no name")
-            tags = _dig(data, "experiment", "tags") or []
-            store = next((t.get("value") for t in tags if isinstance(t, dict) and t.get("key") == STORE_TAG), None)
-            info = (name, store)
             self.names.put(experiment_id, info)
         return info
+
+    async def prefetch_experiments(self, ids: list[str]) -> None:
+        """Many experiment ids in one request (the UI's compare view searches runs, traces, logged models of dozens):
+        the names not cached yet come from one upstream search, not one lookup each. An id it does not return is
+        left to `experiment_name`, which refuses it as before."""
+        wanted = sorted({i for i in ids if _EXPERIMENT_ID.match(i) and self.names.get(i) is None})
+        for start in range(0, len(wanted) if len(wanted) > 1 else 0, _BATCH):
+            chunk = wanted[start:start + _BATCH]
+            body = {"filter": f"experiment_id IN ({', '.join(repr(i) for i in chunk)})",
+                    "max_results": len(chunk), "view_type": "ALL"}
+            status, data = await self.upstream.get_json("/api/2.0/mlflow/experiments/search", body=body, method="POST",
+                                                        reads=True)
+            if status != 200 or not isinstance(data, dict):
+                return                  # one lookup per id then, which says what is wrong
+            for exp in data.get("experiments") or []:
+                info = _name_and_store(exp)
+                if info is not None and str(exp.get("experiment_id")) in chunk:
+                    self.names.put(str(exp["experiment_id"]), info)
 
     def forget_name(self, experiment_id: str) -> None:
         self.names.drop(experiment_id)
@@ -291,8 +316,10 @@ def prompt_name(uri: str) -> str:
 
 async def authorize(call: Call, resolver: Resolver) -> None:
     """Every id the request names, resolved to its name and decided; the first shortfall is refused."""
-    for need in call.route.needs:
-        ids = ids_of(need.fields, call.params, call.path_params, call.headers, repeatable=need.what is Names.RUN)
+    named = [(need, ids_of(need.fields, call.params, call.path_params, call.headers,
+                           repeatable=need.what is Names.RUN)) for need in call.route.needs]
+    await resolver.prefetch_experiments([v for need, ids in named if need.what is Names.EXPERIMENT for v in ids])
+    for need, ids in named:
         if not ids:
             if need.optional:
                 continue
