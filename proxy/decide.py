@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .claims import local_account_refusal, machine_identity
 from .identity import Identity
-from .policy import Deny, Grant, Level, Policy, Rule, Subject
+from .policy import Check, Deny, Grant, Level, Policy, Rule, Subject
 
 _MAX_CONTEXTS = 10_000
 
@@ -115,19 +116,26 @@ def decide(policy: Policy, ident: Identity, kind: str, name: str, needed: Level)
     return Decision(have >= needed, kind, name, needed, have, reason)
 
 
-def readable_prefixes(policy: Policy, ident: Identity, kind: str) -> list[str] | None:
-    """Prefixes that cover every name `ident` may read (a superset: a deny inside one still hides
-    names, which the item-by-item check catches), or None when that is not a finite list (admin,
-    or a `default` that lets unowned names be read). A prefix wholly under a `keep: none` deny
-    is left out."""
+def prefixes_at(policy: Policy, ident: Identity, kind: str, level: Level) -> list[str]:
+    """The prefixes of `kind` names (experiment | model) under which teams and grants give `ident` at least
+    `level`, leaving out those wholly under a deny that caps below it (a narrower deny inside one still lowers
+    some names: the item-by-item decision has the last word). Names no team owns get `default` on top."""
     ctx = context_for(policy, ident)
-    if ctx.admin or policy.default >= Level.READ:
-        return None
-    prefixes = [p for team in ctx.roles if team in policy.teams for p in policy.teams[team].prefixes(kind)]
-    prefixes += [p for _, exps, models in ctx.grants for p in (exps if kind == "experiment" else models)]
-    blocked = [p for deny, exps, models in ctx.denies if deny.keep == Level.NONE
+    prefixes = [p for team, role in ctx.roles.items() if role >= level and team in policy.teams
+                for p in policy.teams[team].prefixes(kind)]
+    prefixes += [p for grant, exps, models in ctx.grants if grant.permission >= level
+                 for p in (exps if kind == "experiment" else models)]
+    blocked = [p for deny, exps, models in ctx.denies if deny.keep < level
                for p in (exps if kind == "experiment" else models)]
     return sorted({p for p in prefixes if not any(p.startswith(b) for b in blocked)})
+
+
+def readable_prefixes(policy: Policy, ident: Identity, kind: str) -> list[str] | None:
+    """Prefixes that cover every name `ident` may read (`prefixes_at` read: a superset), or None when that is not
+    a finite list (admin, or a `default` that lets unowned names be read)."""
+    if context_for(policy, ident).admin or policy.default >= Level.READ:
+        return None
+    return prefixes_at(policy, ident, kind, Level.READ)
 
 
 def is_admin(policy: Policy, ident: Identity) -> bool:
@@ -148,11 +156,25 @@ def run_checks(policy: Policy) -> list[str]:
     """The `checks` of a policy that do not hold, each as a sentence."""
     failures = []
     for check in policy.checks:
-        ident = with_account_groups(policy, Identity(check.user, check.groups, via="check"))
-        have, reason = level_on(policy, ident, check.kind, check.name)
+        ident, refused = check_caller(policy, check)
+        have, reason = level_on(policy, ident, check.kind, check.name) if ident else (Level.NONE, refused or "")
         holds = have >= check.level if check.allow else have < check.level
         if not holds:
             expect = f"allow {check.level}" if check.allow else f"deny {check.level}"
-            failures.append(f"{check.where}: expected {expect} for {check.user} on {check.kind} {check.name!r}, "
+            who = ident.id if ident else f"the caller of issuer {check.issuer}"
+            failures.append(f"{check.where}: expected {expect} for {who} on {check.kind} {check.name!r}, "
                             f"but the level is {have} ({reason})")
     return failures
+
+
+def check_caller(policy: Policy, check: Check) -> tuple[Identity | None, str | None]:
+    """The caller a check is about: its user and groups, or what its issuer makes of its claims (None and
+    why, when the issuer would refuse them)."""
+    if check.issuer is None:
+        return with_account_groups(policy, Identity(check.user, check.groups, via="check")), None
+    spec = policy.issuers[check.issuer]
+    made = machine_identity(spec.user, spec.groups, spec.require, check.claims)
+    refused = made.refused if made.id is None else local_account_refusal(made.id, policy.users)
+    if made.id is None or refused is not None:
+        return None, f"issuer {check.issuer} refuses these claims: {refused}"
+    return Identity(made.id, made.groups, via="check", issuer=check.issuer), None

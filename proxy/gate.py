@@ -4,11 +4,13 @@ that names it:
   edge       the path and headers are checked
   authn      the caller is identified
   routes     the route is looked up
+  limits     the caller's request budget is counted (429 when spent)
   params     the parameters are read as MLflow will read them
   resources  every id is resolved to its name and decided (`decide`)
   rewrite    the body is rewritten where the gate forces something
-  then one answer: GraphQL (`graphql`), a filtered search (`filters`), an artifact view or the
-  artifact protocol from the gate's stores (`artifact_views`), or the upstream's (`forward`).
+  then one answer: the gate's own to the MLflow UI (`ui`: who is signed in, its sign-out), GraphQL
+  (`graphql`), a filtered search (`searches`, `filters`), an artifact view or the artifact protocol from
+  the gate's stores (`artifact_views`), or the upstream's (`forward`).
 
 Everything here is plain asyncio over ASGI messages: the forwarding path carries no framework
 routing beyond one table lookup (reference/proxy-overhead.md).
@@ -21,13 +23,14 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from . import filters, graphql, scoped_search
+from . import graphql, scoped_search, ui
 from .artifact_views import serve_protocol, serve_view
 from .call import Call
 from .decide import is_admin
 from .edge import check_origin, check_path, header_map, is_page_load, read_body, request_id, set_headers
-from .errors import BadRequest, GateError, Internal, PermissionDenied, SignInRequired, Unauthenticated, send_error
+from .errors import BadRequest, GateError, Internal, PermissionDenied, RateLimited, Unauthenticated, send_error
 from .forward import Receive, Send, relay, send_bytes
+from .limits import retry_after
 from .params import read_params
 from .policy import Team
 from .resources import Unresolvable, authorize
@@ -70,14 +73,19 @@ class Gate:
                                                    "the error is logged under that id."))
         finally:
             self.s.metrics.request(scope["method"], status or 500, time.perf_counter() - start)
+            self.s.metrics.team_call(call.policy, call.decisions)
 
     async def handle(self, call: Call) -> None:
         call.headers = header_map(call.scope)
         check_path(call.path, call.scope.get("raw_path") or call.path.encode())
         call.policy = self.s.store.current
+        call.route, call.path_params = self.s.table.lookup(call.method, call.path)
+        if ui.signing_out(call):
+            await ui.sign_out(call, self.s)
+            return
         peer = call.scope.get("client")
         call.ident = await self.s.authn.identify(call.headers, call.policy, peer[0] if peer else None)
-        call.route, call.path_params = self.s.table.lookup(call.method, call.path)
+        self.limit(call)
         if call.route.access is Access.PUBLIC:
             await self.forward(call)
             return
@@ -89,6 +97,17 @@ class Gate:
         if call.route.access is Access.CHECKED and not call.admin:
             await authorize(call, self.s.resolver)
         await self.respond(call)
+
+    def limit(self, call: Call) -> None:
+        """The caller's `limits.requests_per_minute` on this replica; public routes (health) are not counted."""
+        per_minute = call.rules.limits.requests_per_minute
+        if call.ident is None or call.route.access is Access.PUBLIC:
+            return
+        wait = self.s.budgets.wait(per_minute, call.ident.id, time.monotonic())
+        if wait is not None:
+            self.s.metrics.decision(False, "rate limited")
+            raise RateLimited(f"Too many requests: each caller may send {per_minute} a minute to this gate replica "
+                              f"(limits.requests_per_minute); retry in {retry_after(wait)} s.", wait)
 
     def admit(self, call: Call) -> None:
         """A caller, a same-site write when signed in by cookie, and a route this caller may use at all."""
@@ -106,6 +125,11 @@ class Gate:
 
     async def respond(self, call: Call) -> None:
         route = call.route
+        if route.answer is not None:
+            status, headers, body = ui.answer(call)
+            self.allowed(call, "answered by the gate")
+            await send_bytes(call.send, status, headers, body)
+            return
         if route.graphql:
             doc = await graphql.authorize(call, self.s.resolver)
             self.allowed(call, "admin" if call.admin else "policy")
@@ -115,7 +139,7 @@ class Gate:
         if route.search is not None and not call.admin:
             self.allowed(call, ("policy" if route.access is Access.CHECKED else "signed in") + "; answer filtered")
             page = await (scoped_search.search(call, self.s.resolver) if route.search in scoped_search.KINDS
-                          else filters.search(call, self.s.upstream))
+                          else self.s.searches.page(call))
             await send_bytes(call.send, 200, _JSON, json.dumps(page).encode())
             return
         self.allowed(call, "admin" if call.admin else ("signed in" if route.access is Access.SIGNED_IN else "policy"))
@@ -152,14 +176,14 @@ class Gate:
 
     async def refuse(self, call: Call, err: GateError) -> None:
         if isinstance(err, Unauthenticated) and is_page_load(call.method, call.path, call.headers):
-            query = call.query.decode("latin-1")
-            err = SignInRequired(call.path + ("?" + query if query else ""))
+            err = ui.page_without_session(call)
         elif isinstance(err, (PermissionDenied, Unauthenticated)):
             decision = err.decision if isinstance(err, PermissionDenied) else None
             detail = err.detail if isinstance(err, PermissionDenied) else None
             self.s.audit.record(call.ident, call.method, call.path, False,
                                 err.message + (f" [{detail}]" if detail else ""),
                                 [decision] if decision else None, err.status, request_id=call.request_id)
+            err = ui.as_shown(call, err)
         await send_error(call.send, err)
 
     async def forward(self, call: Call, *, strip_workspace: bool = True) -> int:

@@ -5,7 +5,7 @@ Mappings that never change (a run's, trace's or logged model's experiment) are k
 cache is full (the gate lets no trace move: see `existing_trace`); an experiment's name can change
 by rename, so it is kept for a short time and dropped by the gate when a rename passes through it.
 An id that cannot be resolved raises `Unresolvable`: the caller denies, never allows, with the
-message a refused object gets (`denial`), so no answer tells whether another team's object exists.
+message a refused object gets (`denials.denial`), so no answer tells whether another team's object exists.
 
 Ids the client chooses (a trace id of a trace it starts or exports spans to) are the exception: a
 trace the upstream definitely does not have (404 RESOURCE_DOES_NOT_EXIST) is a create; every other
@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
 
 from .cache import LRU
-from .decide import decide
+from .decide import Decision, decide
+from .denials import denial, shortfall, shown
 from .errors import BadRequest, PermissionDenied, UpstreamUnavailable
 from .forward import Upstream
 from .identity import Identity
 from .params import ids_of, missing_value
-from .policy import Level
+from .policy import Level, Policy
 from .prechecks import precheck
 from .rewrite import STORE_TAG
 from .routes import Names, Need
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 _EXPERIMENT_ID = re.compile(r"^[0-9]{1,19}$")
 _CHOSEN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")      # what a client may pick as a new id
+_BATCH = 500                 # experiment ids per batch lookup (below SQLite's bound-parameter limits)
 PROMPT_SOURCES = frozenset({"prompt-template", "dummy-source"})   # MLflow's placeholders for prompt versions
 
 
@@ -60,6 +62,15 @@ class RunInfo:
     experiment_id: str
     user_id: str
     artifact_uri: str = ""
+
+
+def _name_and_store(exp: Any) -> tuple[str, str | None] | None:
+    """An experiment's name and the team whose artifact store holds it (its `mlflow-gate.artifact-store` tag)."""
+    name = exp.get("name") if isinstance(exp, dict) else None
+    if not isinstance(name, str):
+        return None
+    tags = exp.get("tags") or []
+    return name, next((t.get("value") for t in tags if isinstance(t, dict) and t.get("key") == STORE_TAG), None)
 
 
 def _dig(data: Any, *keys: str) -> Any:
@@ -205,14 +216,29 @@ class Resolver:
         if info is None:
             data = await self._get("experiment", experiment_id, "/api/2.0/mlflow/experiments/get",
                                    {"experiment_id": experiment_id})
-            name = _dig(data, "experiment", "name")
-            if not isinstance(name, str):
+            info = _name_and_store(data.get("experiment") if isinstance(data, dict) else None)
+            if info is None:
                 raise Unresolvable(f"experiment {experiment_id}", "the experiment has no name")
-            tags = _dig(data, "experiment", "tags") or []
-            store = next((t.get("value") for t in tags if isinstance(t, dict) and t.get("key") == STORE_TAG), None)
-            info = (name, store)
             self.names.put(experiment_id, info)
         return info
+
+    async def prefetch_experiments(self, ids: list[str]) -> None:
+        """Many experiment ids in one request (the UI's compare view searches runs, traces, logged models of dozens):
+        the names not cached yet come from one upstream search, not one lookup each. An id it does not return is
+        left to `experiment_name`, which refuses it as before."""
+        wanted = sorted({i for i in ids if _EXPERIMENT_ID.match(i) and self.names.get(i) is None})
+        for start in range(0, len(wanted) if len(wanted) > 1 else 0, _BATCH):
+            chunk = wanted[start:start + _BATCH]
+            body = {"filter": f"experiment_id IN ({', '.join(repr(i) for i in chunk)})",
+                    "max_results": len(chunk), "view_type": "ALL"}
+            status, data = await self.upstream.get_json("/api/2.0/mlflow/experiments/search", body=body, method="POST",
+                                                        reads=True)
+            if status != 200 or not isinstance(data, dict):
+                return                  # one lookup per id then, which says what is wrong
+            for exp in data.get("experiments") or []:
+                info = _name_and_store(exp)
+                if info is not None and str(exp.get("experiment_id")) in chunk:
+                    self.names.put(str(exp["experiment_id"]), info)
 
     def forget_name(self, experiment_id: str) -> None:
         self.names.drop(experiment_id)
@@ -295,17 +321,22 @@ async def authorize(call: Call, resolver: Resolver) -> None:
     All ids are read (typed, required ones present) before any is resolved, as MLflow validates a request
     before it looks anything up: a malformed request gets MLflow's 400 whatever its ids name."""
     precheck(call.route.pattern, call.params)
-    wanted = []
+    named = []
     for need in call.route.needs:
         ids = ids_of(need.fields, call.params, call.path_params, call.headers, repeatable=need.what is Names.RUN)
         if not ids and not need.optional:
             raise BadRequest(call.route.missing) if call.route.missing else missing_value(_top_level(need.fields[0]))
-        wanted += [(need, value) for value in ids]
-    for need, value in wanted:
-        if need.within is None:
-            await check(call, resolver, need.what, value, need.level)
-        else:
-            await check_within(call, resolver, need, value)
+        aliases = tuple(ids_of((need.alias,), call.params, call.path_params, call.headers)) if need.alias else ()
+        if need.alias and ids and not aliases:
+            raise missing_value(need.alias)
+        named.append((need, ids, aliases))
+    await resolver.prefetch_experiments([v for need, ids, _ in named if need.what is Names.EXPERIMENT for v in ids])
+    for need, ids, aliases in named:
+        for value in ids:
+            if need.within is None:
+                await check(call, resolver, need.what, value, need.level, aliases=aliases)
+            else:
+                await check_within(call, resolver, need, value)
 
 
 def _top_level(field: str) -> str:
@@ -314,28 +345,42 @@ def _top_level(field: str) -> str:
     return field.split(":")[-1].split(".")[0].removesuffix("[]")
 
 
-async def check(call: Call, resolver: Resolver, what: Names, value: str, level: Level) -> None:
+async def check(call: Call, resolver: Resolver, what: Names, value: str, level: Level, *,
+                aliases: tuple[str, ...] = ()) -> None:
     """One id: resolved to its names, each decided and recorded; refused at the first shortfall.
+    `aliases`: the model aliases the request sets, moves or deletes (a protected one needs manage).
 
-    Refused with no access and not found are one answer (`denial`): the level the route needs, the
-    id as the caller gave it. Only a caller who may read the object learns the level it holds."""
-    shown = SHOWN[what].format(value)
+    Refused with no access and not found are one answer (`denials.denial`): the level the route needs, the
+    id as the caller gave it, the names the caller may use. Only a caller who may read the object learns the
+    level it holds."""
     try:
         targets = await resolver.targets(what, value, call.who, level)
     except Unresolvable as exc:
-        raise PermissionDenied(denial(level, shown), detail=exc.detail) from exc
+        raise PermissionDenied(denial(level, what, value, call.rules, call.who), detail=exc.detail) from exc
     for target in targets:
-        decision = decide(call.rules, call.who, target.kind, target.name, target.level)
+        protected = _protected(call.rules, target, aliases)
+        decision = decide(call.rules, call.who, target.kind, target.name,
+                          Level.MANAGE if protected else target.level)
         call.decisions.append(decision)
         if not decision.allowed:
             if decision.have is Level.NONE:
-                raise PermissionDenied(denial(level, shown), decision)
-            raise PermissionDenied(f"Permission denied: {decision.needed} on {shown} is needed; "
-                                   f"you have {decision.have}.", decision)
+                raise PermissionDenied(denial(level, what, value, call.rules, call.who), decision)
+            raise PermissionDenied(_refusal(call, what, value, target, decision, protected), decision)
 
 
-def denial(level: Level, shown: str) -> str:
-    return f"Permission denied: {level} on {shown} is needed; you have no access to it, or it does not exist."
+def _protected(policy: Policy, target: Target, aliases: tuple[str, ...]) -> str | None:
+    """The first of `aliases` that the team owning the model protects, as "'champion' (team vision)"."""
+    team = policy.owner(target.kind, target.name) if aliases else None
+    found = next((a for a in aliases if team.protects(a)), None) if team else None
+    return f"{found!r} (team {team.name})" if team and found is not None else None
+
+
+def _refusal(call: Call, what: Names, value: str, target: Target, decision: Decision, protected: str | None) -> str:
+    """The refusal of a caller who may read the object but needs more (a protected alias says so)."""
+    if protected is not None and decision.have >= target.level:     # refused because the alias is protected
+        return (f"Permission denied: alias {protected} of {shown(what, value)} is protected: setting, moving or "
+                f"deleting it needs manage on the model; you have {decision.have}.")
+    return shortfall(decision.needed, decision.have, what, value, call.rules, call.who)
 
 
 async def check_within(call: Call, resolver: Resolver, need: Need, value: str) -> None:
@@ -354,14 +399,6 @@ async def check_within(call: Call, resolver: Resolver, need: Need, value: str) -
                                "assessment_id and overrides out of the assessments of a trace you start.")
 
 
-# How a denial names each kind of id: as the caller gave it, never what it resolved to.
-SHOWN: dict[Names, str] = {
-    Names.EXPERIMENT: "experiment {}", Names.EXPERIMENT_NAME: "experiment {!r}", Names.NEW_EXPERIMENT: "experiment {!r}",
-    Names.RUN: "run {}", Names.RUN_OWNED: "run {}", Names.TRACE: "trace {}", Names.NEW_TRACE: "trace {}",
-    Names.ASSESSMENT: "assessment {}", Names.LOGGED_MODEL: "logged model {}", Names.MODEL: "model {!r}",
-    Names.NEW_MODEL: "model {!r}", Names.PROMPT_URI: "prompt {!r}", Names.DATASET: "dataset {}",
-    Names.ARTIFACT_PATH: "artifact path {!r}", Names.SOURCE_URI: "model version source {!r}",
-}
 _RESOLVE: dict[Names, Callable[[Resolver, str, Identity, Level], Awaitable[list[Target]]]] = {
     Names.EXPERIMENT: Resolver._experiment_id,
     Names.EXPERIMENT_NAME: _by_name("experiment"),
@@ -379,9 +416,8 @@ _RESOLVE: dict[Names, Callable[[Resolver, str, Identity, Level], Awaitable[list[
     Names.ARTIFACT_PATH: Resolver._artifact_path,
     Names.SOURCE_URI: Resolver._source,
 }
-for _table, _what in ((_RESOLVE, "a resolution"), (SHOWN, "a way to show them")):
-    if set(_table) != set(Names):              # every kind of id a route can name is resolved and shown
-        raise ImportError(f"ids without {_what}: {sorted(n.value for n in set(Names) - set(_table))}")
+if set(_RESOLVE) != set(Names):              # every kind of id a route can name is resolved
+    raise ImportError(f"ids without a resolution: {sorted(n.value for n in set(Names) - set(_RESOLVE))}")
 
 
 def _trace_path(trace_id: str) -> str:

@@ -102,6 +102,17 @@ class View(enum.Enum):
     PRESIGNED_UPLOAD = "presigned_upload"
 
 
+class Answer(enum.Enum):
+    """A request the gate answers itself, never forwarded (`ui.py`): what the MLflow UI asks a server that has
+    accounts, answered from the gate's own sign-in and policy."""
+    CURRENT_USER = "current_user"            # who is signed in (the UI's account menu); its sign-out ends the session
+    MY_PERMISSIONS = "my_permissions"        # the caller's access as MLflow's permission rows
+    MY_ROLES = "my_roles"                    # ... as MLflow's roles (the account page), for the caller only
+    PASSWORD = "password"                    # the UI's "change password": passwords live in the policy
+    ASSISTANT_CONFIG = "assistant_config"    # no provider, no remote access: the assistant stays off
+    ASSISTANT_PROVIDERS = "assistant_providers"
+
+
 @dataclass(frozen=True)
 class Need:
     """One resource a request touches.
@@ -110,15 +121,20 @@ class Need:
             URL parameter, `header:NAME`, or a dotted path into the JSON body where `[]` walks a list.
     within: for an id the client chooses, the field naming where an existing object must already lie
             (NEW_TRACE: the experiment; ASSESSMENT: the trace).
+    alias:  on a model, where the request names an alias it sets, moves or deletes (read like `fields`):
+            an alias the owning team lists in `protected_aliases` needs manage on the model.
     """
     what: Names
     fields: tuple[str, ...]
     level: Level
     optional: bool = False
     within: str | None = None
+    alias: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "what", Names(self.what))
+        if self.alias is not None and self.what is not Names.MODEL:
+            raise ValueError(f"only a model has aliases, not {self.what.value}")
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,8 @@ class Route:
     rewrite: Rewrite | None = None
     search: Search | None = None
     view: View | None = None
+    answer: Answer | None = None   # answered by the gate itself (`ui.py`)
+    ui_name_check: bool = False    # the UI's "is this name free?" lookup: under /ajax-api/ a refusal reads "missing"
     graphql: bool = False          # a GraphQL document, authorized per root field (`graphql.py`)
     artifacts: bool = False        # MLflow's artifact protocol, served from the gate's stores when they hold the path
     renames: bool = False          # a success may rename the experiment: its cached name is dropped
@@ -139,7 +157,7 @@ class Route:
     def __post_init__(self) -> None:
         object.__setattr__(self, "access", Access(self.access))
         object.__setattr__(self, "source", Source(self.source))
-        for name, kind in (("rewrite", Rewrite), ("search", Search), ("view", View)):
+        for name, kind in (("rewrite", Rewrite), ("search", Search), ("view", View), ("answer", Answer)):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, kind(value))
@@ -170,6 +188,12 @@ def lm(*fields: str, level: Level, optional: bool = False) -> Need:
 
 def model(*fields: str, level: Level) -> Need:
     return Need(Names.MODEL, fields or ("name",), level)
+
+
+def alias(level: Level) -> Need:
+    """A registered model's (or prompt's) alias being set, moved or deleted: `level` on the model, manage
+    when the owning team protects the alias."""
+    return Need(Names.MODEL, ("name",), level, alias="alias")
 
 
 def dataset(level: Level) -> Need:
@@ -214,7 +238,8 @@ ROUTES: tuple[Route, ...] = (
     checked("POST", "2.0/mlflow/experiments/delete-experiment-tag", exp(level=E), rewrite=Rewrite.EXPERIMENT_TAG),
     checked("POST", "2.0/mlflow/experiments/set-experiment-tag", exp(level=E), rewrite=Rewrite.EXPERIMENT_TAG),
     checked("GET", "2.0/mlflow/experiments/get", exp(level=R)),
-    checked("GET", "2.0/mlflow/experiments/get-by-name", need(Names.EXPERIMENT_NAME, "experiment_name", level=R)),
+    checked("GET", "2.0/mlflow/experiments/get-by-name", need(Names.EXPERIMENT_NAME, "experiment_name", level=R),
+            ui_name_check=True),
     checked("POST", "2.0/mlflow/experiments/update", exp(level=M),
             need(Names.EXPERIMENT_NAME, "new_name", level=M, optional=True), renames=True),
     row("GET POST", "2.0/mlflow/experiments/search", SIGNED_IN, search=Search.EXPERIMENTS),
@@ -334,8 +359,11 @@ ROUTES: tuple[Route, ...] = (
     checked("DELETE", "2.0/mlflow/registered-models/delete", model(level=M)),
     checked("POST", "2.0/mlflow/registered-models/set-tag", model(level=E), rewrite=Rewrite.TAG_VALUE),
     checked("DELETE", "2.0/mlflow/registered-models/delete-tag", model(level=E)),
+    # An alias also goes with the version it points to or its model (delete) and travels with a rename: those
+    # rows need manage anyway. No other route sets one (model-versions/create takes none; GraphQL has no
+    # alias mutation; prompt aliases are these same routes).
     checked("GET", "2.0/mlflow/registered-models/alias", model(level=R)),
-    checked("POST DELETE", "2.0/mlflow/registered-models/alias", model(level=E)),
+    checked("POST DELETE", "2.0/mlflow/registered-models/alias", alias(level=E)),
     row("GET", "2.0/mlflow/registered-models/search", SIGNED_IN, search=Search.REGISTERED_MODELS),
     checked("POST", "2.0/mlflow/model-versions/create", model(level=E), run("run_id", level=R, optional=True),
             lm("model_id", level=R, optional=True), Need(Names.SOURCE_URI, ("source",), R, optional=True),
@@ -425,10 +453,19 @@ ROUTES: tuple[Route, ...] = (
     row("GET POST PUT PATCH DELETE", "3.0/mlflow/mcp-servers/{rest:path}", ADMIN),
     row("GET POST", "3.0/mlflow/skills", ADMIN),
     row("GET POST PUT PATCH DELETE", "3.0/mlflow/skills/{rest:path}", ADMIN),
+    # MLflow's accounts (its basic-auth app; the UI asks these on every page): answered by the gate, whose
+    # accounts they are. The other account routes are admin-only.
+    row("GET", "2.0/mlflow/users/current", SIGNED_IN, source=Source.NONE, answer=Answer.CURRENT_USER),
+    row("GET", "3.0/mlflow/users/current/permissions", SIGNED_IN, source=Source.NONE, answer=Answer.MY_PERMISSIONS),
+    row("GET", "3.0/mlflow/users/roles/list", SIGNED_IN, source=Source.QUERY, answer=Answer.MY_ROLES),
+    row("PATCH", "2.0/mlflow/users/update-password", SIGNED_IN, source=Source.NONE, answer=Answer.PASSWORD),
     row("GET POST PUT PATCH DELETE", "2.0/mlflow/users/{rest:path}", ADMIN),
     row("GET POST PUT PATCH DELETE", "3.0/mlflow/users/{rest:path}", ADMIN),
     row("GET POST PUT PATCH DELETE", "3.0/mlflow/roles/{rest:path}", ADMIN),
     # --- MLflow's assistant runs tools on the server's host: refused for everyone -------------
+    # (the settings the UI reads on every page are answered by the gate: no provider, no remote access)
+    row("GET", "3.0/mlflow/assistant/config", SIGNED_IN, source=Source.NONE, answer=Answer.ASSISTANT_CONFIG),
+    row("GET", "3.0/mlflow/assistant/providers", SIGNED_IN, source=Source.NONE, answer=Answer.ASSISTANT_PROVIDERS),
     row("GET POST PUT PATCH DELETE", "3.0/mlflow/assistant/{rest:path}", REFUSED),
 )
 

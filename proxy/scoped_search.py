@@ -4,7 +4,7 @@ scorers.
 MLflow searches them in every experiment when the request names none. The gate keeps an item when the caller
 could read it by its own route (a dataset: read on each of its experiments; an issue: read on its experiment),
 so a search shows no more than a lookup would; an item that cannot be resolved is left out. Paging, page
-tokens and refilled pages are `filters.filtered_page`'s; each upstream page's items are resolved (through the
+tokens and refilled pages are `scoped_paging.filtered_page`'s; each upstream page's items are resolved (through the
 resolver's caches, a few lookups at a time) before the page is cut. The scorer list has no pages: it is cut
 as MLflow answers it.
 """
@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from .decide import decide
 from .errors import BadRequest, UpstreamAnswer
-from .filters import SearchKind, filtered_page, parse_max_results
+from .filters import parse_max_results
 from .policy import Level
 from .resources import Resolver, Unresolvable
 from .routes import Names, Search
+from .scoped_paging import filtered_page
+from .searches import SearchKind
 
 if TYPE_CHECKING:
     from .call import Call
@@ -34,12 +36,17 @@ class Scoped:
     paged: bool = True     # MLflow answers in pages (max_results, page_token)
 
 
+def _kind(list_key: str, default_max: int, upstream_max: int) -> SearchKind:
+    """The answer's list and MLflow's default and largest page (no order of the gate's own: MLflow's is kept)."""
+    return SearchKind(list_key, "experiment", "name", default_max, upstream_max, {}, (), ())
+
+
 KINDS = {
-    Search.DATASETS: Scoped(SearchKind("datasets", "experiment", "name", 1000, 50_000), "dataset_id", Names.DATASET,
+    Search.DATASETS: Scoped(_kind("datasets", 1000, 50_000), "dataset_id", Names.DATASET,
                             "experiment_ids"),
-    Search.ISSUES: Scoped(SearchKind("issues", "experiment", "name", 100, 50_000), "experiment_id", Names.EXPERIMENT,
+    Search.ISSUES: Scoped(_kind("issues", 100, 50_000), "experiment_id", Names.EXPERIMENT,
                           "experiment_id"),
-    Search.SCORERS: Scoped(SearchKind("scorers", "experiment", "name", 0, 0), "experiment_id", Names.EXPERIMENT,
+    Search.SCORERS: Scoped(_kind("scorers", 0, 0), "experiment_id", Names.EXPERIMENT,
                            "experiment_id", paged=False),
 }
 _PAGING = frozenset({"max_results", "maxResults", "page_token", "pageToken"})
