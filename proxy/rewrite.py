@@ -9,6 +9,9 @@
   and an issue's `created_by`. Whatever the client sent there is replaced.
 - Tags set later (runs, traces, logged models, registry, datasets): `mlflow.user` cannot be set to
   anyone else.
+- Tags MLflow's server reads as where (or how) a trace's data is stored (`mlflow.artifactLocation`: it serves the
+  trace's data and attachments from there with its own access to every store) are MLflow's: refused in tag
+  updates, trace starts and ends and OTLP span attributes.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ USER_TAG = "mlflow.user"
 GATE_TAGS = "mlflow-gate."          # tags only the gate sets
 STORE_TAG = "mlflow-gate.artifact-store"
 _JSON_STRING_DEPTH = 64             # dataset records nest user data deeper than request bodies do
+# What MLflow's client keeps immutable (mlflow.utils.mlflow_tags.IMMUTABLE_TAGS) and its server does not refuse.
+STORAGE_TAGS = frozenset({"mlflow.artifactLocation", "mlflow.trace.spansLocation", "mlflow.trace.archiveLocation"})
 
 
 def _pop(body: dict[str, Any], key: str) -> Any:
@@ -70,8 +75,24 @@ def run_create(body: dict[str, Any], ident: Identity, team: Team | None) -> dict
     return body
 
 
+def refuse_storage_tags(keys: Any) -> None:
+    """Tags saying where MLflow keeps a trace's data are set by MLflow only."""
+    for key in keys:
+        if key in STORAGE_TAGS:
+            raise PermissionDenied(f"Permission denied: tag {key!r} says where MLflow stores the trace's data; "
+                                   "MLflow sets it, clients cannot.")
+
+
+def _tag_keys(tags: Any) -> list[Any]:
+    """The keys of a {key, value} list or of a key -> value object."""
+    if isinstance(tags, dict):
+        return list(tags)
+    return [t.get("key") for t in tags if isinstance(t, dict)] if isinstance(tags, list) else []
+
+
 def run_set_tag(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
     """A key/value tag body (runs, traces, registered models, model versions)."""
+    refuse_storage_tags([body.get("key")])
     if body.get("key") == USER_TAG:
         body["value"] = ident.id
     return body
@@ -94,6 +115,7 @@ def trace_start_v3(body: dict[str, Any], ident: Identity, team: Team | None) -> 
     `mlflow.user` (what MLflow's UI shows, after the application's own `mlflow.trace.user`) are the caller."""
     info = _object(_object(body, "trace", create=False), "trace_info", create=False)
     if info is not None:
+        refuse_storage_tags(_tag_keys(_field(info, "tags")))
         for key in ("trace_metadata", "tags"):
             mapping = _object(info, key)
             if mapping is None:
@@ -103,12 +125,14 @@ def trace_start_v3(body: dict[str, Any], ident: Identity, team: Team | None) -> 
 
 
 def trace_start_v2(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    refuse_storage_tags(_tag_keys(_field(body, "tags")))
     for key in ("request_metadata", "tags"):
         body[key] = _with_tags(_pop(body, key), {USER_TAG: ident.id}, {})
     return body
 
 
 def trace_end_v2(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    refuse_storage_tags(_tag_keys(_field(body, "tags")))
     _claim(_field(body, "request_metadata"), ident)
     _claim(_field(body, "tags"), ident)
     return body
@@ -150,6 +174,7 @@ def issue_create(body: dict[str, Any], ident: Identity, team: Team | None) -> di
 
 
 def otlp_spans(message: ExportTraceServiceRequest, ident: Identity) -> None:
+    refuse_storage_tags(otlp.trace_tag_keys(message))
     otlp.set_creator(message, ident.id)
 
 
