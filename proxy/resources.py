@@ -340,7 +340,7 @@ async def check_within(call: Call, resolver: Resolver, need: Need, value: str) -
                                    "trace cannot move; start it with a new trace id.", detail=f"in experiment {exp_id}")
     elif not (where and await resolver.is_assessment_of(where[0], value)):
         raise PermissionDenied(f"Permission denied: assessment {value} is not one of this trace's; leave "
-                               "assessment_id and overrides out of the assessments of a trace you start.")
+                               "assessment_id (and a trace start's overrides) out: MLflow assigns the id.")
 
 
 # How a denial names each kind of id: as the caller gave it, never what it resolved to.
