@@ -6,7 +6,8 @@
 - Everything else a caller creates records the authenticated id as its creator where MLflow reads
   one: tag `mlflow.user` of logged models, registered models and versions (prompts too), traces
   (v3 metadata, v2 request metadata, OTLP root spans), evaluation datasets and their records,
-  and an issue's `created_by`. Whatever the client sent there is replaced.
+  an issue's `created_by`, and the `source_id` of a person's (HUMAN) assessment. Whatever the
+  client sent there is replaced.
 - Tags set later (runs, traces, logged models, registry, datasets): `mlflow.user` cannot be set to
   anyone else.
 - Tags MLflow's server reads as where (or how) a trace's data is stored (`mlflow.artifactLocation`: it serves the
@@ -112,10 +113,14 @@ def created_with_tags(body: dict[str, Any], ident: Identity, team: Team | None) 
 
 def trace_start_v3(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
     """`trace.trace_info`: metadata `mlflow.user` (where MLflow's client records who made a trace) and tag
-    `mlflow.user` (what MLflow's UI shows, after the application's own `mlflow.trace.user`) are the caller."""
+    `mlflow.user` (what MLflow's UI shows, after the application's own `mlflow.trace.user`) are the caller;
+    so is the person behind each HUMAN assessment it carries."""
     info = _object(_object(body, "trace", create=False), "trace_info", create=False)
     if info is not None:
         refuse_storage_tags(_tag_keys(_field(info, "tags")))
+        assessments = _field(info, "assessments")
+        for assessment in assessments if isinstance(assessments, list) else []:
+            _claim_source(assessment, ident)
         for key in ("trace_metadata", "tags"):
             mapping = _object(info, key)
             if mapping is None:
@@ -173,6 +178,20 @@ def issue_create(body: dict[str, Any], ident: Identity, team: Team | None) -> di
     return body
 
 
+def assessment_create(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    _claim_source(_field(body, "assessment"), ident)
+    return body
+
+
+def _claim_source(assessment: Any, ident: Identity) -> None:
+    """An assessment whose source is a person (HUMAN, MLflow's UI and `log_feedback`) names the caller as that
+    person; a judge's or code's source names the judge."""
+    source = _field(assessment, "source") if isinstance(assessment, dict) else None
+    if isinstance(source, dict) and _field(source, "source_type") in ("HUMAN", 1):
+        source.pop(camel("source_id"), None)
+        source["source_id"] = ident.id
+
+
 def otlp_spans(message: ExportTraceServiceRequest, ident: Identity) -> None:
     refuse_storage_tags(otlp.trace_tag_keys(message))
     otlp.set_creator(message, ident.id)
@@ -225,6 +244,7 @@ REWRITES: dict[Rewrite, Callable[[dict[str, Any], Identity, Team | None], dict[s
     Rewrite.DATASET_TAGS: dataset_tags,
     Rewrite.DATASET_RECORDS: dataset_records,
     Rewrite.ISSUE_CREATE: issue_create,
+    Rewrite.ASSESSMENT_CREATE: assessment_create,
 }
 SPAN_REWRITES: dict[Rewrite, Callable[[ExportTraceServiceRequest, Identity], None]] = {
     Rewrite.OTLP_SPANS: otlp_spans,
