@@ -47,6 +47,7 @@ class _Op:
     store: Store
     path: str
     body: bytes | None
+    caller: str | None = None
 
 
 def _file_infos(found: list[FileInfo]) -> list[dict[str, Any]]:
@@ -89,20 +90,40 @@ class ArtifactServer:
     async def serves(self, path: str, policy: Policy) -> bool:
         return path != "" and await self.store_for(path, policy) is not None
 
-    async def listing(self, path: str, policy: Policy) -> list[dict[str, Any]]:
+    async def listing(self, path: str, policy: Policy, caller: str | None = None) -> list[dict[str, Any]]:
         """The folder `path` as MLflow's file infos (names relative to it)."""
         store = await self.store_for(path, policy)
         if store is None:
             return []
         try:
-            return _file_infos(await store.listdir(path))
+            return _file_infos(await store.acting_for(caller).listdir(path))
+        except StoreUnavailable as exc:
+            raise UpstreamUnavailable(str(exc)) from exc
+
+    async def presigned_url(self, path: str, policy: Policy, caller: str, *, upload: bool,
+                            seconds: int) -> dict[str, Any] | None:
+        """MLflow's answer to `artifacts/presigned-(download|upload)-url` for PATH, signed as CALLER; None when no
+        direct store holds PATH (the request goes to the upstream, which refuses proxied artifact storage)."""
+        store = await self.store_for(path, policy)
+        direct = store.acting_for(caller).presigned if store is not None else None
+        if direct is None:
+            return None
+        try:
+            if upload:
+                url, headers = await direct.upload_url(path, seconds)
+                return {"presigned_url": url, "headers": headers}
+            url, size = await direct.download_url(path, seconds)
+            return {"presigned_url": url, "headers": {}, "file_size": size}
+        except ArtifactMissing as exc:
+            raise ArtifactNotFound(f"Artifact {path!r} does not exist.") from exc
         except StoreUnavailable as exc:
             raise UpstreamUnavailable(str(exc)) from exc
 
     # --- the protocol ------------------------------------------------------------------------
 
     async def handle(self, scope: dict[str, Any], receive: Receive, send: Send, op: str, path: str,
-                     policy: Policy, body: bytes | None = None) -> None:
+                     policy: Policy, body: bytes | None = None, caller: str | None = None) -> None:
+        """One operation of the protocol on PATH, for CALLER (None: the gate itself, for the mlflow server)."""
         try:
             store = await self.store_for(path, policy) if path else self.stores.default
             if store is None:
@@ -110,7 +131,7 @@ class ArtifactServer:
             handler = self._ops.get(op)
             if handler is None:
                 raise BadRequest(f"Unknown artifact operation {op!r}.")
-            await handler(self, _Op(scope, receive, send, store, path, body))
+            await handler(self, _Op(scope, receive, send, store.acting_for(caller), path, body, caller))
         except ArtifactMissing as exc:
             raise ArtifactNotFound(f"Artifact {path!r} does not exist.") from exc
         except StoreUnavailable as exc:
@@ -146,10 +167,15 @@ class ArtifactServer:
         if not 1 <= count <= 10_000:
             raise BadRequest("num_parts must be between 1 and 10000.")
         upload_id = await op.store.mpu_create(path)
-        base = self.public_url or _origin(op.scope)
-        credentials = [{"part_number": n, "url": base + PART_PATH + self._parts.dumps(
-            {"p": path, "u": upload_id, "n": n, "x": int(time.time()) + 86400}), "headers": {}}
-            for n in range(1, count + 1)]
+        direct = op.store.presigned
+        if direct is not None:          # the parts go straight to the bucket
+            urls = await direct.part_urls(path, upload_id, count)
+        else:
+            base = self.public_url or _origin(op.scope)
+            urls = [base + PART_PATH + self._parts.dumps({"p": path, "u": upload_id, "n": n, "w": op.caller,
+                                                          "x": int(time.time()) + 86400})
+                    for n in range(1, count + 1)]
+        credentials = [{"part_number": n, "url": url, "headers": {}} for n, url in enumerate(urls, 1)]
         await send_bytes(op.send, 200, _JSON, json.dumps({"upload_id": upload_id, "credentials": credentials}).encode())
 
     async def _mpu_finish(self, op: _Op, abort: bool) -> None:
@@ -178,9 +204,15 @@ class ArtifactServer:
         await self._mpu_finish(op, abort=True)
 
     async def _presigned(self, op: _Op) -> None:
-        await send_bytes(op.send, 501, _JSON, json.dumps({
-            "error_code": "NOT_IMPLEMENTED",
-            "message": "Presigned downloads are not offered by mlflow-gate; download through the gate."}).encode())
+        """A URL to download the object straight from the bucket (`storage.direct`), in MLflow's shape."""
+        direct = op.store.presigned
+        if direct is None:
+            await send_bytes(op.send, 501, _JSON, json.dumps({
+                "error_code": "NOT_IMPLEMENTED", "message": "Presigned downloads are not offered for this store "
+                "(its team has no `storage.direct`); download through the gate."}).encode())
+            return
+        url, size = await direct.download_url(op.path)
+        await send_bytes(op.send, 200, _JSON, json.dumps({"url": url, "headers": {}, "file_size": size}).encode())
 
     _ops: ClassVar[dict[str, Callable[[ArtifactServer, _Op], Awaitable[None]]]] = {
         "download": _download, "upload": _upload, "delete": _delete, "list": _list, "mpu_create": _mpu_create,
@@ -202,7 +234,8 @@ class ArtifactServer:
             store = await self.store_for(path, self.policy.current)
             if store is None:
                 raise ArtifactNotFound("No artifact store serves this path.")
-            etag = await store.mpu_part(path, str(claim["u"]), int(claim["n"]), stream_body(receive))
+            etag = await store.acting_for(claim.get("w")).mpu_part(path, str(claim["u"]), int(claim["n"]),
+                                                                  stream_body(receive))
         except ArtifactMissing as exc:
             raise ArtifactNotFound("The multipart upload does not exist (aborted or completed).") from exc
         except StoreUnavailable as exc:

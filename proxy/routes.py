@@ -94,6 +94,8 @@ class View(enum.Enum):
     RUN_LIST = "run_list"
     LOGGED_MODEL_FILE = "logged_model_file"
     MODEL_VERSION_FILE = "model_version_file"
+    PRESIGNED_DOWNLOAD = "presigned_download"      # a URL for one object, from a direct store (`storage.direct`)
+    PRESIGNED_UPLOAD = "presigned_upload"
 
 
 @dataclass(frozen=True)
@@ -237,9 +239,9 @@ ROUTES: tuple[Route, ...] = (
     checked("GET", "/get-artifact", run(level=R), source=Source.QUERY, view=View.RUN_FILE),
     checked("POST", "2.0/mlflow/upload-artifact", run(level=E), source=Source.QUERY),
     checked("GET", "2.0/mlflow/artifacts/list", run(level=R), view=View.RUN_LIST),
-    checked("POST", "2.0/mlflow/artifacts/presigned-download-url", run(level=R)),
+    checked("POST", "2.0/mlflow/artifacts/presigned-download-url", run(level=R), view=View.PRESIGNED_DOWNLOAD),
     checked("POST", "2.0/mlflow/artifacts/presigned-upload-url", run("run_id", level=E, optional=True),
-            lm("model_id", level=E, optional=True)),
+            lm("model_id", level=E, optional=True), view=View.PRESIGNED_UPLOAD),
     # --- proxied artifacts (mlflow-artifacts:/<experiment id>/...) -----------------------------
     checked("GET", "2.0/mlflow-artifacts/artifacts", Need(Names.ARTIFACT_PATH, ("path",), R), artifacts=True),
     artifacts("GET", "2.0/mlflow-artifacts/artifacts/{artifact_path:path}", art(R)),

@@ -1,33 +1,42 @@
 #!/usr/bin/env python
-"""Benchmark of large artifact transfers through mlflow-gate against the same S3 store reached directly.
+"""Benchmark of large artifact transfers through mlflow-gate, proxied and in direct mode (`storage.direct`),
+against the same S3 store reached directly with boto3.
 
 Run from the checkout root:
 
-    .venv/bin/python tests/benchmarks/bench_artifacts.py            # 1 GiB file, 2 rounds, < 8 minutes
-    .venv/bin/python tests/benchmarks/bench_artifacts.py --quick    # 256 MiB file, < 3 minutes
+    .venv/bin/python tests/benchmarks/bench_artifacts.py            # 1 GiB file, 2 rounds, < 15 minutes
+    .venv/bin/python tests/benchmarks/bench_artifacts.py --quick    # 256 MiB file, < 5 minutes
 
 One run starts, all on 127.0.0.1 and each in its own process group:
-  - `moto_server` (the S3 store; bucket `team-a`; credentials not enforced),
+  - `moto_server` (the S3 store and STS; buckets `team-a` and `team-d`; credentials not enforced),
   - a real `mlflow server --workers 1` (SQLite) whose `--artifacts-destination` is the gate's internal
     artifact endpoint (it sends `mlflow-gate internal-token` as MLFLOW_TRACKING_TOKEN),
-  - `mlflow-gate serve --upstream <mlflow>` with a policy giving team `a` (alice@corp.test, experiments
-    `a/`) the artifact root `s3://team-a/mlflow` on the moto server, with its own credentials (TEAMA_*).
+  - `mlflow-gate serve --upstream <mlflow>` with a policy giving alice@corp.test two teams: `a` (experiments
+    `a/`, artifact root `s3://team-a/mlflow`, its own credentials TEAMA_*: proxied) and `d` (experiments `d/`,
+    `s3://team-d/mlflow`, a role the gate assumes with its own identity, `direct: true`, object tags).
 
-It creates experiment `a/bench` and a run through the gate, writes one random file of --size-mib MiB,
-and then, interleaved (gate-up, direct-up, gate-down, direct-down) for --rounds rounds, measures:
+It creates experiments `a/bench` and `d/bench` with a run each through the gate, writes one random file of
+--size-mib MiB, and then, interleaved (gate-up, direct-up, presigned-up, [direct-mpu-up,] gate-down, direct-down,
+presigned-down) for --rounds rounds, measures:
   - gate upload:   one streaming `PUT /api/2.0/mlflow-artifacts/artifacts/<exp>/<run>/artifacts/big.bin`
                    (httpx, 1 MiB chunks read from the file, Content-Length set, Bearer token);
   - gate download: `GET` of the same URL, streamed and hashed (sha256 must equal the file's);
   - direct upload / download with boto3 to moto, key `direct/big.bin`: by default `put_object` with
     the open file as Body (one streaming PUT) and `get_object` streamed in 1 MiB chunks and hashed
-    (--direct transfer: `upload_file` / `download_file` with the default TransferConfig instead).
+    (--direct transfer: `upload_file` / `download_file` with the default TransferConfig instead);
+  - presigned (direct mode, team d): `POST .../artifacts/presigned-upload-url` to the gate, then one streaming
+    PUT of the file to the URL with the headers it came with; `GET .../mlflow-artifacts/presigned/<path>`, then
+    one streamed GET of the URL, hashed. The time includes the gate's answer.
 The gate's RSS (its process group) is sampled from /proc every 50 ms throughout; CPU seconds of the
 gate, moto and this client are read around every transfer. Optionally (on by default) the real MLflow
-client path: `MlflowClient().log_artifact` with MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true (multipart
-through the gate's signed part URLs) and `download_artifacts` back, in a subprocess.
+client path (artifact_client.py), for team a and team d: `MlflowClient().log_artifact` with
+MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true (multipart: through the gate's signed part URLs for a, presigned part
+URLs straight to the bucket for d) and `download_artifacts` back (for d with MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD:
+ranged GETs of a presigned URL), in a subprocess.
 
-Prints a table with the targets (throughput gate/direct >= 0.7 up and down, gate RSS growth < 100 MiB)
-and writes JSON to tests/benchmarks/last-artifacts.json (git-ignored).
+Prints a table with the targets (proxied gate/direct >= 0.7 up and down, gate RSS growth < 100 MiB; direct mode
+presigned/direct >= 0.9 up and down and the gate's CPU <= 0.05 s per GiB) and writes JSON to
+tests/benchmarks/last-artifacts.json (git-ignored).
 
 This file is deliberately not named test_*.py: pytest must not collect it.
 """
@@ -35,13 +44,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import resource
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -54,6 +61,7 @@ from types import SimpleNamespace
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support from the checkout's root
 
+from artifact_client import above_idle, client_rows, run_client, wait_budget  # the mlflow client's part
 from benchlib import (  # the benchmarks' own helpers
     Guard,
     Table,
@@ -68,15 +76,17 @@ from benchlib import (  # the benchmarks' own helpers
 from tests.support.gate import gate_process, internal_token, mint_token, write_policy
 from tests.support.mlflow_server import mlflow_process
 from tests.support.moto import start_moto
-from tests.support.process import Process, child_env, free_port, group_cpu_seconds, group_pids, rss_kib
+from tests.support.process import Process, free_port, group_cpu_seconds, group_pids, rss_kib
 
 MiB = 1024 * 1024
 CHUNK = MiB
-GATE_PART = 8 * MiB          # proxy.artifacts.PART: the part size of the gate's own S3 uploads
+GATE_PART = 8 * MiB          # proxy.s3.PART: the part size of the gate's own S3 uploads
 BUCKET = "team-a"
+DIRECT_BUCKET = "team-d"     # team d: storage.direct, reached through a role (moto's STS: any role is granted)
 DIRECT_KEY = "direct/big.bin"
 USER = "alice@corp.test"
-TARGETS = {"throughput_ratio_min": 0.7, "gate_rss_growth_mib_max": 100.0}
+TARGETS = {"throughput_ratio_min": 0.7, "gate_rss_growth_mib_max": 100.0,
+           "direct_mode_ratio_min": 0.9, "direct_mode_gate_cpu_s_per_gib_max": 0.05}
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,6 +156,12 @@ def policy_yaml(moto_port: int) -> str:
             experiments: ["a/"]
             artifact_root: s3://{BUCKET}/mlflow
             storage: {{endpoint_url: "http://127.0.0.1:{moto_port}", region: us-east-1, credentials_env: TEAMA}}
+          d:
+            members: [{USER}]
+            experiments: ["d/"]
+            artifact_root: s3://{DIRECT_BUCKET}/mlflow
+            storage: {{endpoint_url: "http://127.0.0.1:{moto_port}", region: us-east-1, direct: true,
+                      role_arn: "arn:aws:iam::123456789012:role/bench-d", object_tags: {{bench: direct}}}}
         """)
 
 
@@ -169,7 +185,10 @@ class Servers:
         self.procs["gate"] = gate_process(
             self.tmp, policy, f"http://127.0.0.1:{self.ports['mlflow']}", port=self.ports["gate"],
             args=["--artifacts-destination", f"file://{self.tmp}/default"],
-            env={"TEAMA_AWS_ACCESS_KEY_ID": "x", "TEAMA_AWS_SECRET_ACCESS_KEY": "y"}).start()
+            env={"TEAMA_AWS_ACCESS_KEY_ID": "x", "TEAMA_AWS_SECRET_ACCESS_KEY": "y",
+                 # the gate's own identity, which assumes team d's role (STS at moto)
+                 "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+                 "AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{self.ports['moto']}"}).start()
 
     def stop(self) -> None:
         """SIGTERM to every group at once, then wait for each (SIGKILL after 8 s). A second Ctrl-C or
@@ -250,29 +269,63 @@ class Transfers:
                                aws_access_key_id="x", aws_secret_access_key="y",
                                config=Config(retries={"max_attempts": 1}, read_timeout=180, connect_timeout=10))
         self.dl = s.tmp / "download.bin"
+        self.gate = f"http://127.0.0.1:{s.ports['gate']}"
+        self.d_path = ""            # team d's big.bin (storage.direct): set by the caller
+        self.d_run = ""
+        self.bare = httpx.Client(timeout=httpx.Timeout(180.0, connect=10.0))   # to the bucket: no gate token
+        self.bare_session = requests.Session()
 
     def close(self) -> None:
-        self.http.close()
-        self.session.close()
+        for c in (self.http, self.session, self.bare, self.bare_session):
+            c.close()
+
+    def _put(self, client, url: str, headers: dict, what: str) -> None:
+        """One streaming PUT of the file (1 MiB chunks, Content-Length set)."""
+        r = client.put(url, content=file_chunks(self.big), headers={**headers, "Content-Length": str(self.size)})
+        if r.status_code != 200:
+            raise RuntimeError(f"{what} -> {r.status_code}: {r.text[:300]}")
+
+    def _get(self, session, url: str, what: str) -> None:
+        """One streamed GET, hashed; the bytes must be the file's."""
+        with session.get(url, stream=True, timeout=(10, 180)) as r:
+            if r.status_code != 200:
+                raise RuntimeError(f"{what} -> {r.status_code}: {r.content[:300]!r}")
+            digest, n = sha256_of(r.iter_content(CHUNK))
+        self._check(digest, n, what)
+
+    def presigned_up(self) -> float:
+        """Direct mode: the gate signs a URL (`presigned-upload-url`), then one streaming PUT straight to the bucket."""
+        t0 = time.perf_counter()
+        r = self.http.post(self.gate + "/api/2.0/mlflow/artifacts/presigned-upload-url",
+                           json={"run_id": self.d_run, "path": "big.bin"})
+        if r.status_code != 200:
+            raise RuntimeError(f"presigned-upload-url -> {r.status_code}: {r.text[:300]}")
+        # the file object through requests/urllib3, as botocore's put_object sends it: the clients' own cost alike
+        with open(self.big, "rb") as f:
+            put = self.bare_session.put(r.json()["presigned_url"], data=f, timeout=(10, 180),
+                                        headers={**r.json()["headers"], "Content-Length": str(self.size)})
+        if put.status_code != 200:
+            raise RuntimeError(f"presigned PUT -> {put.status_code}: {put.text[:300]}")
+        return time.perf_counter() - t0
+
+    def presigned_down(self) -> float:
+        """Direct mode: the gate signs a URL (`mlflow-artifacts/presigned/...`), then one streamed GET from the bucket."""
+        t0 = time.perf_counter()
+        r = self.http.get(f"{self.gate}/api/2.0/mlflow-artifacts/presigned/{self.d_path}")
+        if r.status_code != 200:
+            raise RuntimeError(f"presigned -> {r.status_code}: {r.text[:300]}")
+        self._get(self.bare_session, r.json()["url"], "presigned download")
+        return time.perf_counter() - t0
 
     def gate_up(self) -> float:
         t0 = time.perf_counter()
-        r = self.http.put(self.url, content=file_chunks(self.big),
-                          headers={"Content-Length": str(self.size), "Content-Type": "application/octet-stream"})
-        took = time.perf_counter() - t0
-        if r.status_code != 200:
-            raise RuntimeError(f"gate upload -> {r.status_code}: {r.text[:300]}")
-        return took
+        self._put(self.http, self.url, {"Content-Type": "application/octet-stream"}, "gate upload")
+        return time.perf_counter() - t0
 
     def gate_down(self) -> float:
         t0 = time.perf_counter()
-        with self.session.get(self.url, stream=True, timeout=(10, 180)) as r:
-            if r.status_code != 200:
-                raise RuntimeError(f"gate download -> {r.status_code}: {r.content[:300]!r}")
-            digest, n = sha256_of(r.iter_content(CHUNK))
-        took = time.perf_counter() - t0
-        self._check(digest, n, "gate download")
-        return took
+        self._get(self.session, self.url, "gate download")
+        return time.perf_counter() - t0
 
     def direct_up(self) -> float:
         t0 = time.perf_counter()
@@ -284,7 +337,7 @@ class Transfers:
         return time.perf_counter() - t0
 
     def direct_mpu_up(self) -> float:
-        """Reference: what the gate itself does towards S3 for one streamed PUT (proxy.artifacts.S3Store.write):
+        """Reference: what the gate itself does towards S3 for one streamed PUT (proxy.s3.S3Store.write):
         sequential multipart upload of 8 MiB parts, one part in flight, from the client's own process."""
         key = "direct-mpu/big.bin"
         t0 = time.perf_counter()
@@ -322,48 +375,20 @@ class Transfers:
                                f"sha256 {self.sha[:16]}...")
 
 
-CLIENT_SCRIPT = textwrap.dedent("""
-    import hashlib, json, os, sys, time
-    from mlflow import MlflowClient
-    run_id, big, dst, sha = sys.argv[1:5]
-    name = os.path.basename(big)
-    c = MlflowClient()
-    out = {}
-    out["up_t0"] = time.time()
-    c.log_artifact(run_id, big, artifact_path="client")
-    out["up_t1"] = time.time()
-    # where did it land? mlflow's protocol puts it at <artifact_path>/<basename of the body's "path">
-    listed = [(f.path, f.is_dir, f.file_size) for f in c.list_artifacts(run_id, "client")]
-    top = [(f.path, f.is_dir, f.file_size) for f in c.list_artifacts(run_id)]
-    out["listed_client_dir"], out["listed_root"] = listed, top
-    remote = "client/" + name
-    if not any(p == remote for p, d, _ in listed):
-        out["misplaced"] = True
-        remote = next((p for p, d, size in top if p == "client" and not d), remote)
-    out["remote"] = remote
-    out["down_t0"] = time.time()
-    local = c.download_artifacts(run_id, remote, dst)
-    out["down_t1"] = time.time()
-    h = hashlib.sha256()
-    with open(local, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    out["sha_ok"] = h.hexdigest() == sha
-    out["size"] = os.path.getsize(local)
-    os.unlink(local)
-    print("RESULT " + json.dumps(out), flush=True)
-""")
-
-
-def _count_mpu(gate_log: Path, before: str) -> dict:
-    """mpu/create and mpu/complete requests in the gate's audit lines written since `before`."""
-    text = gate_log.read_text(errors="replace")[len(before):]
-    return {"mpu_create": text.count("mlflow-artifacts/mpu/create/"),
-            "mpu_complete": text.count("mlflow-artifacts/mpu/complete/")}
-
-
 # --------------------------------------------------------------------------------------------
 # reporting
+
+
+def new_run(api, name: str) -> tuple[str, str, dict]:
+    """Experiment NAME and a run in it, through the gate: (experiment id, run id, the experiment)."""
+    r = api.post("/experiments/create", json={"name": name})
+    r.raise_for_status()
+    exp_id = r.json()["experiment_id"]
+    exp = api.get("/experiments/get", params={"experiment_id": exp_id}).json()["experiment"]
+    r = api.post("/runs/create", json={"experiment_id": exp_id, "start_time": int(time.time() * 1000),
+                                       "run_name": "bench-artifacts"})
+    r.raise_for_status()
+    return exp_id, r.json()["run"]["info"]["run_id"], exp
 
 
 def mbps(size: int, seconds: float | None) -> float | None:
@@ -399,6 +424,17 @@ def build_table(res: dict) -> list[dict]:
         if d.get("paired_ratios"):
             add(f"{way}load paired ratios (per round)", "-", "-", " ".join(f"{x:.2f}" for x in d["paired_ratios"]),
                 "(report)", None)
+        pm = d.get("presigned")
+        if pm:
+            dr, dc = TARGETS["direct_mode_ratio_min"], TARGETS["direct_mode_gate_cpu_s_per_gib_max"]
+            add(f"{way}load direct mode median (MB/s)", pm["median_mb_s"], d["direct"]["median_mb_s"],
+                pm["ratio_median"], f"ratio >= {dr}", pm["ratio_median"] >= dr)
+            add(f"{way}load direct mode paired ratios", "-", "-", " ".join(f"{x:.2f}" for x in pm["paired_ratios"]),
+                "(report)", None)
+            add(f"{way}load direct mode CPU s/GiB: the gate, above idle", "-", "-",
+                pm["gate_cpu_above_idle_s_per_gib"], f"<= {dc}", pm["gate_cpu_above_idle_s_per_gib"] <= dc)
+            add(f"{way}load direct mode CPU s/GiB: the gate, raw", "-", "-", pm["gate_cpu_s_per_gib"],
+                f"(idle {pm['gate_idle_cpu_s_per_s']} s/s)", None)
         if d.get("gate_cpu_s_per_gib") is not None:
             add(f"{way}load CPU s/GiB: the gate process", d["gate_cpu_s_per_gib"], "-", "-", "(report)", None)
             add(f"{way}load CPU s/GiB: moto", d["moto_cpu_s_per_gib_gate"], d["moto_cpu_s_per_gib_direct"], "-",
@@ -416,16 +452,10 @@ def build_table(res: dict) -> list[dict]:
                 f"< {gmax}", m["gate_growth_with_client_mib"] < gmax)
         add("moto RSS baseline -> peak (MiB)", m.get("moto_baseline_mib"), "-", m.get("moto_peak_mib"),
             "(context)", None)
-    c = res.get("mlflow_client")
-    if c and "up_mb_s" in c:
-        used = c.get("multipart_used", {})
-        add("mlflow client log_artifact, multipart (MB/s)", c["up_mb_s"], "-", c["up_s"], "(report: s)", None)
-        add("mlflow client: multipart used (create/complete)", "-", "-",
-            f"{used.get('mpu_create')}/{used.get('mpu_complete')}", "1/1",
-            used.get("mpu_create") == 1 and used.get("mpu_complete") == 1)
-        add("mlflow client download_artifacts (MB/s)", c["down_mb_s"], "-", c["down_s"], "(report: s)", None)
-        add("mlflow client: sha256 equal", "-", "-", c["sha_ok"], "True", c["sha_ok"])
-        add("mlflow client: object at client/big.bin", "-", "-", c["at_expected_path"], "True", c["at_expected_path"])
+    for key, label, cpu_max in (("mlflow_client", "(proxied)", None),
+                                ("mlflow_client_direct", "(direct)", TARGETS["direct_mode_gate_cpu_s_per_gib_max"])):
+        if "up_mb_s" in res.get(key, {}):
+            client_rows(add, label, res[key], cpu_max)
     return rows
 
 
@@ -439,7 +469,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="256 MiB file (unless --size-mib), < 3 minutes")
     ap.add_argument("--size-mib", type=int, default=None, help="file size in MiB (default 1024; 256 with --quick)")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of gate-up, direct-up, gate-down, direct-down")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of gate-up, direct-up, presigned-up, gate-down, direct-down, presigned-down")
     ap.add_argument("--direct", choices=("stream", "transfer"), default="stream",
                     help="direct boto3 method: put_object/get_object streaming (default), or "
                          "upload_file/download_file with the default TransferConfig")
@@ -448,7 +478,7 @@ def main() -> int:
                          "the gate's own pattern towards S3)")
     ap.add_argument("--skip-client", action="store_true", help="leave out the MLflow client path")
     ap.add_argument("--budget", type=float, default=None,
-                    help="seconds after which no further transfer starts (default 420; 150 with --quick)")
+                    help="seconds after which no further transfer starts (default 900; 300 with --quick)")
     ap.add_argument("--py-spy", metavar="BIN", default=None,
                     help="sample the gate with py-spy during round 1's gate upload and download; print its top frames")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, policy, db)")
@@ -456,7 +486,7 @@ def main() -> int:
     args = ap.parse_args()
 
     size_mib = args.size_mib or (256 if args.quick else 1024)
-    budget = args.budget or (150.0 if args.quick else 420.0)
+    budget = args.budget or (300.0 if args.quick else 900.0)
     started = time.time()
     config = {"size_mib": size_mib, "rounds": args.rounds, "direct_method": args.direct,
                    "direct_method_detail": ("boto3 upload_file/download_file, default TransferConfig (8 MiB "
@@ -504,23 +534,21 @@ def main() -> int:
         token = mint_token(USER, name="bench-artifacts")
         api = httpx.Client(base_url=f"http://127.0.0.1:{s.ports['gate']}/api/2.0/mlflow",
                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        r = api.post("/experiments/create", json={"name": "a/bench"})
-        r.raise_for_status()
-        exp_id = r.json()["experiment_id"]
-        exp = api.get("/experiments/get", params={"experiment_id": exp_id}).json()["experiment"]
-        r = api.post("/runs/create", json={"experiment_id": exp_id, "start_time": int(time.time() * 1000),
-                                           "run_name": "bench-artifacts"})
-        r.raise_for_status()
-        run_id = r.json()["run"]["info"]["run_id"]
+        exp_id, run_id, exp = new_run(api, "a/bench")
+        d_exp_id, d_run_id, _ = new_run(api, "d/bench")
         api.close()
         res["run"] = {"experiment_id": exp_id, "run_id": run_id,
                       "artifact_location": exp.get("artifact_location"),
                       "store_tag": next((t["value"] for t in exp.get("tags", [])
-                                         if t["key"] == "mlflow-gate.artifact-store"), None)}
-        log(f"  experiment a/bench = {exp_id} (store tag {res['run']['store_tag']!r}), run {run_id}")
+                                         if t["key"] == "mlflow-gate.artifact-store"), None),
+                      "direct_mode_run": f"d/bench {d_exp_id}/{d_run_id}"}
+        log(f"  experiment a/bench = {exp_id} (store tag {res['run']['store_tag']!r}), run {run_id}; "
+            f"d/bench (storage.direct) = {d_exp_id}, run {d_run_id}")
 
         transfers = Transfers(s, token, exp_id, run_id, big, sha, args.direct)
+        transfers.d_run, transfers.d_path = d_run_id, f"{d_exp_id}/{d_run_id}/artifacts/big.bin"
         transfers.s3.create_bucket(Bucket=BUCKET)
+        transfers.s3.create_bucket(Bucket=DIRECT_BUCKET)
 
         sampler = RssSampler({"gate": s.procs["gate"].pid, "moto": s.procs["moto"].pid})
         sampler.start()
@@ -530,12 +558,15 @@ def main() -> int:
         # warm-up: a 1 MiB artifact through the gate (builds the team's S3 client) and direct
         small = tmp / "small.bin"
         small.write_bytes(os.urandom(MiB))
-        for target in ("gate", "direct"):
+        for target in ("gate", "direct", "presigned"):
             w = Transfers(s, token, exp_id, run_id, small, hashlib.sha256(small.read_bytes()).hexdigest(),
                           args.direct)
+            w.d_run, w.d_path = transfers.d_run, transfers.d_path
             if target == "gate":
                 w.url = w.url.replace("big.bin", "warmup.bin")
                 w.gate_up(), w.gate_down()
+            elif target == "presigned":     # team d's role session and S3 client, then big.bin is overwritten
+                w.presigned_up(), w.presigned_down()
             else:
                 w.direct_up(), w.direct_down()
                 transfers.s3.delete_object(Bucket=BUCKET, Key=DIRECT_KEY)
@@ -552,7 +583,9 @@ def main() -> int:
             f"moto {base_moto} MiB")
 
         steps = [("gate", "up", transfers.gate_up), ("direct", "up", transfers.direct_up),
-                 ("gate", "down", transfers.gate_down), ("direct", "down", transfers.direct_down)]
+                 ("presigned", "up", transfers.presigned_up),
+                 ("gate", "down", transfers.gate_down), ("direct", "down", transfers.direct_down),
+                 ("presigned", "down", transfers.presigned_down)]
         if not args.no_mpu_reference:
             steps.insert(2, ("direct-mpu", "up", transfers.direct_mpu_up))
         spy_handle = SimpleNamespace(tmp=tmp, gate=s.procs["gate"])
@@ -624,6 +657,20 @@ def main() -> int:
                 entry["client_cpu_s_per_gib_gate"] = round(statistics.median(r["client_cpu_s"] for r in g) / gib, 2)
                 entry["client_cpu_s_per_gib_direct"] = round(statistics.median(r["client_cpu_s"] for r in d) / gib,
                                                              2)
+            p = [r for r in records if r["target"] == "presigned" and r["way"] == way]
+            if p and d:
+                pm = entry["presigned"] = summarize(transfers.size, [r["seconds"] for r in p])
+                pm["ratio_median"] = round(pm["median_mb_s"] / entry["direct"]["median_mb_s"], 3)
+                pm["paired_ratios"] = [round(b["seconds"] / a["seconds"], 3) for a, b in zip(p, d)]
+                pm["gate_cpu_s_per_gib"] = round(statistics.median(r["gate_cpu_s"] for r in p) / gib, 3)
+                # the gate's CPU while it is idle (during the boto3 step of the same round, which it takes no part
+                # in: policy watcher, timers) is not the transfer's: counted at that rate over the step and taken off
+                idle = {r["round"]: r["gate_cpu_s"] / r["seconds"] for r in d}
+                pm["gate_idle_cpu_s_per_s"] = round(statistics.median(idle.values()), 4)
+                pm["gate_cpu_above_idle_s_per_gib"] = round(statistics.median(
+                    max(0.0, r["gate_cpu_s"] - idle.get(r["round"], 0.0) * r["seconds"]) for r in p) / gib, 3)
+                pm["moto_cpu_s_per_gib"] = round(statistics.median(r["moto_cpu_s"] for r in p) / gib, 2)
+                pm["client_cpu_s_per_gib"] = round(statistics.median(r["client_cpu_s"] for r in p) / gib, 2)
             res["throughput"][way] = entry
         up = res["throughput"]["up"]
         if up.get("ratio_median") is not None and up["ratio_median"] < TARGETS["throughput_ratio_min"] \
@@ -643,68 +690,35 @@ def main() -> int:
                                         for r in records if r["target"] == "gate"}
         mem["gate_after_transfers_mib"] = sampler.now_mib("gate")
 
-        # the real MLflow client: multipart upload through the gate's part URLs, download back
-        if args.skip_client:
-            pass
-        elif time.time() - started + 2.5 * (last.get("gate-up", 0) + last.get("gate-down", 0)) + 15 > budget:
-            res["notes"].append("budget: the mlflow client part was skipped")
-        else:
-            log("mlflow client: log_artifact (MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true) and download_artifacts")
-            script = tmp / "client.py"
-            script.write_text(CLIENT_SCRIPT)
-            (tmp / "client-dl").mkdir()
-            env = child_env()
-            # multipart for any size here (mlflow's default minimum is 500 MB, above the --quick file)
-            env.update(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{s.ports['gate']}", MLFLOW_TRACKING_TOKEN=token,
-                       MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD="true",
-                       MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE=str(5 * MiB))
-            gate_log_before = (tmp / "gate.log").read_text(errors="replace")
-            cpu0 = {n: group_cpu_seconds(s.procs[n].pid) for n in ("gate", "moto")}
-            client = s.procs["client"] = Process("client", [sys.executable, str(script), run_id, str(big),
-                                                            str(tmp / "client-dl"), sha], env, tmp, tmp / "client.log")
-            client.start()
-            try:
-                client.proc.wait(timeout=max(60.0, budget + 60 - (time.time() - started)))
-            except subprocess.TimeoutExpired:
-                res["notes"].append("the mlflow client part timed out")
-            out = [line for line in (tmp / "client.log").read_text(errors="replace").splitlines()
-                   if line.startswith("RESULT ")]
-            cpu = {n: round(group_cpu_seconds(s.procs[n].pid) - cpu0[n], 2) for n in ("gate", "moto")}
-            if not out:
-                res["mlflow_client"] = {"error": client.tail(15)}
-                log(f"  failed:\n{client.tail(15)}")
-            else:
-                c = json.loads(out[-1][len("RESULT "):])
-                up, down = c["up_t1"] - c["up_t0"], c["down_t1"] - c["down_t0"]
-                res["mlflow_client"] = {
-                    "up_s": round(up, 2), "up_mb_s": mbps(transfers.size, up), "down_s": round(down, 2),
-                    "down_mb_s": mbps(transfers.size, down), "sha_ok": c["sha_ok"], "size": c["size"],
-                    "gate_cpu_s": cpu["gate"], "moto_cpu_s": cpu["moto"],
-                    "gate_rss_peak_up_mib": sampler.peak_mib("gate", c["up_t0"], c["up_t1"]),
-                    "gate_rss_peak_down_mib": sampler.peak_mib("gate", c["down_t0"], c["down_t1"]),
-                    "multipart": "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true, MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE"
-                                 "=5 MiB, 10 MiB parts (mlflow's default), parts PUT in parallel by mlflow's "
-                                 "thread pool (2 x CPUs threads)",
-                    "multipart_used": _count_mpu(tmp / "gate.log", gate_log_before),
-                    "landed_at": c["remote"], "expected_at": "client/big.bin",
-                    "at_expected_path": not c.get("misplaced", False),
-                    "listed_client_dir": c["listed_client_dir"], "listed_root": c["listed_root"],
-                }
-                if c.get("misplaced"):
-                    res["notes"].append(
-                        f"mlflow client multipart upload: log_artifact(run, big.bin, artifact_path='client') left the "
-                        f"object at {c['remote']!r}, not 'client/big.bin' (listing of 'client': "
-                        f"{c['listed_client_dir']}); mlflow's own server keys it <artifact_path>/<basename of the "
-                        "request body's 'path'>")
-                mem["gate_growth_with_client_mib"] = round(
-                    max(mem["gate_peak_mib"], res["mlflow_client"]["gate_rss_peak_up_mib"] or 0,
-                        res["mlflow_client"]["gate_rss_peak_down_mib"] or 0) - base_gate, 1)
-                mem["moto_peak_mib"] = max(mem["moto_peak_mib"] or 0, sampler.peak_mib("moto", c["up_t0"],
-                                                                                      c["down_t1"]) or 0)
-                mc = res["mlflow_client"]
-                log(f"  log_artifact {up:.2f} s ({mc['up_mb_s']} MB/s, gate RSS peak {mc['gate_rss_peak_up_mib']} MiB)"
-                    f", download_artifacts {down:.2f} s ({mc['down_mb_s']} MB/s), sha256 equal: {c['sha_ok']}")
-            client.stop()
+        # the real MLflow client: multipart through the gate's part URLs (team a), straight to the bucket (team d)
+        clients = [("mlflow_client", run_id, {}),
+                   ("mlflow_client_direct", d_run_id, {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "true"})]
+        for key, rid, extra in clients:
+            if args.skip_client:
+                break
+            if time.time() - started + 2.5 * (last.get("gate-up", 0) + last.get("gate-down", 0)) + 15 > budget:
+                res["notes"].append(f"budget: the mlflow client part {key} was skipped")
+                break
+            log(f"{key}: log_artifact (MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true) and download_artifacts")
+            c = res[key] = run_client(s, sampler, key, rid, big, sha, token, wait_budget(started, budget), extra)
+            if "error" in c:
+                log(f"  failed: {c['error']}")
+                continue
+            t0, *_, t1 = c.pop("t")
+            idle = [r["gate_cpu_s"] / r["seconds"] for r in records if r["target"] == "direct"]
+            if idle:
+                above_idle(c, statistics.median(idle), transfers.size)
+            if not c["at_expected_path"]:
+                res["notes"].append(f"{key}: log_artifact(run, big.bin, artifact_path='client') left the object at "
+                                    f"{c['landed_at']!r}, not 'client/big.bin' (listing: {c['listed_client_dir']})")
+            peak = mem["gate_peak_with_client_mib"] = max(mem.get("gate_peak_with_client_mib", mem["gate_peak_mib"]),
+                                                          c["gate_rss_peak_up_mib"] or 0,
+                                                          c["gate_rss_peak_down_mib"] or 0)
+            mem["gate_growth_with_client_mib"] = round(peak - base_gate, 1)
+            mem["moto_peak_mib"] = max(mem["moto_peak_mib"] or 0, sampler.peak_mib("moto", t0, t1) or 0)
+            log(f"  log_artifact {c['up_s']:.2f} s ({c['up_mb_s']} MB/s, gate RSS peak {c['gate_rss_peak_up_mib']} "
+                f"MiB), download_artifacts {c['down_s']:.2f} s ({c['down_mb_s']} MB/s), sha256 equal: {c['sha_ok']}, "
+                f"gate CPU {c['gate_cpu_s']} s")
         mem["gate_end_mib"] = sampler.now_mib("gate")
         mem["moto_end_mib"] = sampler.now_mib("moto")
     except BaseException as exc:

@@ -2,11 +2,17 @@
 or without (the artifact benchmark): `start_moto` starts one, `Moto` is what a test holds of it.
 
 moto answers the first INITIAL_NO_AUTH_ACTION_COUNT requests without checking credentials; `setup_requests` is how
-many `create_buckets_and_users` sends, so IAM is enforced from the request after it.
+many `create_buckets_and_users` sends, so IAM is enforced from the request after it. With IAM enforced, moto runs
+through `moto_presigned.py`, which also checks presigned URLs (signature, expiry, the signer's policies).
+
+With `roles` (team -> external id), the gate has an AWS identity of its own (the IAM user `mlflow-gate`, allowed
+nothing but sts:AssumeRole) and each of those teams a role `mlflow-<team>`, allowed on the team's bucket only, whose
+trust policy names the gate's user and the team's external id: as `storage.role_arn` is set up in AWS.
 """
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +20,52 @@ from typing import Any
 from tests.support.process import BIN, Process, Server, child_env, free_port
 
 REGION = "us-east-1"
+ACCOUNT = "123456789012"       # moto's account
+GATE_USER = "mlflow-gate"      # the gate's own AWS identity, with `roles`
+WEB_ROLE = "mlflow-gate-web"   # the same, as an EKS pod has it: a role assumed with a web identity token
+WEB_SESSION = "mlflow-gate-pod"  # the session name such a gate is given (AWS_ROLE_SESSION_NAME)
+PRESIGNED_MOTO = Path(__file__).with_name("moto_presigned.py")
 
 
-def setup_requests(buckets: int) -> int:
+def setup_requests(buckets: int, roles: int = 0) -> int:
     """Requests `create_buckets_and_users` sends for this many team buckets: one create_bucket each, then
-    (create_user, create_access_key, put_user_policy) for each team and for the admin."""
-    return buckets + 3 * (buckets + 1)
+    (create_user, create_access_key, put_user_policy) for each team and for the admin; with roles, the same three
+    for the gate's user and (create_role, put_role_policy) for each role and for WEB_ROLE."""
+    return buckets + 3 * (buckets + 1) + (3 + 2 * (roles + 1) if roles else 0)
+
+
+def role_arn(team: str) -> str:
+    return f"arn:aws:iam::{ACCOUNT}:role/mlflow-{team}"
+
+
+def _policy(*statements: dict[str, Any]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def create_roles(iam: Any, buckets: dict[str, str], roles: dict[str, str]) -> tuple[str, str]:
+    """The gate's user (allowed only to assume the team roles), the same as a web identity role (WEB_ROLE), and a
+    role per team of ROLES (team -> external id) trusting both with that external id, allowed on the team's bucket
+    only. Returns the gate's (key id, secret)."""
+    assume = _policy({"Effect": "Allow", "Action": "sts:AssumeRole",
+                      "Resource": f"arn:aws:iam::{ACCOUNT}:role/mlflow-*"})
+    iam.create_user(UserName=GATE_USER)
+    k = iam.create_access_key(UserName=GATE_USER)["AccessKey"]
+    iam.put_user_policy(UserName=GATE_USER, PolicyName="assume-team-roles", PolicyDocument=assume)
+    iam.create_role(RoleName=WEB_ROLE, AssumeRolePolicyDocument=_policy(
+        {"Effect": "Allow", "Principal": {"Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.example"},
+         "Action": "sts:AssumeRoleWithWebIdentity"}))
+    iam.put_role_policy(RoleName=WEB_ROLE, PolicyName="assume-team-roles", PolicyDocument=assume)
+    # AWS matches a role session against the role's ARN in a trust policy; moto compares the session's own ARN
+    gate_principals = [f"arn:aws:iam::{ACCOUNT}:user/{GATE_USER}",
+                       f"arn:aws:sts::{ACCOUNT}:assumed-role/{WEB_ROLE}/{WEB_SESSION}"]
+    for team, external_id in roles.items():
+        bucket = buckets[team]
+        iam.create_role(RoleName=f"mlflow-{team}", AssumeRolePolicyDocument=_policy(
+            {"Effect": "Allow", "Principal": {"AWS": gate_principals},
+             "Action": "sts:AssumeRole", "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}))
+        iam.put_role_policy(RoleName=f"mlflow-{team}", PolicyName="team-bucket", PolicyDocument=_policy(
+            {"Effect": "Allow", "Action": "s3:*", "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}))
+    return k["AccessKeyId"], k["SecretAccessKey"]
 
 
 def s3_client(url: str, key_id: str, secret: str) -> Any:
@@ -47,11 +93,14 @@ def list_keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
             return out
 
 
-def create_buckets_and_users(url: str, buckets: dict[str, str]) -> tuple[Any, dict[str, tuple[str, str]]]:
+def create_buckets_and_users(url: str, buckets: dict[str, str],
+                             roles: dict[str, str] | None = None) -> tuple[Any, dict[str, tuple[str, str]]]:
     """With moto's setup credentials (before IAM is enforced): create each team's bucket, for each team an IAM user
-    allowed on its own bucket only, and an `admin` user allowed on everything (for inspection).
+    allowed on its own bucket only, and an `admin` user allowed on everything (for inspection); with ROLES, the
+    gate's user and the team roles (`create_roles`).
 
-    `buckets`: team -> bucket. Returns the setup S3 client and team (and "admin") -> (access key id, secret).
+    `buckets`: team -> bucket. Returns the setup S3 client and team (and "admin", and GATE_USER with roles) ->
+    (access key id, secret).
     """
     import boto3
     from botocore.config import Config
@@ -71,6 +120,8 @@ def create_buckets_and_users(url: str, buckets: dict[str, str]) -> tuple[Any, di
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": "*" if who == "admin" else "s3:*",
                            "Resource": resources}]}))
+    if roles:
+        keys[GATE_USER] = create_roles(setup["iam"], buckets, roles)
     return setup["s3"], keys
 
 
@@ -82,6 +133,8 @@ def check_iam_enforced(url: str, setup_s3: Any, keys: dict[str, tuple[str, str]]
     probes = [(setup_s3, "setup", bucket, "InvalidAccessKeyId") for bucket in list(buckets.values())[:1]]
     probes += [(s3_client(url, *keys[team]), team, bucket, "AccessDenied")
                for team in buckets for other, bucket in buckets.items() if other != team]
+    if GATE_USER in keys:  # the gate's own identity reaches no bucket: only the roles it assumes do
+        probes += [(s3_client(url, *keys[GATE_USER]), GATE_USER, bucket, "AccessDenied") for bucket in buckets.values()]
     for client, who, bucket, code in probes:
         try:
             client.list_objects_v2(Bucket=bucket)
@@ -98,6 +151,7 @@ class Moto(Server):
 
     process: Process
     keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # team, "admin" -> (access key id, secret)
+    roles: dict[str, str] = field(default_factory=dict)  # team -> the ARN of its role (with `roles`)
 
     def client(self, who: str = "admin") -> Any:
         return s3_client(self.url, *self.keys[who])
@@ -120,23 +174,29 @@ class Moto(Server):
             raise
 
 
-def start_moto(root: Path, buckets: dict[str, str] | None = None, timeout: float = 30) -> Moto:
+def start_moto(root: Path, buckets: dict[str, str] | None = None, timeout: float = 30,
+               roles: dict[str, str] | None = None) -> Moto:
     """moto_server on a free port, working in ROOT, logging to ROOT/moto.log; ready.
 
     With `buckets` (team -> bucket): the buckets, an IAM user per team allowed on its own bucket only and an `admin`
-    user allowed on everything, and IAM enforced from then on (checked). Without: no bucket and no IAM.
+    user allowed on everything, and IAM enforced from then on (checked), presigned URLs included. With `roles`
+    (team -> external id, teams of `buckets`), the gate's user and the team roles too. Without: no bucket and no IAM.
     """
     port = free_port()
-    env = child_env(INITIAL_NO_AUTH_ACTION_COUNT=str(setup_requests(len(buckets)))) if buckets else child_env()
-    process = Process("moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], env, root,
+    cmd = [str(BIN / "moto_server")]
+    env = child_env()
+    if buckets:
+        cmd = [sys.executable, str(PRESIGNED_MOTO)]
+        env = child_env(INITIAL_NO_AUTH_ACTION_COUNT=str(setup_requests(len(buckets), len(roles or {}))))
+    process = Process("moto_server", [*cmd, "-H", "127.0.0.1", "-p", str(port)], env, root,
                       root / "moto.log", f"http://127.0.0.1:{port}", "/moto-api/")
     try:
         process.start().wait_ready(timeout)
         if not buckets:
             return Moto(process)
-        setup_s3, keys = create_buckets_and_users(process.url, buckets)
+        setup_s3, keys = create_buckets_and_users(process.url, buckets, roles)
         check_iam_enforced(process.url, setup_s3, keys, buckets)
-        return Moto(process, keys)
+        return Moto(process, keys, {team: role_arn(team) for team in roles or {}})
     except BaseException:
         process.stop()
         raise

@@ -16,12 +16,20 @@ import numpy as np
 import yaml
 
 from tests.support.gate import Gate
-from tests.support.moto import Moto
+from tests.support.moto import GATE_USER, Moto
 from tests.support.process import LogSource
 
 BUCKETS = {"alpha": "team-alpha", "beta": "team-beta"}
 ALICE, BOB, CAROL, MO, ROOT = "alice@corp.test", "bob@corp.test", "carol@corp.test", "mo@corp.test", "root@corp.test"
+# Teams reached through a role the gate assumes (storage.role_arn): eta with presigned URLs (storage.direct) and
+# object tags, theta proxied as alpha and beta are.
+ROLE_BUCKETS = {"eta": "team-eta", "theta": "team-theta"}
+EXTERNAL_IDS = {"eta": "acme-eta-7f3a", "theta": "acme-theta-91c2"}
+ETA_TAGS = {"cost-center": "eta-42", "team": "eta"}
+ERIN, TOM = "erin@corp.test", "tom@corp.test"
 INTERNAL_PREFIX = "/_gate/internal/api/2.0/mlflow-artifacts/artifacts"
+
+FIGURES: list[tuple[str, Any]] = []  # what the suites measured, shown at the end of the session (conftest.py)
 
 UNSAFE_MARKERS = ("flavors:", "sklearn_version", '"spans"')  # bytes of an MLmodel file or of trace data
 
@@ -165,12 +173,21 @@ def s3_store(bucket: str, endpoint: str, credentials_env: str) -> dict[str, Any]
             "storage": {"endpoint_url": endpoint, "region": "us-east-1", "credentials_env": credentials_env}}
 
 
+def role_store(s3: Moto, team: str, external_id: str, **storage: Any) -> dict[str, Any]:
+    """A team's artifacts in its bucket of ROLE_BUCKETS, reached through its role, assumed with EXTERNAL_ID."""
+    return {"artifact_root": f"s3://{ROLE_BUCKETS[team]}/mlflow",
+            "storage": {"endpoint_url": s3.url, "region": "us-east-1", "role_arn": s3.roles[team],
+                        "external_id": external_id, **storage}}
+
+
 def render_policy(s3: Moto, gamma_root: Path, alpha_env: str = "ALPHA", beta_env: str = "BETA",
-                  extra_teams: dict[str, Any] | None = None) -> str:
+                  extra_teams: dict[str, Any] | None = None, eta_external_id: str = EXTERNAL_IDS["eta"]) -> str:
     teams = {
         "alpha": team_policy("alpha", [ALICE], maintainers=[MO], **s3_store(BUCKETS["alpha"], s3.url, alpha_env)),
         "beta": team_policy("beta", [BOB], **s3_store(BUCKETS["beta"], s3.url, beta_env)),
         "gamma": team_policy("gamma", [CAROL], artifact_root=gamma_root.as_uri()),
+        "eta": team_policy("eta", [ERIN], **role_store(s3, "eta", eta_external_id, direct=True, object_tags=ETA_TAGS)),
+        "theta": team_policy("theta", [TOM], **role_store(s3, "theta", EXTERNAL_IDS["theta"])),
         **(extra_teams or {}),
     }
     grants = [{"to": ["everyone"], "experiments": ["shared/"], "models": ["shared-"], "permission": "edit"}]
@@ -178,9 +195,12 @@ def render_policy(s3: Moto, gamma_root: Path, alpha_env: str = "ALPHA", beta_env
 
 
 def team_env(s3: Moto, **extra: str) -> dict[str, str]:
-    """The gate's extra environment: each team's keys."""
+    """The gate's extra environment: alpha's and beta's keys, and the gate's own AWS identity (allowed nothing but
+    assuming the team roles), with STS at moto."""
     return dict(ALPHA_AWS_ACCESS_KEY_ID=s3.keys["alpha"][0], ALPHA_AWS_SECRET_ACCESS_KEY=s3.keys["alpha"][1],
-                BETA_AWS_ACCESS_KEY_ID=s3.keys["beta"][0], BETA_AWS_SECRET_ACCESS_KEY=s3.keys["beta"][1], **extra)
+                BETA_AWS_ACCESS_KEY_ID=s3.keys["beta"][0], BETA_AWS_SECRET_ACCESS_KEY=s3.keys["beta"][1],
+                AWS_ACCESS_KEY_ID=s3.keys[GATE_USER][0], AWS_SECRET_ACCESS_KEY=s3.keys[GATE_USER][1],
+                AWS_ENDPOINT_URL_STS=s3.url, AWS_DEFAULT_REGION="us-east-1", **extra)
 
 
 # --------------------------------------------------------------------------------------------------------------
