@@ -259,12 +259,23 @@ class Resolver:
             return []
         if source.startswith("runs:/"):
             return await self._run(source[len("runs:/"):].lstrip("/").split("/")[0], ident, level)
-        if source.startswith("models:/m-"):
-            return await self._logged_model(source[len("models:/"):].split("/")[0], ident, level)
+        if source.startswith("models:"):
+            return await self._model_uri(source, ident, level)
         if source.startswith("mlflow-artifacts:"):
             return await self._artifact_path(artifact_store_path(source) or "", ident, level)
         raise PermissionDenied("Permission denied: a model version's source must be a runs:/, models:/ or "
                                "mlflow-artifacts: URI of something you can read; raw storage URIs are for admins.")
+
+    async def _model_uri(self, uri: str, ident: Identity, level: Level) -> list[Target]:
+        """`models:/<id>` names a logged model; `models:/NAME/VERSION` (or a stage, `latest`) and `NAME@ALIAS`
+        a registered model, whose version MLflow copies (so `models:/m-1/1` is model `m-1`, not logged model m-1)."""
+        parts = _model_uri_parts(uri, "models")
+        if parts is None:
+            raise BadRequest(f"Invalid model version source {uri!r}: use models:/<logged model id>, "
+                             "models:/<name>/<version> or models:/<name>@<alias>.")
+        if len(parts) == 1 and "@" not in parts[0]:
+            return await self._logged_model(parts[0], ident, level)
+        return [Target("model", parts[0] if len(parts) == 2 else parts[0].rsplit("@", 1)[0], level)]
 
     async def _prompt_uri(self, uri: str, ident: Identity, level: Level) -> list[Target]:
         return [Target("model", prompt_name(uri), level)]
@@ -281,12 +292,21 @@ def _by_name(kind: str) -> Callable[[Resolver, str, Identity, Level], Awaitable[
 
 def prompt_name(uri: str) -> str:
     """The prompt a `prompts:/NAME/VERSION` or `prompts:/NAME@ALIAS` URI names, parsed as MLflow parses it."""
-    parsed = urlparse(uri, allow_fragments=False)
-    parts = parsed.path[1:].split("/") if parsed.path.startswith("/") else []
-    if parsed.scheme != "prompts" or parsed.netloc or parsed.params or parsed.query or not 1 <= len(parts) <= 2 \
-            or not parts[0].strip():
+    parts = _model_uri_parts(uri, "prompts")
+    if parts is None:
         raise BadRequest(f"Invalid prompt URI {uri!r}: use prompts:/<name>/<version> or prompts:/<name>@<alias>.")
     return parts[0] if len(parts) == 2 else parts[0].rsplit("@", 1)[0]
+
+
+def _model_uri_parts(uri: str, scheme: str) -> list[str] | None:
+    """The one or two parts of a `models:/` or `prompts:/` URI as MLflow's `_parse_model_uri` splits it; None for
+    anything MLflow would read otherwise (a host, parameters, a query, empty parts)."""
+    parsed = urlparse(uri, allow_fragments=False)
+    parts = parsed.path[1:].split("/") if parsed.path.startswith("/") else []
+    if parsed.scheme != scheme or parsed.netloc or parsed.params or parsed.query or not 1 <= len(parts) <= 2 \
+            or not all(p.strip() for p in parts):
+        return None
+    return parts
 
 
 async def authorize(call: Call, resolver: Resolver) -> None:

@@ -61,6 +61,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("artifact path", (Names.ARTIFACT_PATH,), "artifact_path", "{exp}/{hex}/artifacts/notes/readme.txt"),
     Kind("source runs:/", (Names.SOURCE_URI,), "source_run", "runs:/{hex}/model"),
     Kind("source models:/", (Names.SOURCE_URI,), "source_model", "models:/m-{hex}"),
+    Kind("source models:/name/version", (Names.SOURCE_URI,), "source_version", "models:/beta-missing-{hex}/1"),
     Kind("source mlflow-artifacts:", (Names.SOURCE_URI,), "source_artifacts",
          "mlflow-artifacts:/{exp}/{hex}/artifacts/model"),
 )
