@@ -28,7 +28,7 @@ from .decide import is_admin
 from .edge import check_origin, check_path, header_map, is_page_load, read_body, request_id, set_headers
 from .errors import GateError, Internal, PermissionDenied, SignInRequired, Unauthenticated, send_error
 from .forward import Receive, Send, relay, send_bytes
-from .params import read_params
+from .params import check_version, read_params
 from .policy import Team
 from .resources import authorize
 from .rewrite import rewrite_body
@@ -85,6 +85,7 @@ class Gate:
         if needs_body(call.route, call.method, call.query):
             call.body = await read_body(call.receive)
         call.params = read_params(call.method, call.route.source, call.query, call.body, call.headers)
+        check_version(call.params)
         if call.route.access is Access.CHECKED and not call.admin:
             await authorize(call, self.s.resolver)
         await self.respond(call)

@@ -24,7 +24,7 @@ from .decide import decide
 from .errors import BadRequest, PermissionDenied, UpstreamUnavailable
 from .forward import Upstream
 from .identity import Identity
-from .params import ids_of
+from .params import MAX_INT64, ids_of
 from .policy import Level
 from .rewrite import STORE_TAG
 from .routes import Names, Need
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from .call import Call
 
 _EXPERIMENT_ID = re.compile(r"^[0-9]{1,19}$")
-_MAX_ID = 2**63 - 1                                     # a 64-bit integer column in MLflow's store
 _CHOSEN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")      # what a client may pick as a new id
 PROMPT_SOURCES = frozenset({"prompt-template", "dummy-source"})   # MLflow's placeholders for prompt versions
 
@@ -199,7 +198,7 @@ class Resolver:
         return (await self._experiment(experiment_id))[1]
 
     async def _experiment(self, experiment_id: str) -> tuple[str, str | None]:
-        if not _EXPERIMENT_ID.match(experiment_id) or int(experiment_id) > _MAX_ID:
+        if not _EXPERIMENT_ID.match(experiment_id) or int(experiment_id) > MAX_INT64:
             raise BadRequest(f"{experiment_id!r} is not an experiment id (expected digits).")
         info = self.names.get(experiment_id)
         if info is None:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from proxy.routes import ROUTES, Access, Route, Source
+from tests.integration.adversarial.adv_it import Objects
 from tests.integration.gate_it import ALICE, BOB, ROOT, World
 
 pytestmark = pytest.mark.integration
@@ -112,3 +113,21 @@ def test_the_upstream_receives_the_request_id(echo_gate) -> None:  # type: ignor
                         for k, v in rec["headers"] if k.lower() == "x-request-id"]
             assert upstream == [r.headers["x-request-id"]], (upstream, r.headers)
             assert expect is None or upstream == [expect]
+
+
+@pytest.mark.parametrize("version", ["99999999999999999999", "-99999999999999999999"])
+def test_a_model_version_number_past_64_bits_is_a_400(gate, objects: Objects, version: str) -> None:
+    """MLflow's store failed on it with a 500 ("Python int too large to convert to SQLite INTEGER"), and the
+    gate's file view answered a misleading 503."""
+    model = objects.own["model"]
+    with gate.http(ALICE) as h:
+        answers = [h.get(f"/api/2.0/mlflow/model-versions/{verb}", params={"name": model, "version": version})
+                   for verb in ("get", "get-download-uri")]
+        answers.append(h.get("/model-versions/get-artifact", params={"name": model, "version": version, "path": "x"}))
+        answers.append(h.post("/api/2.0/mlflow/registered-models/alias",
+                              json={"name": model, "alias": "champion", "version": version}))
+        answers.append(h.patch("/api/2.0/mlflow/model-versions/update",
+                               json={"name": model, "version": version, "description": "d"}))
+    for r in answers:
+        assert r.status_code == 400, f"{r.request.url}: {r.status_code} {r.text[:300]}"
+        assert r.json()["error_code"] == "INVALID_PARAMETER_VALUE" and "version" in r.json()["message"], r.text
