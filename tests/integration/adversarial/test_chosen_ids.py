@@ -217,3 +217,22 @@ def test_otlp_bodies_are_bounded_and_must_parse(gate, world: World, case: str) -
         r = export(alice, world.alpha_exp, body, **headers)
     assert r.status_code == status, r.text
     assert r.json()["error_code"] == "INVALID_PARAMETER_VALUE", r.text
+
+
+@pytest.mark.parametrize("header", ["X-MLflow-Experiment-Id", "X-MLflow-Run-Id"])
+def test_an_id_header_given_twice_is_refused(gate, world: World, header: str) -> None:
+    """The gate and MLflow could each read a different copy (the first, the last, either spelling): one id header,
+    given once, is the only form accepted, whichever copy names the other team."""
+    own, foreign = ((world.alpha_exp, world.beta_exp) if header.endswith("Experiment-Id")
+                    else (world.alpha_run, world.beta_run))
+    trace_hex = hex32()
+    with gate.http(ALICE) as alice:
+        for pair in ((own, foreign), (foreign, own)):
+            headers = [("Content-Type", "application/x-protobuf"), (header, pair[0]), (header.lower(), pair[1])]
+            if header.endswith("Run-Id"):
+                headers.append(("X-MLflow-Experiment-Id", world.alpha_exp))
+            r = alice.post("/v1/traces", content=otlp_export([trace_hex]), headers=headers)
+            assert r.status_code == 400, r.text
+            assert "given twice" in r.json()["message"], r.text
+        r = alice.get(f"{V3}/tr-{trace_hex}")
+        assert r.status_code == 403, r.text          # nothing was written: the trace does not exist
