@@ -131,3 +131,35 @@ def test_a_model_version_number_past_64_bits_is_a_400(gate, objects: Objects, ve
     for r in answers:
         assert r.status_code == 400, f"{r.request.url}: {r.status_code} {r.text[:300]}"
         assert r.json()["error_code"] == "INVALID_PARAMETER_VALUE" and "version" in r.json()["message"], r.text
+
+
+PATH_PARAMS = [    # every route naming a file inside an object by a query parameter: (path, object's own params, the file's)
+    ("/get-artifact", lambda o, w: {"run_uuid": w.alpha_run}, "path"),
+    ("/api/2.0/mlflow/artifacts/list", lambda o, w: {"run_id": w.alpha_run}, "path"),
+    ("/model-versions/get-artifact", lambda o, w: {"name": o["model"], "version": "1"}, "path"),
+    ("/ajax-api/2.0/mlflow/logged-models/{lm}/artifacts/files", lambda o, w: {}, "artifact_file_path"),
+    ("/api/2.0/mlflow/logged-models/{lm}/artifacts/directories", lambda o, w: {}, "artifact_directory_path"),
+    ("/ajax-api/2.0/mlflow/get-trace-artifact", lambda o, w: {"request_id": o["trace"]}, "path"),
+    ("/api/2.0/mlflow-artifacts/artifacts", lambda o, w: {}, "path"),
+]
+ESCAPES = ["../../../{beta_exp}/{beta_run}/artifacts/notes/readme.txt", "notes/../../../../{beta_exp}",
+           "..%2f..%2f{beta_exp}", "/etc/passwd", "notes\\..\\..\\x"]
+
+
+@pytest.mark.parametrize(("path", "params", "field"), PATH_PARAMS, ids=[p[0] for p in PATH_PARAMS])
+def test_a_file_path_cannot_leave_its_object(gate, world: World, objects: Objects, path: str, params, field: str) -> None:  # type: ignore[no-untyped-def]
+    """`..`, encoded separators and absolute paths are refused (by the gate, or by MLflow where it validates them
+    itself) and never reach another team's files. Backslashes: the gate refuses them where it serves the files;
+    on the routes it forwards (a logged model's directories, a trace's data) MLflow reads one as a plain character
+    of a name inside the object."""
+    with gate.http(ALICE) as h:
+        for escape in ESCAPES:
+            value = escape.format(beta_exp=world.beta_exp, beta_run=world.beta_run)
+            if field == "path" and "mlflow-artifacts" in path:
+                value = f"{world.alpha_exp}/{value}"
+            r = h.get(path.format(lm=objects.own["logged_model"]), params={**params(objects.own, world), field: value})
+            if "\\" in value and r.status_code == 200:
+                continue      # forwarded, and an ordinary character to MLflow on POSIX: a name inside the object
+            assert r.status_code in (400, 403), f"{value}: {r.status_code} {r.text[:300]}"
+            assert r.json()["error_code"] in ("INVALID_PARAMETER_VALUE", "PERMISSION_DENIED"), r.text
+            assert "beta" not in r.text.replace(value, ""), r.text
