@@ -1,6 +1,6 @@
 """create_app: the gate as one ASGI application.
 
-`/_gate/...` goes to the gate's own pages (a small Starlette app: sign-in, who am I, tokens, health),
+`/_gate/...` goes to the gate's own pages (a small Starlette app: sign-in, who am I, tokens, health, admin),
 the internal artifact endpoint and multipart part uploads; every other request goes to `Gate`, the
 raw-ASGI hot path. The services (`services.py`) are built whole in the lifespan.
 """
@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 
-from . import pages
+from . import admin, pages
 from .artifact_server import INTERNAL_PREFIX, PART_PATH
 from .compression import Compression
 from .errors import GateError, send_error
@@ -42,7 +42,7 @@ def create_app(settings: Settings, *, upstream_url: str, policy_poll: float = 1.
     secure = (settings.public_url or "").startswith("https://")
     middleware = [Middleware(SessionMiddleware, secret_key=settings.secret_key, session_cookie="mlflow_gate_signin",
                              max_age=600, same_site="lax", https_only=secure)]
-    pages_app = Starlette(routes=pages.routes(), middleware=middleware, lifespan=lifespan)
+    pages_app = Starlette(routes=pages.routes() + admin.routes(), middleware=middleware, lifespan=lifespan)
 
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         path = scope.get("path", "")

@@ -26,8 +26,9 @@ from .forward import Receive, Send, send_bytes, stream_body
 from .metrics import Metrics
 from .params import parse_body, parse_query
 from .policy import Policy, PolicyStore
-from .resources import Resolver, artifact_experiment
+from .resources import Resolver
 from .rewrite import STORE_TAG
+from .uris import artifact_experiment
 
 __all__ = ["STORE_TAG", "ArtifactServer", "artifact_experiment", "internal_token", "route_of"]
 
@@ -48,6 +49,7 @@ class _Op:
     path: str
     body: bytes | None
     caller: str | None = None
+    team: str | None = None     # the team owning the experiment, for the per-team byte counts
 
 
 def _file_infos(found: list[FileInfo]) -> list[dict[str, Any]]:
@@ -86,6 +88,14 @@ class ArtifactServer:
                                           "more; ask an admin.")
             return store
         return self.stores.default
+
+    async def team_of(self, path: str, policy: Policy) -> str | None:
+        """The team owning the experiment `path` is under (by its name now; None for the store's root), for the
+        per-team byte counts (the experiment was resolved already, to find its store)."""
+        if not path:
+            return None
+        owner = policy.owner("experiment", await self.resolver.experiment_name(artifact_experiment(path)))
+        return owner.name if owner is not None else None
 
     async def serves(self, path: str, policy: Policy) -> bool:
         return path != "" and await self.store_for(path, policy) is not None
@@ -131,22 +141,27 @@ class ArtifactServer:
             handler = self._ops.get(op)
             if handler is None:
                 raise BadRequest(f"Unknown artifact operation {op!r}.")
-            await handler(self, _Op(scope, receive, send, store.acting_for(caller), path, body, caller))
+            await handler(self, _Op(scope, receive, send, store.acting_for(caller), path, body, caller,
+                                    await self.team_of(path, policy)))
         except ArtifactMissing as exc:
             raise ArtifactNotFound(f"Artifact {path!r} does not exist.") from exc
         except StoreUnavailable as exc:
             raise UpstreamUnavailable(str(exc)) from exc
 
-    def _count(self, direction: str, store: Store, size: int) -> None:
+    def _count(self, direction: str, op: _Op, size: int) -> None:
+        self._count_as(direction, op.store, op.team, size)
+
+    def _count_as(self, direction: str, store: Store, team: str | None, size: int) -> None:
         if self.metrics is not None:
             self.metrics.artifact_bytes.labels(direction, store.name).inc(size)
+            self.metrics.team_bytes(team, direction, size)
 
     async def _download(self, op: _Op) -> None:
         size, chunks = await op.store.open(op.path)
-        self._count("out", op.store, await _stream_out(op.send, op.path, size, chunks))
+        self._count("out", op, await _stream_out(op.send, op.path, size, chunks))
 
     async def _upload(self, op: _Op) -> None:
-        self._count("in", op.store, await op.store.write(op.path, stream_body(op.receive)))
+        self._count("in", op, await op.store.write(op.path, stream_body(op.receive)))
         await send_bytes(op.send, 200, _JSON, b"{}")
 
     async def _delete(self, op: _Op) -> None:
@@ -234,8 +249,9 @@ class ArtifactServer:
             store = await self.store_for(path, self.policy.current)
             if store is None:
                 raise ArtifactNotFound("No artifact store serves this path.")
-            etag = await store.acting_for(claim.get("w")).mpu_part(path, str(claim["u"]), int(claim["n"]),
-                                                                  stream_body(receive))
+            body = _Counted(stream_body(receive))
+            etag = await store.acting_for(claim.get("w")).mpu_part(path, str(claim["u"]), int(claim["n"]), body)
+            self._count_as("in", store, await self.team_of(path, self.policy.current), body.size)
         except ArtifactMissing as exc:
             raise ArtifactNotFound("The multipart upload does not exist (aborted or completed).") from exc
         except StoreUnavailable as exc:
@@ -264,6 +280,21 @@ class ArtifactServer:
         expected = "Bearer " + internal_token(self.secret_key)
         if not hmac.compare_digest(auth.encode(), expected.encode()):
             raise Unauthenticated("The internal artifact endpoint is for the upstream mlflow server only.")
+
+
+class _Counted:
+    """A body stream that counts the bytes it passes on (a multipart part, for the byte metrics)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self.chunks, self.size = chunks, 0
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.chunks.__anext__()
+        self.size += len(chunk)
+        return chunk
 
 
 def _mpu_target(directory: str, data: dict[str, Any]) -> str:

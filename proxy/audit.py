@@ -9,12 +9,14 @@ to the app, never kept in a module global.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 from .decide import Decision
@@ -60,12 +62,48 @@ class AuditWriter:
         self.thread.join(5)
 
 
-class Audit:
-    """Writes the audit line of each decision (to `sink`, else the `mlflow_gate.audit` logger) and counts it."""
+@dataclass(frozen=True)
+class Denial:
+    """One refused request, as the audit recorded it (no credential, no query string, no body)."""
+    ts: float
+    who: str | None
+    via: str | None
+    method: str
+    path: str
+    reason: str
+    status: int
+    resources: tuple[Decision, ...]
+    request_id: str | None = None
 
-    def __init__(self, metrics: Metrics | None = None, sink: Callable[[str], None] | None = None) -> None:
+
+class Denials:
+    """The last refusals this replica recorded, newest last: a bounded ring in memory, no database."""
+
+    def __init__(self, size: int = 200) -> None:
+        self.ring: collections.deque[Denial] = collections.deque(maxlen=size)
+
+    def add(self, denial: Denial) -> None:
+        self.ring.append(denial)   # a deque append is atomic: audit records come from the event loop only anyway
+
+    @property
+    def size(self) -> int:
+        return self.ring.maxlen or 0
+
+    def latest(self, n: int | None = None) -> list[Denial]:
+        """Newest first."""
+        items = list(self.ring)[::-1]
+        return items if n is None else items[:n]
+
+
+class Audit:
+    """Writes the audit line of each decision (to `sink`, else the `mlflow_gate.audit` logger) and counts it;
+    refusals also go to `denials`, the in-memory ring the admin page shows."""
+
+    def __init__(self, metrics: Metrics | None = None, sink: Callable[[str], None] | None = None,
+                 denials: Denials | None = None) -> None:
         self.metrics = metrics
         self.sink = sink
+        self.denials = denials if denials is not None else Denials()
 
     def record(self, ident: Identity | None, method: str, path: str, allowed: bool, reason: str,
                decisions: list[Decision] | None = None, status: int | None = None, *,
@@ -73,12 +111,17 @@ class Audit:
         if self.metrics is not None:
             kind = reason.split(";")[0] if allowed else ("unauthenticated" if status == 401 else "denied")
             self.metrics.decision(allowed, kind)
+        if not allowed:
+            self.denials.add(Denial(time.time(), ident.id if ident else None, ident.via if ident else None, method,
+                                    path, reason, status or 403, tuple(decisions or ()), request_id))
         if self.sink is None and not log.isEnabledFor(logging.INFO):
             return
         entry: dict[str, Any] = {
             "ts": round(time.time(), 3), "who": ident.id if ident else None, "via": ident.via if ident else None,
             "method": method, "path": path, "allowed": allowed, "reason": reason,
         }
+        if ident is not None and ident.issuer is not None:
+            entry["issuer"] = ident.issuer
         if decisions:
             entry["resources"] = [{"kind": d.kind, "name": d.name, "needed": str(d.needed), "have": str(d.have),
                                    "rule": d.reason} for d in decisions]

@@ -1,7 +1,8 @@
 """The credential chain: who is calling, proven by one of the credentials SPEC.md lists.
 
-Order: `Authorization` (Bearer personal token, Bearer provider JWT, Basic with a personal token
-or a local account's password), then the session cookie. A credential that is present but
+Order: `Authorization` (Bearer personal token, Bearer JWT of the identity provider or of an
+issuer in the policy's `issuers:`, Basic with a personal token or a local account's password), then
+the session cookie. A credential that is present but
 invalid raises Unauthenticated; no credential at all gives None. Verified tokens are cached by
 their value so the hot path pays for a signature once.
 
@@ -14,32 +15,35 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import time
-from collections.abc import Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
+from typing import Any
 
 from . import accounts
 from .cache import LRU
+from .claims import local_account_refusal
 from .errors import Unauthenticated
 from .identity import Identity
+from .issuers import Issuers
+from .jwt_bearer import JwtVerifier, peek
 from .policy import Policy
 from .provider_sessions import ProviderSessions
 from .sessions import COOKIE, SessionError, SignedOut, read_session
 from .tokens import PREFIX, TokenError, read_token
 
-# Verifies a provider JWT (`jwt_bearer.JwtValidator`): token -> Identity, raising Unauthenticated.
-JwtValidator = Callable[[str], Awaitable[Identity]]
-
 
 class Authenticator:
-    def __init__(self, secret_key: str, *, jwt: JwtValidator | None = None,
-                 provider: ProviderSessions | None = None) -> None:
+    def __init__(self, secret_key: str, *, jwt: JwtVerifier | None = None,
+                 provider: ProviderSessions | None = None, issuers: Issuers | None = None) -> None:
         self.secret_key = secret_key
-        self.jwt = jwt
+        self.jwt = jwt                  # the identity provider's bearer JWTs
+        self.issuers = issuers          # the policy's `issuers:` (machine callers)
         self.provider = provider
         self.passwords = accounts.Passwords(secret_key)
         self.signed_out = SignedOut()
         self._tokens: LRU[str, Identity] = LRU(50_000)
+        self._routes: LRU[str, JwtVerifier] = LRU(50_000)     # JWT digest -> the issuer it was routed to
 
     async def identify(self, headers: dict[bytes, bytes], policy: Policy, client: str | None = None) -> Identity | None:
         """The caller proven by the request's credential (`client`: its address, for throttling), or None."""
@@ -58,6 +62,9 @@ class Authenticator:
         if ident.id.lower() in policy.revoked_users:
             raise Unauthenticated(f"Authentication failed: user {ident.id} is revoked by the gate's policy "
                                   "(revoked_users); ask an admin.")
+        taken = local_account_refusal(ident.id, policy.users) if ident.issuer is not None else None
+        if taken is not None:
+            raise Unauthenticated(f"Authentication failed: the token of issuer {ident.issuer} is verified, but {taken}.")
         return accounts.current(policy, ident, self.secret_key)
 
     async def local_account(self, user: str, password: str, policy: Policy, client: str | None) -> Identity:
@@ -93,11 +100,11 @@ class Authenticator:
         if scheme == "bearer":
             if cred.startswith(PREFIX):
                 return self.personal_token(cred, policy, via="token")
-            if cred.count(".") == 2 and self.jwt is not None:
-                return await self.jwt(cred)
+            if cred.count(".") == 2 and (self.jwt is not None or (self.issuers is not None and policy.issuers)):
+                return await self.bearer_jwt(cred, policy)
             raise Unauthenticated("Authentication failed: the bearer token is neither a personal token of this gate"
-                                  + ("" if self.jwt else " nor a provider JWT (no identity provider is configured)")
-                                  + ".")
+                                  " nor a JWT of an issuer it trusts (no identity provider or `issuers` are "
+                                  "configured).")
         if scheme == "basic":
             try:
                 user, _, password = base64.b64decode(cred, validate=True).decode("utf-8").partition(":")
@@ -108,6 +115,29 @@ class Authenticator:
             return await self.passwords.check(user, password, policy, client)
         raise Unauthenticated(f"Authentication failed: the {scheme!r} scheme is not accepted; "
                               "use Bearer <token> or Basic with a token as password.")
+
+    async def bearer_jwt(self, token: str, policy: Policy) -> Identity:
+        """A JWT, verified by the one trusted issuer its `iss` names: only that issuer's keys can verify it.
+        The issuer a token was routed to is remembered by digest (while that issuer is still trusted), so a
+        token seen before costs a hash and two lookups."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        verifier, header = self._routes.get(digest), None
+        if verifier is None or not (verifier is self.jwt or (self.issuers and self.issuers.trusts(policy, verifier))):
+            verifier, header = self._route(token, policy)
+            self._routes.put(digest, verifier)
+        return await verifier(token, header, digest=digest)
+
+    def _route(self, token: str, policy: Policy) -> tuple[JwtVerifier, dict[str, Any]]:
+        header, claims = peek(token)
+        iss = claims.get("iss")
+        iss = iss.rstrip("/") if isinstance(iss, str) else ""
+        if self.jwt is not None and iss == self.jwt.issuer:
+            return self.jwt, header
+        machine = self.issuers.find(policy, iss) if self.issuers is not None and iss else None
+        if machine is not None:
+            return machine.verify, header
+        raise Unauthenticated(f"Authentication failed: the JWT's issuer {iss[:200]!r} is not one this gate trusts "
+                              "(its identity provider, or an entry of the policy's `issuers`).")
 
     def personal_token(self, token: str, policy: Policy, *, via: str) -> Identity:
         key = token    # held in memory only, like the verified identity it maps to

@@ -78,8 +78,10 @@ def policy_check(args: argparse.Namespace) -> int:
     failures = run_checks(policy)
     for failure in failures:
         print(failure)
+    issuers = f", {len(policy.issuers)} issuers ({', '.join(sorted(policy.issuers))})" if policy.issuers else ""
     print(f"{len(policy.teams)} teams, {len(policy.grants)} grants, {len(policy.denies)} denies, "
-          f"{len(policy.users)} local users; {len(policy.checks) - len(failures)}/{len(policy.checks)} checks hold.")
+          f"{len(policy.users)} local users{issuers}; {len(policy.checks) - len(failures)}/{len(policy.checks)} "
+          "checks hold.")
     return 1 if failures else 0
 
 

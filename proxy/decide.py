@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .claims import local_account_refusal, machine_identity
 from .identity import Identity
-from .policy import Deny, Grant, Level, Policy, Rule, Subject
+from .policy import Check, Deny, Grant, Level, Policy, Rule, Subject
 
 _MAX_CONTEXTS = 10_000
 
@@ -148,11 +149,25 @@ def run_checks(policy: Policy) -> list[str]:
     """The `checks` of a policy that do not hold, each as a sentence."""
     failures = []
     for check in policy.checks:
-        ident = with_account_groups(policy, Identity(check.user, check.groups, via="check"))
-        have, reason = level_on(policy, ident, check.kind, check.name)
+        ident, refused = check_caller(policy, check)
+        have, reason = level_on(policy, ident, check.kind, check.name) if ident else (Level.NONE, refused or "")
         holds = have >= check.level if check.allow else have < check.level
         if not holds:
             expect = f"allow {check.level}" if check.allow else f"deny {check.level}"
-            failures.append(f"{check.where}: expected {expect} for {check.user} on {check.kind} {check.name!r}, "
+            who = ident.id if ident else f"the caller of issuer {check.issuer}"
+            failures.append(f"{check.where}: expected {expect} for {who} on {check.kind} {check.name!r}, "
                             f"but the level is {have} ({reason})")
     return failures
+
+
+def check_caller(policy: Policy, check: Check) -> tuple[Identity | None, str | None]:
+    """The caller a check is about: its user and groups, or what its issuer makes of its claims (None and
+    why, when the issuer would refuse them)."""
+    if check.issuer is None:
+        return with_account_groups(policy, Identity(check.user, check.groups, via="check")), None
+    spec = policy.issuers[check.issuer]
+    made = machine_identity(spec.user, spec.groups, spec.require, check.claims)
+    refused = made.refused if made.id is None else local_account_refusal(made.id, policy.users)
+    if made.id is None or refused is not None:
+        return None, f"issuer {check.issuer} refuses these claims: {refused}"
+    return Identity(made.id, made.groups, via="check", issuer=check.issuer), None

@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 from starlette.responses import Response
 
+from .limits import retry_after
+
 if TYPE_CHECKING:
     from .decide import Decision
 
@@ -68,12 +70,12 @@ class RateLimited(GateError):
     status = 429
     code = "REQUEST_LIMIT_EXCEEDED"
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, seconds: float) -> None:
         super().__init__(message)
-        self.retry_after = max(1, int(retry_after + 0.999))
+        self.retry_after = retry_after(seconds)      # whole seconds, rounded up: a retry then fits
 
     def headers(self) -> Headers:
-        return [(b"retry-after", str(self.retry_after).encode())]
+        return [(b"retry-after", self.retry_after.encode())]
 
 
 class NotAcceptable(GateError):

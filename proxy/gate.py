@@ -4,6 +4,7 @@ that names it:
   edge       the path and headers are checked
   authn      the caller is identified
   routes     the route is looked up
+  limits     the caller's request budget is counted (429 when spent)
   params     the parameters are read as MLflow will read them
   resources  every id is resolved to its name and decided (`decide`)
   rewrite    the body is rewritten where the gate forces something
@@ -26,8 +27,9 @@ from .artifact_views import serve_protocol, serve_view
 from .call import Call
 from .decide import is_admin
 from .edge import check_origin, check_path, header_map, is_page_load, read_body, request_id, set_headers
-from .errors import GateError, Internal, PermissionDenied, SignInRequired, Unauthenticated, send_error
+from .errors import GateError, Internal, PermissionDenied, RateLimited, SignInRequired, Unauthenticated, send_error
 from .forward import Receive, Send, relay, send_bytes
+from .limits import retry_after
 from .params import check_version, read_params
 from .policy import Team
 from .resources import authorize
@@ -70,6 +72,7 @@ class Gate:
                                                    "the error is logged under that id."))
         finally:
             self.s.metrics.request(scope["method"], status or 500, time.perf_counter() - start)
+            self.s.metrics.team_call(call.policy, call.decisions)
 
     async def handle(self, call: Call) -> None:
         call.headers = header_map(call.scope)
@@ -78,6 +81,7 @@ class Gate:
         peer = call.scope.get("client")
         call.ident = await self.s.authn.identify(call.headers, call.policy, peer[0] if peer else None)
         call.route, call.path_params = self.s.table.lookup(call.method, call.path)
+        self.limit(call)
         if call.route.access is Access.PUBLIC:
             await self.forward(call)
             return
@@ -89,6 +93,17 @@ class Gate:
         if call.route.access is Access.CHECKED and not call.admin:
             await authorize(call, self.s.resolver)
         await self.respond(call)
+
+    def limit(self, call: Call) -> None:
+        """The caller's `limits.requests_per_minute` on this replica; public routes (health) are not counted."""
+        per_minute = call.rules.limits.requests_per_minute
+        if call.ident is None or call.route.access is Access.PUBLIC:
+            return
+        wait = self.s.budgets.wait(per_minute, call.ident.id, time.monotonic())
+        if wait is not None:
+            self.s.metrics.decision(False, "rate limited")
+            raise RateLimited(f"Too many requests: each caller may send {per_minute} a minute to this gate replica "
+                              f"(limits.requests_per_minute); retry in {retry_after(wait)} s.", wait)
 
     def admit(self, call: Call) -> None:
         """A caller, a same-site write when signed in by cookie, and a route this caller may use at all."""

@@ -1,102 +1,82 @@
-"""Bearer JWTs from the identity provider: verified against its JWKS, asymmetric algorithms only.
+"""Bearer JWTs, verified against the keys of the one issuer they are routed to; asymmetric algorithms only.
 
-`iss`, `aud` (MLFLOW_GATE_OIDC_AUDIENCE) and `exp` are required, `nbf` is honoured. Keys are cached;
-a token signed with an unknown `kid` makes the gate re-fetch the JWKS once (at most every few
-seconds), so a key rotation at the provider needs no restart. Verified tokens are cached by digest
-until they expire.
+`JwtVerifier` checks one issuer's tokens: the signature against that issuer's JWKS (`jwks.Jwks`)
+and nothing else, then `iss`, `aud` and `exp` (required) and `nbf`. The credential chain picks the
+verifier by the token's unverified `iss` (`peek`); since only that issuer's keys can verify it, a
+token signed by one issuer that claims another's `iss` fails, whatever its `kid`. Verified tokens
+are cached by digest until they expire, and only while their key is still published.
+
+`provider_verifier` is the sign-in provider's (MLFLOW_GATE_OIDC_*: the user claim, else a machine's
+`client_id`/`sub`); `issuers.py` makes one per entry of `issuers:`.
 """
 from __future__ import annotations
 
-import asyncio
+import base64
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
 from .cache import LRU
-from .errors import Unauthenticated, UpstreamUnavailable
+from .errors import Unauthenticated
 from .identity import Identity
+from .jwks import FETCH_TIMEOUT, Jwks
 from .oidc_config import Discovery, OidcSettings
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 LEEWAY = 30
 
+# The caller a verified token's claims name (raising Unauthenticated when they name none).
+Identify = Callable[[dict[str, Any]], Identity]
 
-class JwtValidator:
-    def __init__(self, settings: OidcSettings, discovery: Discovery, http: httpx.AsyncClient) -> None:
-        if not settings.audience:
-            raise ValueError("JWT bearer tokens need MLFLOW_GATE_OIDC_AUDIENCE (the `aud` they must carry)")
-        self.settings = settings
-        self.discovery = discovery
-        self.http = http
-        self.keys: KeySet | None = None
-        self._fetched = 0.0
-        self._lock = asyncio.Lock()
+
+class JwtVerifier:
+    def __init__(self, issuer: str, audience: str, jwks: Jwks, identify: Identify) -> None:
+        self.issuer = issuer.rstrip("/")
+        self.audience = audience
+        self.jwks = jwks
+        self.identify = identify
         self._cache: LRU[str, tuple[Identity, str]] = LRU(50_000)    # digest -> (identity, kid)
-        self._kids: frozenset[str] = frozenset()
 
-    async def __call__(self, token: str) -> Identity:
-        digest = hashlib.sha256(token.encode()).hexdigest()
+    async def __call__(self, token: str, header: dict[str, Any] | None = None, *, digest: str | None = None) -> Identity:
+        digest = digest or hashlib.sha256(token.encode()).hexdigest()
         cached = self._cache.get(digest)
         # a verified token stays good only while its key is still published
-        if cached is not None and (cached[0].expires or 0) > time.time() and (not cached[1] or cached[1] in self._kids):
+        if cached is not None and (cached[0].expires or 0) > time.time() and cached[1] and \
+                self.jwks.published(cached[1]):
             return cached[0]
-        header = _header(token)
+        header = header if header is not None else peek(token)[0]
         alg = header.get("alg")
         if alg not in ALGORITHMS:
             raise Unauthenticated(f"Authentication failed: JWT algorithm {alg!r} is not accepted "
                                   "(asymmetric signatures only).")
-        keys = await self._keys(str(header.get("kid") or ""))
+        kid = str(header.get("kid") or "")
+        keys = await self.jwks.get(kid)
         try:
-            decoded = jwt.decode(token, keys, algorithms=[alg])
-        except (JoseError, ValueError) as exc:
+            claims = jwt.decode(token, keys, algorithms=[alg]).claims
+        except (JoseError, ValueError, TypeError) as exc:
             raise Unauthenticated(f"Authentication failed: the JWT signature does not verify ({exc}).") from exc
-        claims = decoded.claims
         self._check_claims(claims)
-        ident = self._identity(claims)
-        self._cache.put(digest, (ident, str(header.get("kid") or "")))
+        ident = self.identify(claims)
+        self._cache.put(digest, (ident, kid or _only_kid(keys)))
         return ident
-
-    async def _keys(self, kid: str) -> KeySet:
-        async with self._lock:
-            known = self.keys is not None and (not kid or any(k.kid == kid for k in self.keys.keys))
-            stale = time.monotonic() - self._fetched >= self.settings.jwks_refresh_interval
-            if self.keys is None or (not known and stale):
-                self.keys = await self._fetch()
-                self._fetched = time.monotonic()
-                self._kids = frozenset(str(k.kid) for k in self.keys.keys if k.kid)
-            if kid and not any(k.kid == kid for k in self.keys.keys):
-                raise Unauthenticated(f"Authentication failed: the JWT's key {kid!r} is not published by the "
-                                      "identity provider.")
-            return self.keys
-
-    async def _fetch(self) -> KeySet:
-        try:
-            doc = await self.discovery.get()
-            r = await self.http.get(doc["jwks_uri"], timeout=10)
-            r.raise_for_status()
-            keys = [k for k in r.json().get("keys", []) if k.get("kty") in ("RSA", "EC", "OKP")]
-            return KeySet.import_key_set({"keys": keys})
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            raise UpstreamUnavailable(f"The identity provider's keys could not be fetched: {exc.__class__.__name__}."
-                                      ) from exc
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         now = time.time()
-        if str(claims.get("iss", "")).rstrip("/") != self.settings.issuer:
+        if str(claims.get("iss", "")).rstrip("/") != self.issuer:
             raise Unauthenticated("Authentication failed: the JWT was issued by another issuer.")
         aud = claims.get("aud")
         auds = aud if isinstance(aud, list) else [aud]
-        if self.settings.audience not in auds:
+        if self.audience not in auds:
             raise Unauthenticated(f"Authentication failed: the JWT is not meant for this gate "
-                                  f"(aud must include {self.settings.audience!r}).")
+                                  f"(aud must include {self.audience!r}).")
         exp = claims.get("exp")
-        if not isinstance(exp, (int, float)):
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
             raise Unauthenticated("Authentication failed: the JWT has no expiry (exp).")
         if exp + LEEWAY < now:
             raise Unauthenticated("Authentication failed: the JWT has expired.")
@@ -104,27 +84,49 @@ class JwtValidator:
         if isinstance(nbf, (int, float)) and nbf - LEEWAY > now:
             raise Unauthenticated("Authentication failed: the JWT is not valid yet (nbf).")
 
-    def _identity(self, claims: dict[str, Any]) -> Identity:
-        uid = claims.get(self.settings.user_claim)
-        if not isinstance(uid, str) or not uid:
-            uid = claims.get("client_id") or claims.get("azp") or claims.get("sub")   # machines: client_credentials
-        if not isinstance(uid, str) or not uid:
-            raise Unauthenticated(f"Authentication failed: the JWT names no user ({self.settings.user_claim}, "
-                                  "client_id or sub).")
-        groups = claims.get(self.settings.groups_claim) or []
-        if not isinstance(groups, list):
-            groups = [groups]
-        return Identity(uid, frozenset(str(g) for g in groups), via="jwt", expires=float(claims["exp"]))
+
+def _only_kid(keys: Any) -> str:
+    """The key a token without `kid` was verified with (a JWKS of one key)."""
+    return str(keys.keys[0].kid) if len(keys.keys) == 1 else ""
 
 
-def _header(token: str) -> dict[str, Any]:
-    import base64
-
+def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of a JWT, unverified: only to choose the issuer whose keys must verify it."""
     try:
-        head = token.split(".")[0]
-        data = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except (ValueError, IndexError) as exc:
+        head, body, _ = token.split(".")
+        parts = [json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in (head, body)]
+    except (ValueError, TypeError) as exc:
         raise Unauthenticated("Authentication failed: the bearer token is not a JWT.") from exc
-    if not isinstance(data, dict):
+    if not all(isinstance(p, dict) for p in parts):
         raise Unauthenticated("Authentication failed: the bearer token is not a JWT.")
-    return data
+    return parts[0], parts[1]
+
+
+def provider_verifier(settings: OidcSettings, discovery: Discovery, http: httpx.AsyncClient) -> JwtVerifier:
+    """The sign-in provider's bearer JWTs (`aud` = MLFLOW_GATE_OIDC_AUDIENCE), keys from its discovery."""
+    if not settings.audience:
+        raise ValueError("JWT bearer tokens need MLFLOW_GATE_OIDC_AUDIENCE (the `aud` they must carry)")
+
+    async def locate() -> str:
+        return str((await discovery.get())["jwks_uri"])
+
+    async def get_json(url: str) -> Any:
+        r = await http.get(url, timeout=FETCH_TIMEOUT)
+        r.raise_for_status()
+        return r.json()
+
+    jwks = Jwks("the identity provider", locate, get_json, refresh_interval=settings.jwks_refresh_interval)
+    return JwtVerifier(settings.issuer, settings.audience, jwks, lambda claims: _provider_identity(settings, claims))
+
+
+def _provider_identity(settings: OidcSettings, claims: dict[str, Any]) -> Identity:
+    uid = claims.get(settings.user_claim)
+    if not isinstance(uid, str) or not uid:
+        uid = claims.get("client_id") or claims.get("azp") or claims.get("sub")   # machines: client_credentials
+    if not isinstance(uid, str) or not uid:
+        raise Unauthenticated(f"Authentication failed: the JWT names no user ({settings.user_claim}, "
+                              "client_id or sub).")
+    groups = claims.get(settings.groups_claim) or []
+    if not isinstance(groups, list):
+        groups = [groups]
+    return Identity(uid, frozenset(str(g) for g in groups), via="jwt", expires=float(claims["exp"]))

@@ -49,6 +49,26 @@ class RateLimiter:
         return len(self._due)
 
 
+class Budgets:
+    """The replica's budgets under the policy in force: the limiter is kept while `requests_per_minute`
+    stays the same across reloads, rebuilt (every caller starts with a full budget) when it changes,
+    and dropped when the limit is removed."""
+
+    def __init__(self) -> None:
+        self.limiter: RateLimiter | None = None
+
+    def wait(self, per_minute: int | None, caller_id: str, now: float) -> float | None:
+        """None when `caller_id` may send a request now (and it is counted), else the seconds to wait.
+        Caller ids are compared without case, as the policy compares user ids."""
+        if per_minute is None:
+            self.limiter = None
+            return None
+        limiter = self.limiter
+        if limiter is None or limiter.per_minute != per_minute:
+            limiter = self.limiter = RateLimiter(per_minute)
+        return limiter.check(caller_id.lower(), now)
+
+
 def retry_after(seconds: float) -> str:
     """The `Retry-After` header value: whole seconds, rounded up, at least 1."""
     return str(max(1, math.ceil(seconds)))

@@ -184,6 +184,9 @@ async def tokens(request: Request) -> Response:
     if ident.via in ("token", "basic"):
         return error_response(PermissionDenied("Personal tokens cannot mint personal tokens: sign in in the "
                                                "browser or use the identity provider's token."))
+    if ident.issuer is not None:
+        return error_response(PermissionDenied(f"Machine callers (issuer {ident.issuer}) sign in with their own "
+                                               "short-lived tokens and cannot mint personal tokens."))
     listed = _read_list(rt, request, ident)
     if request.method == "GET":
         return JSONResponse({"tokens": listed}) if wants_json(request) else page("Personal tokens",
@@ -244,6 +247,7 @@ async def health(request: Request) -> Response:
             "stores": await rt.artifacts.stores.health(policy),
             "policy": {"sources": list(policy.sources), "teams": len(policy.teams), "error": rt.store.error,
                        "reloads": rt.store.reloads},
+            "issuers": await rt.authn.issuers.health(policy) if rt.authn.issuers is not None else {},
         })
     return JSONResponse(body, status_code=200 if upstream_ok else 503, headers={"cache-control": "no-store"})
 

@@ -19,6 +19,7 @@ from .policy_model import (
     Check,
     Deny,
     Grant,
+    Issuer,
     Level,
     Limits,
     LocalUser,
@@ -32,7 +33,7 @@ from .policy_model import (
     index,
 )
 
-__all__ = ["EMPTY", "EVERYONE", "KINDS", "Check", "Deny", "Grant", "Level", "Limits", "LocalUser", "Policy",
+__all__ = ["EMPTY", "EVERYONE", "KINDS", "Check", "Deny", "Grant", "Issuer", "Level", "Limits", "LocalUser", "Policy",
            "PolicyError", "PolicyStore", "Problem", "Rule", "Storage", "Subject", "Team", "index", "load_policy",
            "load_policy_text", "load_policy_texts", "policy_files"]
 
@@ -84,6 +85,8 @@ def load_policy_texts(texts: list[tuple[str, str]]) -> Policy:
                 known = ", ".join(sorted(teams)) or "none defined"
                 problems.append(Problem(parts.file, dotted(path), f"team:{ref} names no team (teams: {known})"))
     problems += _overlaps(teams, team_files)
+    issuers, issuer_problems = _issuers(files)
+    problems += issuer_problems
     if problems:
         raise PolicyError(problems)
     users = {uid: u for parts in reversed(files) for uid, u in parts.users.items()}
@@ -94,7 +97,7 @@ def load_policy_texts(texts: list[tuple[str, str]]) -> Policy:
         users=users, revoked_tokens=frozenset(t for p in files for t in p.revoked),
         revoked_users=frozenset(u for p in files for u in p.revoked_users),
         limits=Limits(next((p.requests_per_minute for p in files if p.requests_per_minute is not None), None)),
-        checks=tuple(c for p in files for c in p.checks), sources=tuple(f for _, f in texts)))
+        issuers=issuers, checks=tuple(c for p in files for c in p.checks), sources=tuple(f for _, f in texts)))
 
 
 def _conflicts(files: list[Parts]) -> list[Problem]:
@@ -124,6 +127,30 @@ def _conflicts(files: list[Parts]) -> list[Problem]:
                                         f"conflicts with requests_per_minute {rpm} in another file"))
             rpm = rpm if rpm is not None else parts.requests_per_minute
     return problems
+
+
+def _issuers(files: list[Parts]) -> tuple[dict[str, Issuer], list[Problem]]:
+    """Every file's issuers: one entry per name and per `iss`, and every issuer a check names defined."""
+    issuers: dict[str, Issuer] = {}
+    problems = []
+    for parts in files:
+        for name, issuer in parts.issuers.items():
+            same = next((i for i in issuers.values() if i.issuer == issuer.issuer), None)
+            if name in issuers:
+                problems.append(Problem(parts.file, f"issuers.{name}", f"issuer {name!r} is also defined at "
+                                                                       f"{issuers[name].where}"))
+            elif same is not None:
+                problems.append(Problem(parts.file, f"issuers.{name}.issuer",
+                                        f"{issuer.issuer} is already trusted as {same.where}: one entry per issuer, "
+                                        "or its tokens could be read with either entry's templates"))
+            else:
+                issuers[name] = issuer
+    for parts in files:
+        for ref, path in parts.issuer_refs:
+            if ref not in issuers:
+                known = ", ".join(sorted(issuers)) or "none defined"
+                problems.append(Problem(parts.file, dotted(path), f"names no entry of `issuers` (issuers: {known})"))
+    return issuers, problems
 
 
 def _overlaps(teams: dict[str, Team], files: dict[str, str]) -> list[Problem]:

@@ -11,10 +11,11 @@ from typing import Any
 
 import yaml
 
-from .policy_model import Check, Deny, Grant, Level, LocalUser, Problem, Storage, Subject, Team
+from .policy_issuers import read_issuers
+from .policy_model import Check, Deny, Grant, Issuer, Level, LocalUser, Problem, Storage, Subject, Team
 
 TOP_KEYS = {"admins", "default", "teams", "grants", "denies", "users", "revoked_tokens", "revoked_users",
-            "limits", "checks"}
+            "limits", "issuers", "checks"}
 TEAM_KEYS = {"members", "maintainers", "experiments", "models", "artifact_root", "storage", "tags",
              "protected_aliases"}
 STORAGE_KEYS = {"endpoint_url", "region", "credentials_env", "role_arn", "external_id", "direct", "object_tags"}
@@ -22,7 +23,7 @@ GRANT_KEYS = {"to", "experiments", "models", "permission"}
 DENY_KEYS = {"to", "experiments", "models", "keep"}
 USER_KEYS = {"password", "groups"}
 LIMIT_KEYS = {"requests_per_minute"}
-CHECK_KEYS = {"user", "groups", "experiment", "model", "allow", "deny"}
+CHECK_KEYS = {"user", "groups", "issuer", "claims", "experiment", "model", "allow", "deny"}
 
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 _ALIAS = re.compile(r"[\w-]{1,255}")   # what MLflow accepts as an alias name
@@ -161,8 +162,10 @@ class Parts:
     revoked: list[str] = field(default_factory=list)
     revoked_users: list[str] = field(default_factory=list)
     requests_per_minute: int | None = None
+    issuers: dict[str, Issuer] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     team_refs: list[tuple[str, tuple]] = field(default_factory=list)   # (team, path)
+    issuer_refs: list[tuple[str, tuple]] = field(default_factory=list)   # (issuer, path) named by checks
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -191,10 +194,13 @@ def read_file(text: str, file: str) -> Parts:
     parts.revoked = r.strings(data.get("revoked_tokens"), ("revoked_tokens",))
     parts.revoked_users = _revoked_users(r, data.get("revoked_users"))
     parts.requests_per_minute = _limits(r, data.get("limits"))
+    parts.issuers = read_issuers(r, data.get("issuers"))
     for path, spec in r.items(data.get("checks"), ("checks",), "checks"):
         check = _read_check(r, r.mapping(spec, path, CHECK_KEYS), path)
         if check is not None:
             parts.checks.append(check)
+            if check.issuer is not None:
+                parts.issuer_refs.append((check.issuer, path + ("issuer",)))
     parts.problems += r.problems
     return parts
 
@@ -353,11 +359,10 @@ def _prefixes(r: Reader, value: Any, path: tuple, *, allow_user: bool) -> list[s
 
 
 def _read_check(r: Reader, spec: dict, path: tuple) -> Check | None:
-    user = spec.get("user")
-    if not isinstance(user, str) or not user:
-        r.problem(path + ("user",), "a check needs the user id it is about")
+    caller = _check_caller(r, spec, path)
+    if caller is None:
         return None
-    groups = frozenset(r.strings(spec.get("groups"), path + ("groups",)))
+    user, groups, issuer, claims = caller
     targets = [k for k in ("experiment", "model") if k in spec]
     outcomes = [k for k in ("allow", "deny") if k in spec]
     if len(targets) != 1 or not isinstance(spec.get(targets[0] if targets else ""), str):
@@ -369,4 +374,28 @@ def _read_check(r: Reader, spec: dict, path: tuple) -> Check | None:
     level = r.level(spec[outcomes[0]], path + (outcomes[0],), ("read", "edit", "manage"))
     if level is None:
         return None
-    return Check(user, groups, targets[0], spec[targets[0]], level, outcomes[0] == "allow", r.where(path))
+    return Check(user, groups, targets[0], spec[targets[0]], level, outcomes[0] == "allow", r.where(path),
+                 issuer=issuer, claims=claims)
+
+
+def _check_caller(r: Reader, spec: dict, path: tuple) -> tuple[str, frozenset[str], str | None, dict] | None:
+    """Who a check is about: `user` (and `groups`), or a machine caller: `issuer` and its token's `claims`."""
+    if "issuer" in spec:
+        issuer, claims = spec["issuer"], spec.get("claims")
+        if "user" in spec or "groups" in spec:
+            r.problem(path, "a check names either `user` (and `groups`) or `issuer` with `claims`, not both")
+        elif not isinstance(issuer, str) or not issuer:
+            r.problem(path + ("issuer",), "the name of an entry of `issuers`")
+        elif not isinstance(claims, dict) or not claims:
+            r.problem(path + ("claims",), "the claims of the machine caller's token, e.g. {sub: ...}")
+        else:
+            return "", frozenset(), issuer, claims
+        return None
+    if "claims" in spec:
+        r.problem(path + ("claims",), "`claims` go with `issuer`: the issuer whose templates make the caller")
+        return None
+    user = spec.get("user")
+    if not isinstance(user, str) or not user:
+        r.problem(path + ("user",), "a check needs the user id it is about (or `issuer` and `claims`)")
+        return None
+    return user, frozenset(r.strings(spec.get("groups"), path + ("groups",))), None, {}

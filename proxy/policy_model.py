@@ -6,8 +6,11 @@ is `policy`.
 from __future__ import annotations
 
 import enum
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
+
+from .claims import Template
 
 
 class Level(enum.IntEnum):
@@ -78,6 +81,19 @@ class Team:
     def prefixes(self, kind: str) -> tuple[str, ...]:
         return self.experiments if kind == "experiment" else self.models
 
+    def protects(self, alias: str) -> bool:
+        """Whether `alias` is one of `protected_aliases`, compared as a database might (see `alias_key`)."""
+        key = alias_key(alias)
+        return any(alias_key(a) == key for a in self.protected_aliases)
+
+
+def alias_key(alias: str) -> str:
+    """An alias as the most lenient database would compare it: MySQL's default collations ignore case and
+    accents, so there `Champion` or `chámpion` would overwrite `champion`; and MLflow's alias check
+    (`^[\\w\\-]*$`) lets a trailing newline through. Protection errs on the side of more aliases."""
+    decomposed = unicodedata.normalize("NFKD", alias.strip())
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -116,6 +132,23 @@ class LocalUser:
 
 
 @dataclass(frozen=True)
+class Issuer:
+    """A trusted JWT issuer for machine callers (`issuers:`): tokens it signs for `audience` name the caller
+    by the `user` and `groups` templates. `ca_file` / `token_file`: how the gate reaches its discovery and
+    keys (a private CA; a bearer token the gate reads from a file, e.g. its own service-account token)."""
+    name: str
+    issuer: str                                         # `iss`, without a trailing slash
+    audience: str
+    user: Template
+    groups: tuple[Template, ...] = ()
+    jwks_uri: str | None = None                         # else from the issuer's discovery document
+    require: tuple[tuple[str, tuple[str, ...]], ...] = ()   # claim path -> allowed values
+    ca_file: str | None = None
+    token_file: str | None = None
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
 class Check:
     user: str
     groups: frozenset[str]
@@ -124,6 +157,8 @@ class Check:
     level: Level
     allow: bool
     where: str
+    issuer: str | None = None                           # a machine caller: `claims` rendered by this issuer
+    claims: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -153,6 +188,7 @@ class Policy:
     revoked_tokens: frozenset[str] = frozenset()
     revoked_users: frozenset[str] = frozenset()   # lower-cased user ids
     limits: Limits = Limits()
+    issuers: dict[str, Issuer] = field(default_factory=dict)
     checks: tuple[Check, ...] = ()
     sources: tuple[str, ...] = ()
     # indexes built once by `index()`: prefix -> team per kind, and the prefix lengths to try

@@ -17,17 +17,18 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 from .cache import LRU
-from .decide import decide
+from .decide import Decision, decide
 from .errors import BadRequest, PermissionDenied, UpstreamUnavailable
 from .forward import Upstream
 from .identity import Identity
 from .params import MAX_INT64, ids_of
-from .policy import Level
+from .policy import Level, Policy
 from .rewrite import STORE_TAG
 from .routes import Names, Need
+from .uris import artifact_experiment, artifact_store_path, model_uri_parts, prompt_name
 
 if TYPE_CHECKING:
     from .call import Call
@@ -268,7 +269,7 @@ class Resolver:
     async def _model_uri(self, uri: str, ident: Identity, level: Level) -> list[Target]:
         """`models:/<id>` names a logged model; `models:/NAME/VERSION` (or a stage, `latest`) and `NAME@ALIAS`
         a registered model, whose version MLflow copies (so `models:/m-1/1` is model `m-1`, not logged model m-1)."""
-        parts = _model_uri_parts(uri, "models")
+        parts = model_uri_parts(uri, "models")
         if parts is None:
             raise BadRequest(f"Invalid model version source {uri!r}: use models:/<logged model id>, "
                              "models:/<name>/<version> or models:/<name>@<alias>.")
@@ -289,25 +290,6 @@ def _by_name(kind: str) -> Callable[[Resolver, str, Identity, Level], Awaitable[
     return resolve
 
 
-def prompt_name(uri: str) -> str:
-    """The prompt a `prompts:/NAME/VERSION` or `prompts:/NAME@ALIAS` URI names, parsed as MLflow parses it."""
-    parts = _model_uri_parts(uri, "prompts")
-    if parts is None:
-        raise BadRequest(f"Invalid prompt URI {uri!r}: use prompts:/<name>/<version> or prompts:/<name>@<alias>.")
-    return parts[0] if len(parts) == 2 else parts[0].rsplit("@", 1)[0]
-
-
-def _model_uri_parts(uri: str, scheme: str) -> list[str] | None:
-    """The one or two parts of a `models:/` or `prompts:/` URI as MLflow's `_parse_model_uri` splits it; None for
-    anything MLflow would read otherwise (a host, parameters, a query, empty parts)."""
-    parsed = urlparse(uri, allow_fragments=False)
-    parts = parsed.path[1:].split("/") if parsed.path.startswith("/") else []
-    if parsed.scheme != scheme or parsed.netloc or parsed.params or parsed.query or not 1 <= len(parts) <= 2 \
-            or not all(p.strip() for p in parts):
-        return None
-    return parts
-
-
 async def authorize(call: Call, resolver: Resolver) -> None:
     """Every id the request names, resolved to its name and decided; the first shortfall is refused."""
     for need in call.route.needs:
@@ -316,15 +298,20 @@ async def authorize(call: Call, resolver: Resolver) -> None:
             if need.optional:
                 continue
             raise BadRequest(f"Missing value for required parameter '{need.fields[0].split(':')[-1]}'.")
+        aliases = tuple(ids_of((need.alias,), call.params, call.path_params, call.headers)) if need.alias else ()
+        if need.alias and not aliases:
+            raise BadRequest(f"Missing value for required parameter '{need.alias}'.")
         for value in ids:
             if need.within is None:
-                await check(call, resolver, need.what, value, need.level)
+                await check(call, resolver, need.what, value, need.level, aliases=aliases)
             else:
                 await check_within(call, resolver, need, value)
 
 
-async def check(call: Call, resolver: Resolver, what: Names, value: str, level: Level) -> None:
+async def check(call: Call, resolver: Resolver, what: Names, value: str, level: Level, *,
+                aliases: tuple[str, ...] = ()) -> None:
     """One id: resolved to its names, each decided and recorded; refused at the first shortfall.
+    `aliases`: the model aliases the request sets, moves or deletes (a protected one needs manage).
 
     Refused with no access and not found are one answer (`denial`): the level the route needs, the
     id as the caller gave it. Only a caller who may read the object learns the level it holds."""
@@ -334,13 +321,28 @@ async def check(call: Call, resolver: Resolver, what: Names, value: str, level: 
     except Unresolvable as exc:
         raise PermissionDenied(denial(level, shown), detail=exc.detail) from exc
     for target in targets:
-        decision = decide(call.rules, call.who, target.kind, target.name, target.level)
+        protected = _protected(call.rules, target, aliases)
+        decision = decide(call.rules, call.who, target.kind, target.name,
+                          Level.MANAGE if protected else target.level)
         call.decisions.append(decision)
         if not decision.allowed:
             if decision.have is Level.NONE:
                 raise PermissionDenied(denial(level, shown), decision)
-            raise PermissionDenied(f"Permission denied: {decision.needed} on {shown} is needed; "
-                                   f"you have {decision.have}.", decision)
+            raise PermissionDenied(_refusal(shown, target, decision, protected), decision)
+
+
+def _protected(policy: Policy, target: Target, aliases: tuple[str, ...]) -> str | None:
+    """The first of `aliases` that the team owning the model protects, as "'champion' (team vision)"."""
+    team = policy.owner(target.kind, target.name) if aliases else None
+    found = next((a for a in aliases if team.protects(a)), None) if team else None
+    return f"{found!r} (team {team.name})" if team and found is not None else None
+
+
+def _refusal(shown: str, target: Target, decision: Decision, protected: str | None) -> str:
+    if protected is not None and decision.have >= target.level:     # refused because the alias is protected
+        return (f"Permission denied: alias {protected} of {shown} is protected: setting, moving or deleting it "
+                f"needs manage on the model; you have {decision.have}.")
+    return f"Permission denied: {target.level} on {shown} is needed; you have {decision.have}."
 
 
 def denial(level: Level, shown: str) -> str:
@@ -411,27 +413,3 @@ def _expect_found(what: str, ident: str, status: int, data: Any) -> Any:
     if status >= 500:
         raise UpstreamUnavailable(f"The MLflow server failed to look up {what} {ident!r} ({status}).")
     raise Unresolvable(f"{what} {ident}", f"the server answered {status}")
-
-
-def artifact_experiment(path: str) -> str:
-    """The experiment id an mlflow-artifacts path lives under: its first segment, digits only."""
-    if not path or path.startswith("/") or "\\" in path:
-        raise PermissionDenied(f"Permission denied: artifact path {path!r} must start with an experiment id.")
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
-        raise BadRequest(f"Artifact path {path!r} holds '.', '..' or empty segments.")
-    if not parts[0].isdigit() or not parts[0].isascii():
-        raise PermissionDenied(f"Permission denied: artifact path {path!r} is not under an experiment; only "
-                               "admins may reach the artifact store's root.")
-    return parts[0]
-
-
-def artifact_store_path(uri: str) -> str | None:
-    """`mlflow-artifacts:/1/abc/artifacts` (or `mlflow-artifacts://host/1/...`) -> `1/abc/artifacts`;
-    None for anything that is not an mlflow-artifacts URI."""
-    if not uri.startswith("mlflow-artifacts:"):
-        return None
-    rest = uri[len("mlflow-artifacts:"):]
-    if rest.startswith("//"):
-        rest = "/" + rest[2:].partition("/")[2]
-    return rest.strip("/") or None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .decide import Context, build_context, level_in
 from .identity import Identity
@@ -228,9 +228,24 @@ def _other_changes(old: Policy, new: Policy) -> list[Other]:
                 for a in sorted(was - now)]
         out += [Other(f"team {name}: alias {a!r} is protected (moving it needs manage)", False)
                 for a in sorted(now - was)]
+    out += _issuer_changes(old, new)
     rpm_old, rpm_new = old.limits.requests_per_minute, new.limits.requests_per_minute
     if rpm_old != rpm_new:
         out.append(Other(f"requests_per_minute: {rpm_old or 'no limit'} -> {rpm_new or 'no limit'}", False))
+    return out
+
+
+def _issuer_changes(old: Policy, new: Policy) -> list[Other]:
+    """A trusted issuer added or changed lets new callers in (or names them differently): it widens."""
+    out = [Other(f"issuer {n} ({new.issuers[n].issuer}) is trusted: its tokens for audience "
+                 f"{new.issuers[n].audience!r} sign in as {new.issuers[n].user}", True)
+           for n in sorted(set(new.issuers) - set(old.issuers))]
+    out += [Other(f"issuer {n} is no longer trusted", False) for n in sorted(set(old.issuers) - set(new.issuers))]
+    for n in sorted(set(old.issuers) & set(new.issuers)):
+        was, now = old.issuers[n], new.issuers[n]
+        changed = [f.name for f in fields(was) if f.compare and getattr(was, f.name) != getattr(now, f.name)]
+        if changed:
+            out.append(Other(f"issuer {n}: {', '.join(changed)} changed", True))
     return out
 
 

@@ -106,15 +106,20 @@ class Need:
             URL parameter, `header:NAME`, or a dotted path into the JSON body where `[]` walks a list.
     within: for an id the client chooses, the field naming where an existing object must already lie
             (NEW_TRACE: the experiment; ASSESSMENT: the trace).
+    alias:  on a model, where the request names an alias it sets, moves or deletes (read like `fields`):
+            an alias the owning team lists in `protected_aliases` needs manage on the model.
     """
     what: Names
     fields: tuple[str, ...]
     level: Level
     optional: bool = False
     within: str | None = None
+    alias: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "what", Names(self.what))
+        if self.alias is not None and self.what is not Names.MODEL:
+            raise ValueError(f"only a model has aliases, not {self.what.value}")
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,12 @@ def lm(*fields: str, level: Level, optional: bool = False) -> Need:
 
 def model(*fields: str, level: Level) -> Need:
     return Need(Names.MODEL, fields or ("name",), level)
+
+
+def alias(level: Level) -> Need:
+    """A registered model's (or prompt's) alias being set, moved or deleted: `level` on the model, manage
+    when the owning team protects the alias."""
+    return Need(Names.MODEL, ("name",), level, alias="alias")
 
 
 def dataset(level: Level) -> Need:
@@ -329,8 +340,11 @@ ROUTES: tuple[Route, ...] = (
     checked("DELETE", "2.0/mlflow/registered-models/delete", model(level=M)),
     checked("POST", "2.0/mlflow/registered-models/set-tag", model(level=E), rewrite=Rewrite.TAG_VALUE),
     checked("DELETE", "2.0/mlflow/registered-models/delete-tag", model(level=E)),
+    # An alias also goes with the version it points to or its model (delete) and travels with a rename: those
+    # rows need manage anyway. No other route sets one (model-versions/create takes none; GraphQL has no
+    # alias mutation; prompt aliases are these same routes).
     checked("GET", "2.0/mlflow/registered-models/alias", model(level=R)),
-    checked("POST DELETE", "2.0/mlflow/registered-models/alias", model(level=E)),
+    checked("POST DELETE", "2.0/mlflow/registered-models/alias", alias(level=E)),
     row("GET", "2.0/mlflow/registered-models/search", SIGNED_IN, search=Search.REGISTERED_MODELS),
     checked("POST", "2.0/mlflow/model-versions/create", model(level=E), run("run_id", level=R, optional=True),
             lm("model_id", level=R, optional=True), Need(Names.SOURCE_URI, ("source",), R, optional=True),

@@ -1,7 +1,9 @@
 """What the running gate holds, built whole when it starts and closed when it stops.
 
 `open_services` is the app's lifespan: the policy store and its watcher, the upstream session, the
-resolver's caches, the credential chain, the artifact stores, the audit writer, the metrics. Nothing
+resolver's caches, the credential chain (with the keys of the identity provider and of the policy's
+issuers), the artifact stores, the audit writer (and its ring of the last denials), the metrics, the
+per-caller request budgets. Nothing
 here is a module global, so tests can run many gates in one process.
 """
 from __future__ import annotations
@@ -20,11 +22,13 @@ from prometheus_client import start_http_server
 from . import upstream_version
 from .artifact_server import ArtifactServer
 from .artifacts import Stores
-from .audit import Audit
+from .audit import Audit, Denials
 from .authn import Authenticator
 from .errors import UpstreamUnavailable
 from .forward import Upstream
-from .jwt_bearer import JwtValidator
+from .issuers import Issuers
+from .jwt_bearer import provider_verifier
+from .limits import Budgets
 from .metrics import Metrics
 from .oidc import OidcLogin
 from .oidc_config import Discovery, OidcSettings
@@ -32,7 +36,7 @@ from .policy import PolicyStore
 from .provider_sessions import ProviderSessions
 from .resources import Resolver
 from .routes import RouteTable
-from .settings import Settings
+from .settings import Settings, env
 
 log = logging.getLogger("mlflow_gate")
 
@@ -53,6 +57,8 @@ class Services:
     audit: Audit
     public_origin: str | None
     secure_cookies: bool
+    denials: Denials                                      # the last refusals (the admin page's), this replica's
+    budgets: Budgets                                      # limits.requests_per_minute, this replica's
     version: upstream_version.UpstreamVersion | None = None     # which MLflow the gate fronts (watched)
     _health: tuple[float, bool, str] = field(default=(0.0, False, "not checked yet"))
 
@@ -101,6 +107,8 @@ async def open_services(settings: Settings, upstream_url: str, *, policy_poll: f
             listener.server_close()
         watcher.cancel()
         services.authn.close()
+        if services.authn.issuers is not None:
+            await services.authn.issuers.aclose()
         await upstream.close()
         await http.aclose()
 
@@ -114,18 +122,23 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
         discovery = Discovery(oidc_settings, http)
         provider = ProviderSessions(oidc_settings, discovery, http, settings.session_check)
         if oidc_settings.audience:
-            jwt = JwtValidator(oidc_settings, discovery, http)
+            jwt = provider_verifier(oidc_settings, discovery, http)
+    # MLFLOW_GATE_JWKS_REFRESH_INTERVAL: how often an unknown kid may re-fetch one issuer's keys (5 s)
+    issuers = Issuers(http, float(env("JWKS_REFRESH_INTERVAL", "5") or 5))
     metrics = Metrics(store)
     upstream.metrics = metrics
     resolver = Resolver(upstream)
+    denials = Denials()
     artifacts = ArtifactServer(Stores(settings.artifacts_destination), resolver, store, settings.secret_key,
                                settings.public_url, internal_from_anywhere=settings.internal_from_anywhere,
                                metrics=metrics)
     return Services(
         settings=settings, upstream_url=upstream_url, store=store, http=http,
         oidc=OidcLogin(oidc_settings, settings.public_url) if oidc_settings else None,
-        authn=Authenticator(settings.secret_key, jwt=jwt, provider=provider), table=RouteTable(), metrics=metrics, upstream=upstream,
-        resolver=resolver, artifacts=artifacts, audit=Audit(metrics, audit_sink),
+        authn=Authenticator(settings.secret_key, jwt=jwt, provider=provider, issuers=issuers), table=RouteTable(),
+        metrics=metrics, upstream=upstream,
+        resolver=resolver, artifacts=artifacts, audit=Audit(metrics, audit_sink, denials),
+        denials=denials, budgets=Budgets(),
         public_origin=f"{parts.scheme}://{parts.netloc}" if parts else None,
         secure_cookies=bool(parts and parts.scheme == "https"))
 

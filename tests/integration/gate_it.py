@@ -62,6 +62,22 @@ def denied(code: str = "PERMISSION_DENIED", status: int = 403) -> Iterator[None]
         raise AssertionError(f"expected {status} {code}, but the call succeeded")
 
 
+def set_policy(gate: Any, text: str) -> None:
+    """Write the gate's policy file and wait until the gate has tried to load it."""
+    gate.set_policy(text, ROOT)
+
+
+@contextlib.contextmanager
+def policy_plus(gate: Any, extra: str) -> Iterator[str]:
+    """The gate's policy with `extra` appended for the block; yields the original text."""
+    original = gate.policy_path.read_text()
+    try:
+        set_policy(gate, original + extra)
+        yield original
+    finally:
+        set_policy(gate, original)
+
+
 @dataclass
 class World:
     """Objects every suite may read; suites create their own objects for anything they change."""

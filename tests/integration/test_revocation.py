@@ -14,19 +14,18 @@ gate of their own, so that their buckets (kept in the gate's memory) touch no ot
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import statistics
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from proxy.passwords import hash_password
+from tests.integration.gate_it import policy_plus, set_policy
 from tests.integration.gate_process import serve, token
 
 pytestmark = pytest.mark.integration
@@ -44,33 +43,6 @@ def local_user(user: str = DAVE, groups: str = "[beta-team]") -> str:
 
 def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def reloads(gate) -> int:  # type: ignore[no-untyped-def]
-    health = httpx.get(gate.url + "/_gate/health", headers={"Authorization": f"Bearer {gate.token(ROOT)}"}, timeout=10)
-    counts = health.json()["policy"]["reloads"]
-    return int(counts["ok"]) + int(counts["failed"])
-
-
-def set_policy(gate, text: str) -> None:  # type: ignore[no-untyped-def]
-    """Write the gate's policy file and wait until the gate has tried to load it."""
-    before = reloads(gate)
-    gate.policy_path.write_text(text)
-    deadline = time.monotonic() + 15
-    while reloads(gate) == before:
-        assert time.monotonic() < deadline, "the gate did not reload its policy"
-        time.sleep(0.2)
-
-
-@contextlib.contextmanager
-def policy_plus(gate, extra: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """The session gate's policy with `extra` appended for the block; yields the original text."""
-    original = gate.policy_path.read_text()
-    try:
-        set_policy(gate, original + extra)
-        yield original
-    finally:
-        set_policy(gate, original)
 
 
 def sign_in(url: str, user: str = DAVE, password: str = PASSWORD) -> str:

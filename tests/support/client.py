@@ -12,7 +12,7 @@ DOMAIN = "corp.test"
 # What the client must not find in this process' environment: a developer's server, credentials or active run.
 CLIENT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
                     "MLFLOW_TRACKING_PASSWORD", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
-                    "MLFLOW_RUN_ID")
+                    "MLFLOW_RUN_ID", "MLFLOW_TRACKING_AUTH", "KUBECONFIG")
 
 
 def isolate_client_environment() -> None:
@@ -83,19 +83,24 @@ class UserClient:
     `acting()` gives the same identity to the fluent API (`mlflow.start_run`, `mlflow.log_*`, `mlflow.genai`...).
     """
 
-    def __init__(self, url: str, user: str, token: str) -> None:
+    def __init__(self, url: str, user: str, token: str | None, *, auth: dict[str, str] | None = None) -> None:
+        """`token` goes in MLFLOW_TRACKING_TOKEN; or, with `auth`, the client finds its credential as those
+        variables say (e.g. MLFLOW_TRACKING_AUTH=kubernetes and KUBECONFIG=...)."""
         import mlflow
 
-        self.url, self.user, self.token = url, user_id(user), token
+        self.url, self.user, self.token = url, user if ":" in user else user_id(user), token   # machine ids as they are
+        self.auth: dict[str, str | None] = dict(auth) if auth is not None else {"MLFLOW_TRACKING_TOKEN": token}
         self._client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)
 
     @contextlib.contextmanager
     def acting(self) -> Iterator[UserClient]:
         import mlflow
 
-        with env_vars(MLFLOW_TRACKING_URI=self.url, MLFLOW_REGISTRY_URI=self.url, MLFLOW_TRACKING_TOKEN=self.token,
-                      MLFLOW_TRACKING_USERNAME=None, MLFLOW_TRACKING_PASSWORD=None, MLFLOW_EXPERIMENT_ID=None,
-                      MLFLOW_EXPERIMENT_NAME=None, MLFLOW_RUN_ID=None):
+        credentials: dict[str, str | None] = {"MLFLOW_TRACKING_TOKEN": None, "MLFLOW_TRACKING_AUTH": None,
+                                              "KUBECONFIG": None, **self.auth}
+        with env_vars(MLFLOW_TRACKING_URI=self.url, MLFLOW_REGISTRY_URI=self.url, MLFLOW_TRACKING_USERNAME=None,
+                      MLFLOW_TRACKING_PASSWORD=None, MLFLOW_EXPERIMENT_ID=None, MLFLOW_EXPERIMENT_NAME=None,
+                      MLFLOW_RUN_ID=None, **credentials):
             mlflow.set_tracking_uri(self.url)
             mlflow.set_registry_uri(self.url)
             _forget_active_experiment()

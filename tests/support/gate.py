@@ -7,6 +7,7 @@ import contextlib
 import functools
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,21 @@ class Gate(Server):
         if user is not None:
             headers["Authorization"] = f"Bearer {self.token(user, groups)}"
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+
+    def reloads(self, admin: str) -> int:
+        """How many times the gate has tried to load its policy (ok or failed), read from /_gate/health as `admin`."""
+        with self.http(admin) as client:
+            counts = client.get("/_gate/health").json()["policy"]["reloads"]
+        return int(counts["ok"]) + int(counts["failed"])
+
+    def set_policy(self, text: str, admin: str) -> None:
+        """Write the gate's policy file and wait until the gate has tried to load it (`admin` reads the health)."""
+        before = self.reloads(admin)
+        self.policy_path.write_text(text)
+        deadline = time.monotonic() + 15
+        while self.reloads(admin) == before:
+            assert time.monotonic() < deadline, "the gate did not reload its policy"
+            time.sleep(0.1)
 
     def log_size(self) -> int:
         return self.process.log_size()

@@ -14,7 +14,7 @@ from proxy.errors import BadRequest, PermissionDenied
 from proxy.identity import Identity
 from proxy.params import Params, read_params
 from proxy.policy import Level, load_policy_text
-from proxy.resources import Resolver, Target, authorize, check, prompt_name
+from proxy.resources import Resolver, Target, authorize, check
 from proxy.rewrite import (
     created_with_tags,
     dataset_create,
@@ -25,6 +25,7 @@ from proxy.rewrite import (
     trace_start_v3,
 )
 from proxy.routes import Names, RouteTable
+from proxy.uris import prompt_name
 
 POLICY = load_policy_text("""
 teams:

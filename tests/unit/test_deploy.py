@@ -1,5 +1,7 @@
 """Offline checks of deploy/: the Kubernetes manifests render (kustomize) and match the Kubernetes schema
-(kubernetes-validate), only the gate can reach the mlflow server, the pods are hardened; the compose
+(kubernetes-validate), only the gate can reach the mlflow server, the pods are hardened, the example
+training Job signs in as its service account (a projected token for the gate's `cluster` issuer) to its
+team's names and the gate fetches that issuer's keys with its own token and the cluster CA; the compose
 setup, its Keycloak realm and policy hang together; the systemd units keep mlflow on loopback; the
 Dockerfiles build a non-root image with a health check.
 
@@ -29,9 +31,11 @@ import pytest
 import yaml
 
 from proxy.artifact_server import INTERNAL_PREFIX, internal_token
-from proxy.decide import run_checks
+from proxy.claims import machine_identity
+from proxy.decide import decide, run_checks
+from proxy.identity import Identity
 from proxy.oidc_config import OidcSettings
-from proxy.policy import load_policy
+from proxy.policy import Issuer, Level, Policy, load_policy, load_policy_texts
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -401,6 +405,118 @@ def test_db_upgrade_job_is_valid_hardened_and_admitted_to_postgresql_only() -> N
 def test_shipped_policies_are_valid_and_their_checks_hold(folder: Path) -> None:
     policy = load_policy(folder)
     assert run_checks(policy) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Kubernetes: machine callers (a training Job signs in as its service account)
+# --------------------------------------------------------------------------------------------------
+
+TRAINING = "overlays/example/training"
+
+
+def _volumes(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in pod.get("volumes") or []}
+
+
+def _overlay_policy() -> Policy:
+    policies = _one(_render("overlays/example"), "ConfigMap", "mlflow-gate-policies")["data"]
+    return load_policy_texts([(text, name) for name, text in sorted(policies.items())])
+
+
+def _cluster_issuer(policy: Policy) -> Issuer:
+    [issuer] = [i for i in policy.issuers.values() if i.issuer.startswith("https://kubernetes.default.svc")]
+    return issuer
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_training_job_matches_the_kubernetes_schema(version: str) -> None:
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail(f"kubernetes-validate is not installed: {VALIDATE_INSTALL}")
+    docs = _render(TRAINING)
+    assert {d["kind"] for d in docs} == {"Namespace", "ServiceAccount", "Job"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_training_job_signs_in_as_its_service_account_to_its_teams_names() -> None:
+    from mlflow.tracking.request_auth.kubernetes_request_auth_provider import _SERVICE_ACCOUNT_TOKEN_PATH
+
+    docs = _render(TRAINING)
+    job = _one(docs, "Job", "train-resnet")
+    pod = job["spec"]["template"]["spec"]
+    namespace, account = job["metadata"]["namespace"], pod["serviceAccountName"]
+    assert _one(docs, "ServiceAccount", account)["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is False          # no API token: only the gate's audience
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MLFLOW_TRACKING_AUTH"] == "kubernetes" and "MLFLOW_TRACKING_TOKEN" not in env
+
+    # the projected token lies where the mlflow client reads it, for the audience the gate's issuer requires
+    mount = {m["mountPath"]: m for m in container["volumeMounts"]}[str(_SERVICE_ACCOUNT_TOKEN_PATH.parent)]
+    assert mount.get("readOnly") is True
+    [source] = [s["serviceAccountToken"] for s in _volumes(pod)[mount["name"]]["projected"]["sources"]
+                if "serviceAccountToken" in s]
+    assert f"{mount['mountPath']}/{source['path']}" == str(_SERVICE_ACCOUNT_TOKEN_PATH)
+    policy = _overlay_policy()
+    issuer = _cluster_issuer(policy)
+    assert source["audience"] == issuer.audience and source["expirationSeconds"] <= 3600
+
+    # it talks to the gate, and what the gate makes of its token may edit the experiment and the model it names
+    config = _named(_render("overlays/example"), "ConfigMap", "mlflow-gate-config")["data"]
+    assert env["MLFLOW_TRACKING_URI"] == config["MLFLOW_GATE_PUBLIC_URL"]
+    claims = {"sub": f"system:serviceaccount:{namespace}:{account}", "iss": issuer.issuer, "aud": [issuer.audience],
+              "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": account}}}
+    made = machine_identity(issuer.user, issuer.groups, issuer.require, claims)
+    assert made.id is not None, made.refused
+    ident = Identity(made.id, made.groups, via="jwt", issuer=issuer.name)
+    for kind, name in (("experiment", env["MLFLOW_EXPERIMENT_NAME"]), ("model", env["MODEL_NAME"])):
+        assert decide(policy, ident, kind, name, Level.EDIT).allowed, (kind, name)
+        other = name.replace("vision", "nlp", 1)
+        assert not decide(policy, ident, kind, other, Level.READ).allowed, (kind, other)
+
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_gate_fetches_the_cluster_issuers_keys_with_its_own_token_and_the_cluster_ca() -> None:
+    issuer = _cluster_issuer(_overlay_policy())
+    assert issuer.jwks_uri and urlsplit(issuer.jwks_uri).hostname == "kubernetes.default.svc"
+    assert issuer.token_file and issuer.ca_file
+    deployment = _one(_render("overlays/example"), "Deployment", "mlflow-gate")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False          # only the two files below, explicitly
+    mounts = {m["mountPath"]: m for m in _container(deployment, "gate")["volumeMounts"]}
+    files: dict[str, dict[str, Any]] = {}
+    for path in (issuer.token_file, issuer.ca_file):
+        folder, _, name = path.rpartition("/")
+        assert mounts[folder].get("readOnly") is True, path
+        for source in _volumes(pod)[mounts[folder]["name"]]["projected"]["sources"]:
+            for kind, spec in source.items():
+                if spec.get("path") == name or name in [i["path"] for i in spec.get("items", [])]:
+                    files[path] = {"kind": kind, **spec}
+    token, ca = files[issuer.token_file], files[issuer.ca_file]
+    assert token["kind"] == "serviceAccountToken" and "audience" not in token    # for the API server itself
+    assert ca["kind"] == "configMap" and ca["name"] == "kube-root-ca.crt"
+    # the base trusts no issuer and mounts no token
+    base = _one(_render("base"), "Deployment", "mlflow-gate")
+    assert not any("projected" in v for v in _volumes(base["spec"]["template"]["spec"]).values())
+    assert not load_policy(K8S / "base" / "policies").issuers
+
+
+def test_the_example_ci_workflow_is_valid_and_asks_for_an_oidc_token_for_the_gate() -> None:
+    workflow = DEPLOY / "github" / "train.yml"
+    exe = Path(sys.executable).parent / "check-jsonschema"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "check_jsonschema"]
+    r = subprocess.run([*cmd, "--builtin-schema", "vendor.github-workflows", str(workflow)], capture_output=True,
+                       text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = yaml.safe_load(workflow.read_text())
+    assert data["permissions"]["id-token"] == "write"
+    github = load_policy(ROOT / "policies" / "machines.yaml").issuers["github"]
+    assert f"audience={github.audience}" in workflow.read_text()
 
 
 # --------------------------------------------------------------------------------------------------

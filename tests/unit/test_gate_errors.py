@@ -21,7 +21,8 @@ class Broken:
 
 def serve(headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
-    services = SimpleNamespace(store=Broken(), metrics=SimpleNamespace(request=lambda *a: None))
+    services = SimpleNamespace(store=Broken(), metrics=SimpleNamespace(request=lambda *a: None,
+                                                                        team_call=lambda *a: None))
     scope = {"type": "http", "method": "GET", "path": "/api/2.0/mlflow/experiments/get", "raw_path": None,
              "query_string": b"experiment_id=1", "headers": headers}
 

@@ -1,9 +1,13 @@
-"""The per-caller rate limiter: budgets, Retry-After, separate callers, bounded memory."""
+"""The per-caller rate limiter: budgets, Retry-After, separate callers, bounded memory; the replica's budgets
+across policy reloads."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
-from proxy.limits import RateLimiter, retry_after
+from proxy.errors import RateLimited, answer
+from proxy.limits import Budgets, RateLimiter, retry_after
 
 
 def allowed(limiter: RateLimiter, caller: str, now: float, n: int) -> int:
@@ -76,3 +80,28 @@ def test_retry_after_header(seconds: float, header: str) -> None:
 def test_a_limit_must_be_positive() -> None:
     with pytest.raises(ValueError):
         RateLimiter(0)
+
+
+# --- the replica's budgets under the policy in force (services.budgets) ---------------------------------------
+
+def test_budgets_follow_the_policys_limit() -> None:
+    budgets = Budgets()
+    assert budgets.wait(None, "bob", 0.0) is None and budgets.limiter is None       # no limit: nothing kept
+    assert [budgets.wait(2, "bob", 0.0) is None for _ in range(3)] == [True, True, False]
+    kept = budgets.limiter
+    assert budgets.wait(2, "bob", 0.0) is not None and budgets.limiter is kept     # same limit: same budgets
+    assert budgets.wait(3, "bob", 0.0) is None and budgets.limiter is not kept     # a new limit: new budgets
+    assert budgets.limiter is not None and budgets.limiter.per_minute == 3
+    assert budgets.wait(None, "bob", 0.0) is None and budgets.limiter is None       # limit removed: dropped
+
+
+def test_a_429_carries_retry_after_in_whole_seconds() -> None:
+    status, headers, body = answer(RateLimited("Too many requests.", 2.01))
+    assert status == 429 and (b"retry-after", b"3") in headers
+    assert json.loads(body) == {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "Too many requests."}
+
+
+def test_one_budget_per_caller_whatever_the_case_of_the_id() -> None:
+    budgets = Budgets()
+    assert budgets.wait(1, "Bob@Corp.test", 0.0) is None
+    assert budgets.wait(1, "bob@corp.test", 0.0) is not None

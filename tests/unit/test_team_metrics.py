@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.decide import Decision
 from proxy.metrics import NO_TEAM, Metrics
-from proxy.policy import PolicyStore
+from proxy.policy import Level, PolicyStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "mlflow-gate-dashboard.json"
@@ -64,6 +65,25 @@ def test_only_the_policys_team_names_become_labels(metrics: Metrics, label: str)
     values = {v for (name, labels), _ in samples(metrics).items() if name.startswith("mlflow_gate_team_")
               for k, v in labels if k == "team"}
     assert values == {NO_TEAM}
+
+
+def test_a_request_counts_under_each_team_owning_a_name_it_was_decided_on(metrics: Metrics) -> None:
+    assert metrics.store is not None
+    policy = metrics.store.current
+    d = Decision
+    metrics.team_call(policy, [d(True, "experiment", "vision/a", Level.READ, Level.EDIT, "member"),
+                               d(True, "experiment", "vision/b", Level.READ, Level.EDIT, "member"),
+                               d(False, "experiment", "nlp/x", Level.READ, Level.NONE, "no rule")])
+    metrics.team_call(policy, [d(True, "experiment", "Default", Level.READ, Level.READ, "default")])
+    metrics.team_call(policy, [])                    # an admin's, a search's, a refusal before any decision
+    metrics.team_call(None, [])                      # failed before the policy was read
+    got = samples(metrics)
+    assert got[("mlflow_gate_team_requests_total", (("team", "vision"),))] == 1
+    assert got[("mlflow_gate_team_requests_total", (("team", "nlp"),))] == 1
+    assert got[("mlflow_gate_team_requests_total", (("team", NO_TEAM),))] == 3
+    assert got[("mlflow_gate_team_decisions_total", (("allowed", "true"), ("team", "vision")))] == 2
+    assert got[("mlflow_gate_team_decisions_total", (("allowed", "false"), ("team", "nlp")))] == 1
+    assert got[("mlflow_gate_team_decisions_total", (("allowed", "true"), ("team", NO_TEAM)))] == 1
 
 
 def test_bytes_have_a_direction(metrics: Metrics) -> None:

@@ -9,12 +9,9 @@ its own tokens.
 """
 from __future__ import annotations
 
-import base64
 import configparser
 import contextlib
 import functools
-import hashlib
-import hmac
 import json
 import queue
 import re
@@ -37,6 +34,16 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from tests.integration.gate_it import denied, uid
+from tests.integration.oidc.jwts import (
+    SEARCH,
+    assert_unauthenticated,
+    b64url,
+    bearer,
+    forge,
+    hs256,
+    op_signing_key,
+    raw_jwt,
+)
 from tests.oidc.provider import OidcProvider, jwt_parts
 from tests.support.client import UserClient
 from tests.support.gate import Gate, gate_command
@@ -47,7 +54,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.parametrize("mlflow_server", 
 
 ALICE, BOB, CAROL = "alice@corp.test", "bob@corp.test", "carol@corp.test"
 SESSION_COOKIE = "mlflow_gate_session"
-SEARCH = "/api/2.0/mlflow/experiments/search?max_results=5"
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -109,42 +115,18 @@ def assert_small_error_page(r: httpx.Response, *, words: str | None = None) -> N
         assert words.lower() in r.text.lower(), r.text
 
 
-def assert_unauthenticated(r: httpx.Response) -> dict[str, Any]:
-    assert r.status_code == 401, f"expected 401, got {r.status_code}: {r.text[:500]}"
-    assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
-    assert body["error_code"] == "UNAUTHENTICATED", body
-    return body  # type: ignore[no-any-return]
 
 
-def bearer(gate: Gate, token: str, path: str = SEARCH) -> httpx.Response:
-    return httpx.get(gate.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=20)
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def raw_jwt(header: dict[str, Any], claims: dict[str, Any], sign: Callable[[bytes], bytes] | None) -> str:
-    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
-    signature = b64url(sign(signing_input.encode())) if sign else ""
-    return f"{signing_input}.{signature}"
 
 
-def hs256(secret: bytes, data: bytes) -> bytes:
-    return hmac.new(secret, data, hashlib.sha256).digest()
 
 
-def op_signing_key(op: OidcProvider) -> RSAKey:
-    """The OP's current private signing key, read from its key file (the first key signs)."""
-    assert op.workdir is not None
-    private = json.loads((op.workdir / "op-keys.json").read_text())["keys"][0]
-    return RSAKey.import_key(private)
 
 
-def forge(key: RSAKey, claims: dict[str, Any], kid: str | None = None, **header: Any) -> str:
-    head = {"alg": "RS256", "typ": "at+jwt", "kid": kid or key.kid, **header}
-    return jwt.encode(head, claims, key, algorithms=["RS256"])
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
