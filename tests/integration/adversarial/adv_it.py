@@ -138,6 +138,8 @@ def build(way: Way, value: str, objects: Objects) -> Request:
             _place(req, body, path_params, way.field, value, way.in_query)
         elif not need.optional and need.what not in CHOSEN:
             _place(req, body, path_params, need.fields[0], kind_of(need.what).value(objects, "own"), way.in_query)
+        if need.alias:         # the alias a model need names beside the model (set, moved or deleted)
+            _place(req, body, path_params, need.alias, "adv-alias", way.in_query)
     path = route.pattern if route.pattern.startswith("/") else "/api/" + route.pattern
     for name in _path_names(path):
         path = path.replace("{" + name + "}", path_params.get(name.split(":")[0], "x"))

@@ -37,6 +37,16 @@ def mallory(gate) -> Iterator[mlflow.MlflowClient]:  # type: ignore[no-untyped-d
         resolve_env_metadata.cache_clear()
 
 
+def client_trace(world: World, name: str) -> str:
+    """A trace of one span in alpha's experiment, logged by MLflow's client (as alice)."""
+    mlflow.set_experiment(experiment_id=world.alpha_exp)
+    with mlflow.start_span(name=name):
+        pass
+    trace_id = mlflow.get_last_active_trace_id()
+    assert trace_id
+    return trace_id
+
+
 def test_runs(gate, world: World, mallory) -> None:  # type: ignore[no-untyped-def]
     with mlflow.start_run(experiment_id=world.alpha_exp) as run:
         pass
@@ -53,11 +63,7 @@ def test_logged_models(gate, world: World, mallory) -> None:  # type: ignore[no-
 
 
 def test_traces_from_the_client(gate, world: World, mallory) -> None:  # type: ignore[no-untyped-def]
-    mlflow.set_experiment(experiment_id=world.alpha_exp)
-    with mlflow.start_span(name="creator"):
-        pass
-    trace_id = mlflow.get_last_active_trace_id()
-    assert trace_id
+    trace_id = client_trace(world, "creator")
     info = mallory.get_trace(trace_id).info
     assert info.trace_metadata["mlflow.user"] == ALICE, info.trace_metadata
     assert info.tags["mlflow.user"] == ALICE, info.tags           # what MLflow's UI shows as the trace's user
@@ -135,11 +141,7 @@ def test_issues(gate, world: World) -> None:
 def test_assessments_given_by_a_person(gate, world: World, mallory) -> None:  # type: ignore[no-untyped-def]
     from mlflow.entities import AssessmentSource
 
-    mlflow.set_experiment(experiment_id=world.alpha_exp)
-    with mlflow.start_span(name="assessed"):
-        pass
-    trace_id = mlflow.get_last_active_trace_id()
-    assert trace_id
+    trace_id = client_trace(world, "assessed")
     human = mlflow.log_feedback(trace_id=trace_id, name="q", value=1.0,
                                 source=AssessmentSource(source_type="HUMAN", source_id="bob@corp.test"))
     judge = mlflow.log_feedback(trace_id=trace_id, name="j", value=1.0,
