@@ -20,10 +20,11 @@ from starlette.routing import Route
 from .audit import Denial
 from .decide import is_admin
 from .errors import BadRequest, PermissionDenied, error_response
-from .pages import caller, page, wants_json
+from .layout import card, page
 from .policy import KINDS, Policy, Rule, Subject, Team
 from .review import WhoCan, who_can
 from .services import Services
+from .web import caller, wants_json
 
 SHOWN_DENIALS = 50
 
@@ -47,7 +48,7 @@ async def admin(request: Request) -> Response:
                              "denials": [denial_json(d) for d in denials]}, headers={"cache-control": "no-store"})
     body = (_who_can_section(kind, name, answer, problem) + _policy_sections(policy)
             + _denials_section(denials, services.denials.size))
-    return page("Admin", body, 400 if problem else 200)
+    return page("Admin", card(body), who=ident, status=400 if problem else 200, admin=True)
 
 
 def routes() -> list[Route]:

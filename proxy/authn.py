@@ -30,7 +30,12 @@ from .jwt_bearer import JwtVerifier, peek
 from .policy import Policy
 from .provider_sessions import ProviderSessions
 from .sessions import COOKIE, SessionError, SignedOut, read_session
-from .tokens import PREFIX, TokenError, read_token
+from .tokens import PREFIX, ForeignToken, TokenError, read_token
+
+# How to get a token this gate accepts, for a token signed with another secret key.
+FOREIGN_FIX = ("Mint a new one on /_gate/tokens, or with `mlflow-gate token create` using this gate's secret key: "
+               "the gate's MLFLOW_GATE_SECRET_KEY or MLFLOW_GATE_SECRET_KEY_FILE, else the key file of the user "
+               "running the gate (~/.local/state/mlflow-gate/secret-key).")
 
 
 class Authenticator:
@@ -52,7 +57,7 @@ class Authenticator:
             return self.admit(await self._authorization(auth.decode("latin-1").strip(), policy, client), policy)
         cookie = headers.get(b"cookie")
         if cookie:
-            value = _cookie(cookie.decode("latin-1"), COOKIE)
+            value = read_cookie(cookie.decode("latin-1"), COOKIE)
             if value is not None:
                 return self.admit(await self.session(value), policy)
         return None
@@ -145,6 +150,8 @@ class Authenticator:
         if ident is None:
             try:
                 claims = read_token(self.secret_key, token)
+            except ForeignToken as exc:
+                raise Unauthenticated(f"Authentication failed: {exc}. {FOREIGN_FIX}") from exc
             except TokenError as exc:
                 raise Unauthenticated(f"Authentication failed: {exc}.") from exc
             ident = Identity(claims.user, frozenset(claims.groups), via=via, token_id=claims.id,
@@ -161,7 +168,7 @@ class Authenticator:
         self.passwords.close()
 
 
-def _cookie(header: str, name: str) -> str | None:
+def read_cookie(header: str, name: str) -> str | None:
     try:
         jar = SimpleCookie()
         jar.load(header)

@@ -35,7 +35,7 @@ def login(gate_url: str, *, expires_in: str = "30d", poll_interval: float | None
           out: TextIO = sys.stdout, timeout: float = 600) -> Path:
     gate_url = gate_url.rstrip("/")
     with httpx.Client(timeout=15) as http:
-        info = _json(http.get(gate_url + "/_gate/oidc"), "the gate's /_gate/oidc")
+        info = _provider(http, gate_url)
         meta = _json(http.get(info["issuer"].rstrip("/") + "/.well-known/openid-configuration"), "provider discovery")
         scope = f"{info.get('scopes') or 'openid email profile groups'} offline_access"
         extra = {"resource": info["audience"]} if info.get("audience") else {}
@@ -52,6 +52,23 @@ def login(gate_url: str, *, expires_in: str = "30d", poll_interval: float | None
           f"{minted['expires_at']}) stored in {path}.", file=out)
     print(f"Point the mlflow client at the gate: export MLFLOW_TRACKING_URI={gate_url}", file=out)
     return path
+
+
+def _provider(http: httpx.Client, gate_url: str) -> dict[str, Any]:
+    """The gate's identity provider (/_gate/oidc); a gate without one says so, and what to use instead."""
+    r = http.get(gate_url + "/_gate/oidc", headers={"Accept": "application/json"})
+    if r.status_code == 404:
+        try:
+            gate = isinstance(r.json(), dict) and r.json().get("error_code") == "ENDPOINT_NOT_FOUND"
+        except ValueError:
+            gate = False
+        if not gate:
+            raise LoginError(f"{gate_url} does not look like an mlflow-gate (it has no /_gate/oidc): check the URL")
+        raise LoginError(f"{gate_url} has no identity provider to sign in with. Get a personal token instead: "
+                         f"sign in at {gate_url}/_gate/tokens in a browser and create one there, or ask an admin "
+                         "for one (`mlflow-gate token create --user YOU`); then export MLFLOW_TRACKING_TOKEN=<token> "
+                         f"and MLFLOW_TRACKING_URI={gate_url}")
+    return _json(r, "the gate's /_gate/oidc")
 
 
 def _json(r: httpx.Response, what: str) -> dict[str, Any]:

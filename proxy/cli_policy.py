@@ -30,22 +30,22 @@ def add_policy_commands(sub: argparse._SubParsersAction, parser_class: type[argp
     pe.add_argument("--group", action="append", default=[], help="a group of the caller (repeat for more); a local "
                                                                   "account's groups from `users:` are added")
     _target(pe)
-    pe.add_argument("--action", choices=["read", "edit", "manage"], default="read", help="the level needed (read)")
+    pe.add_argument("--action", choices=["read", "edit", "manage"], default="read", help="the level needed")
     pd = psub.add_parser("diff", help="the changes of access from OLD to NEW; exit 3 when some access widens")
     pd.add_argument("paths", nargs="+", metavar="OLD NEW",
                     help="two policy paths; or one path with --git REV; or a git revision and a path")
     pd.add_argument("--git", metavar="REV", help="take OLD from this git revision of the same path (origin/main)")
-    pd.add_argument("--format", choices=["text", "json", "markdown"], default="text", help="output (text)")
+    pd.add_argument("--format", choices=["text", "json", "markdown"], default="text", help="output")
     pw = psub.add_parser("who-can", help="every subject holding more than none on a name, and the rule")
     pw.add_argument("path", help="a policy file or a folder of *.yaml")
     _target(pw)
-    pw.add_argument("--format", choices=["text", "json"], default="text", help="output (text)")
+    pw.add_argument("--format", choices=["text", "json"], default="text", help="output")
     pa = psub.add_parser("audit", help="an existing server's names that no team owns, per-team counts, "
                                        "suggested prefixes")
     pa.add_argument("path", help="a policy file or a folder of *.yaml")
     pa.add_argument("--upstream", required=True, help="the mlflow server's URL, or a gate's (with "
                                                       "MLFLOW_TRACKING_TOKEN of an admin)")
-    pa.add_argument("--format", choices=["text", "json"], default="text", help="output (text)")
+    pa.add_argument("--format", choices=["text", "json"], default="text", help="output")
 
 
 def _target(p: argparse.ArgumentParser) -> None:

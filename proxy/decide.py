@@ -116,19 +116,26 @@ def decide(policy: Policy, ident: Identity, kind: str, name: str, needed: Level)
     return Decision(have >= needed, kind, name, needed, have, reason)
 
 
-def readable_prefixes(policy: Policy, ident: Identity, kind: str) -> list[str] | None:
-    """Prefixes that cover every name `ident` may read (a superset: a deny inside one still hides
-    names, which the item-by-item check catches), or None when that is not a finite list (admin,
-    or a `default` that lets unowned names be read). A prefix wholly under a `keep: none` deny
-    is left out."""
+def prefixes_at(policy: Policy, ident: Identity, kind: str, level: Level) -> list[str]:
+    """The prefixes of `kind` names (experiment | model) under which teams and grants give `ident` at least
+    `level`, leaving out those wholly under a deny that caps below it (a narrower deny inside one still lowers
+    some names: the item-by-item decision has the last word). Names no team owns get `default` on top."""
     ctx = context_for(policy, ident)
-    if ctx.admin or policy.default >= Level.READ:
-        return None
-    prefixes = [p for team in ctx.roles if team in policy.teams for p in policy.teams[team].prefixes(kind)]
-    prefixes += [p for _, exps, models in ctx.grants for p in (exps if kind == "experiment" else models)]
-    blocked = [p for deny, exps, models in ctx.denies if deny.keep == Level.NONE
+    prefixes = [p for team, role in ctx.roles.items() if role >= level and team in policy.teams
+                for p in policy.teams[team].prefixes(kind)]
+    prefixes += [p for grant, exps, models in ctx.grants if grant.permission >= level
+                 for p in (exps if kind == "experiment" else models)]
+    blocked = [p for deny, exps, models in ctx.denies if deny.keep < level
                for p in (exps if kind == "experiment" else models)]
     return sorted({p for p in prefixes if not any(p.startswith(b) for b in blocked)})
+
+
+def readable_prefixes(policy: Policy, ident: Identity, kind: str) -> list[str] | None:
+    """Prefixes that cover every name `ident` may read (`prefixes_at` read: a superset), or None when that is not
+    a finite list (admin, or a `default` that lets unowned names be read)."""
+    if context_for(policy, ident).admin or policy.default >= Level.READ:
+        return None
+    return prefixes_at(policy, ident, kind, Level.READ)
 
 
 def is_admin(policy: Policy, ident: Identity) -> bool:

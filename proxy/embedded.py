@@ -5,6 +5,8 @@ Unix domain socket in a fresh directory of mode 0700, so only the gate's own use
 (another local user cannot even reach the socket; on Unix, processes of the same user are one trust
 domain anyway). The gate forwards over that socket (`forward.Upstream`, `unix://` upstream URLs).
 
+Its own access log is off: the gate's audit stream already has one line per request.
+
 It is started with its own session (process group) and, on Linux, asked to die with the gate
 (PR_SET_PDEATHSIG), so stopping the gate in any way leaves no orphan behind.
 """
@@ -63,7 +65,7 @@ class EmbeddedMlflow:
             raise ValueError(f"the embedded server's socket path {self.socket!r} is too long for a Unix socket; "
                              "set TMPDIR to a shorter folder")
         self.url = "unix://" + self.socket
-        self.args = [sys.executable, "-m", "mlflow", "server", "--uvicorn-opts", shlex.join(["--uds", self.socket]),
+        self.args = [sys.executable, "-m", "mlflow", "server", "--uvicorn-opts", shlex.join(["--uds", self.socket, "--no-access-log"]),
                      "--workers", "1", "--backend-store-uri", backend_store_uri,
                      "--artifacts-destination", artifacts_destination]
         self.proc: subprocess.Popen[bytes] | None = None

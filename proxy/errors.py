@@ -56,6 +56,34 @@ class PermissionDenied(GateError):
         self.detail = detail        # for the audit log only (what the upstream said), never for the caller
 
 
+class InBandRefusal(PermissionDenied):
+    """A refusal given inside a GraphQL answer, the way MLflow gives its own errors there (status 200, the root
+    field's `apiError`): the MLflow UI shows that message instead of retrying a 403 and showing a status code."""
+
+    status = 200
+
+    def __init__(self, message: str, answer: dict[str, Any], decision: Decision | None = None, *,
+                 detail: str | None = None) -> None:
+        super().__init__(message, decision, detail=detail)
+        self.answer = answer
+
+    def body(self) -> bytes:
+        return json.dumps(self.answer).encode()
+
+
+class NotFound(GateError):
+    status = 404
+    code = "ENDPOINT_NOT_FOUND"
+
+
+class RefusedAsMissing(GateError):
+    """A refused name lookup answered as MLflow answers a missing name, for a caller that can only show that
+    (the MLflow UI's "is this name free?" check); missing names get the very same answer."""
+
+    status = 404
+    code = "RESOURCE_DOES_NOT_EXIST"
+
+
 class BadRequest(GateError):
     status = 400
     code = "INVALID_PARAMETER_VALUE"
@@ -108,11 +136,6 @@ class Internal(GateError):
     """Something the gate did not expect: logged with its traceback under the request id the message names."""
 
 
-class NotFound(GateError):
-    status = 404
-    code = "ENDPOINT_NOT_FOUND"
-
-
 class UpstreamAnswer(GateError):
     """An upstream error met while the gate made calls of its own (search pages): passed on as MLflow gave it."""
 
@@ -125,14 +148,14 @@ class UpstreamAnswer(GateError):
         return json.dumps(self.data).encode()
 
 
-class SignInRequired(GateError):
-    """A browser page load without a credential: answered with the redirect to the sign-in page."""
+class Redirect(GateError):
+    """A browser page load answered with a redirect to one of the gate's pages."""
 
     status = 302
 
-    def __init__(self, target: str) -> None:
-        super().__init__("Sign in first.")
-        self.location = "/_gate/login?next=" + quote(target, safe="")
+    def __init__(self, location: str, message: str = "See the gate's page.") -> None:
+        super().__init__(message)
+        self.location = location
 
     def body(self) -> bytes:
         return b""
@@ -141,10 +164,17 @@ class SignInRequired(GateError):
         return [(b"location", self.location.encode())]
 
 
+class SignInRequired(Redirect):
+    """A browser page load without a credential: answered with the redirect to the sign-in page."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__("/_gate/login?next=" + quote(target, safe=""), "Sign in first.")
+
+
 def answer(err: GateError) -> tuple[int, Headers, bytes]:
     """The HTTP answer for an error: status, headers, body."""
     body = err.body()
-    ctype = [] if isinstance(err, SignInRequired) else [(b"content-type", b"application/json")]
+    ctype = [] if isinstance(err, Redirect) else [(b"content-type", b"application/json")]
     headers = [*ctype, (b"cache-control", b"no-store"), *err.headers(), (b"content-length", str(len(body)).encode())]
     return err.status, headers, body
 

@@ -38,6 +38,12 @@ DROP_RESPONSE = frozenset({
 CHUNK = 256 * 1024
 
 
+def _dropped(exc: BaseException) -> bool:
+    """A connection that was open and closed under the request (not a server that cannot be reached)."""
+    return isinstance(exc, aiohttp.ServerDisconnectedError) or (
+        isinstance(exc, aiohttp.ClientOSError) and not isinstance(exc, aiohttp.ClientConnectorError))
+
+
 class Upstream:
     """The upstream mlflow server: one aiohttp session, created in the app's lifespan."""
 
@@ -68,23 +74,40 @@ class Upstream:
         await self.session.close()
 
     async def get_json(self, path: str, params: dict[str, Any] | None = None,
-                       body: dict[str, Any] | None = None, method: str = "GET") -> tuple[int, Any]:
-        """A call of the gate's own (resolution, search pages): status and parsed JSON."""
+                       body: dict[str, Any] | None = None, method: str = "GET", *,
+                       reads: bool = False) -> tuple[int, Any]:
+        """A call of the gate's own (resolution, search pages): status and parsed JSON.
+
+        aiohttp sends an idempotent request (GET) once more when the pooled connection it used drops before an
+        answer (the upstream closes idle keep-alive connections: uvicorn after 5 s, the pool keeps them 30 s); a
+        POST that only reads (`reads=True`: searches) gets the same second try here."""
+        attempts = 2 if reads and method not in ("GET", "HEAD") else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._get_json(path, params, body, method)
+            except (aiohttp.ClientError, OSError) as exc:
+                if attempt < attempts and _dropped(exc):
+                    continue
+                self._failed()
+                raise UpstreamUnavailable(f"The MLflow server is unreachable: {exc.__class__.__name__}. "
+                                          "Try again shortly.") from exc
+        raise AssertionError("unreachable")
+
+    def _failed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_errors.inc()
+
+    async def _get_json(self, path: str, params: dict[str, Any] | None, body: dict[str, Any] | None,
+                        method: str) -> tuple[int, Any]:
         self.calls += 1
         headers = {"X-Forwarded-For": "127.0.0.1", "Accept-Encoding": "identity"}
         start = time.perf_counter()
-        try:
-            async with self.session.request(method, self.base_url + path, params=params, json=body,
-                                            headers=headers) as resp:
-                if self.metrics is not None:
-                    self.metrics.upstream.labels("lookup").observe(time.perf_counter() - start)
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, OSError) as exc:
+        async with self.session.request(method, self.base_url + path, params=params, json=body,
+                                        headers=headers) as resp:
             if self.metrics is not None:
-                self.metrics.upstream_errors.inc()
-            raise UpstreamUnavailable(f"The MLflow server is unreachable: {exc.__class__.__name__}. "
-                                      "Try again shortly.") from exc
+                self.metrics.upstream.labels("lookup").observe(time.perf_counter() - start)
+            raw = await resp.read()
+            status = resp.status
         try:
             return status, json.loads(raw) if raw else {}
         except ValueError:

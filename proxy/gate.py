@@ -8,8 +8,9 @@ that names it:
   params     the parameters are read as MLflow will read them
   resources  every id is resolved to its name and decided (`decide`)
   rewrite    the body is rewritten where the gate forces something
-  then one answer: GraphQL (`graphql`), a filtered search (`filters`), an artifact view or the
-  artifact protocol from the gate's stores (`artifact_views`), or the upstream's (`forward`).
+  then one answer: the gate's own to the MLflow UI (`ui`: who is signed in, its sign-out), GraphQL
+  (`graphql`), a filtered search (`searches`, `filters`), an artifact view or the artifact protocol from
+  the gate's stores (`artifact_views`), or the upstream's (`forward`).
 
 Everything here is plain asyncio over ASGI messages: the forwarding path carries no framework
 routing beyond one table lookup (reference/proxy-overhead.md).
@@ -22,12 +23,12 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from . import filters, graphql
+from . import graphql, ui
 from .artifact_views import serve_protocol, serve_view
 from .call import Call
 from .decide import is_admin
 from .edge import check_origin, check_path, header_map, is_page_load, read_body, request_id, set_headers
-from .errors import GateError, Internal, PermissionDenied, RateLimited, SignInRequired, Unauthenticated, send_error
+from .errors import GateError, Internal, PermissionDenied, RateLimited, Unauthenticated, send_error
 from .forward import Receive, Send, relay, send_bytes
 from .limits import retry_after
 from .params import check_version, read_params
@@ -78,9 +79,12 @@ class Gate:
         call.headers = header_map(call.scope)
         check_path(call.path, call.scope.get("raw_path") or call.path.encode())
         call.policy = self.s.store.current
+        call.route, call.path_params = self.s.table.lookup(call.method, call.path)
+        if ui.signing_out(call):
+            await ui.sign_out(call, self.s)
+            return
         peer = call.scope.get("client")
         call.ident = await self.s.authn.identify(call.headers, call.policy, peer[0] if peer else None)
-        call.route, call.path_params = self.s.table.lookup(call.method, call.path)
         self.limit(call)
         if call.route.access is Access.PUBLIC:
             await self.forward(call)
@@ -121,6 +125,11 @@ class Gate:
 
     async def respond(self, call: Call) -> None:
         route = call.route
+        if route.answer is not None:
+            status, headers, body = ui.answer(call)
+            self.allowed(call, "answered by the gate")
+            await send_bytes(call.send, status, headers, body)
+            return
         if route.graphql:
             doc = await graphql.authorize(call, self.s.resolver)
             self.allowed(call, "admin" if call.admin else "policy")
@@ -129,7 +138,7 @@ class Gate:
             return
         if route.search is not None and not call.admin:
             self.allowed(call, "signed in; answer filtered")
-            page = await filters.search(call, self.s.upstream)
+            page = await self.s.searches.page(call)
             await send_bytes(call.send, 200, _JSON, json.dumps(page).encode())
             return
         self.allowed(call, "admin" if call.admin else ("signed in" if route.access is Access.SIGNED_IN else "policy"))
@@ -163,14 +172,14 @@ class Gate:
 
     async def refuse(self, call: Call, err: GateError) -> None:
         if isinstance(err, Unauthenticated) and is_page_load(call.method, call.path, call.headers):
-            query = call.query.decode("latin-1")
-            err = SignInRequired(call.path + ("?" + query if query else ""))
+            err = ui.page_without_session(call)
         elif isinstance(err, (PermissionDenied, Unauthenticated)):
             decision = err.decision if isinstance(err, PermissionDenied) else None
             detail = err.detail if isinstance(err, PermissionDenied) else None
             self.s.audit.record(call.ident, call.method, call.path, False,
                                 err.message + (f" [{detail}]" if detail else ""),
                                 [decision] if decision else None, err.status, request_id=call.request_id)
+            err = ui.as_shown(call, err)
         await send_error(call.send, err)
 
     async def forward(self, call: Call, *, strip_workspace: bool = True) -> int:

@@ -51,7 +51,8 @@ from graphql.execution.values import get_argument_values
 from graphql.language import DocumentNode, Lexer
 
 from .decide import decide
-from .errors import BadRequest, PermissionDenied
+from .denials import denial
+from .errors import BadRequest, InBandRefusal, PermissionDenied
 from .forward import Upstream
 from .params import Params, parse_body, parse_query
 from .policy import Level
@@ -147,11 +148,32 @@ class Cut:
 
 
 @dataclass(frozen=True)
+class InBand:
+    """Where a refusal of the document's one root field goes, as MLflow answers its own errors: in the
+    field's `apiError` (status 200). Each selection is (response key, field name)."""
+    root_type: str
+    key: str
+    field_type: str
+    fields: tuple[tuple[str, str], ...]      # selected on the root field (null in the answer)
+    error_key: str
+    error_fields: tuple[tuple[str, str], ...]
+    root_fields: tuple[str, ...] = ()        # `__typename` keys at the root
+
+    def answer(self, message: str) -> dict[str, Any]:
+        values = {"code": "PERMISSION_DENIED", "message": message, "__typename": "ApiError"}
+        error = {key: values.get(name) for key, name in self.error_fields}
+        field = {key: self.field_type if name == "__typename" else None for key, name in self.fields}
+        data: dict[str, Any] = {key: self.root_type for key in self.root_fields}
+        return {"data": {**data, self.key: {**field, self.error_key: error}}, "errors": None}
+
+
+@dataclass(frozen=True)
 class Analysis:
     operation_name: str | None
     variables: dict[str, Any]      # every variable of the operation, coerced (defaults applied)
     needs: tuple[Need, ...]        # each needs read
     cuts: tuple[Cut, ...]
+    in_band: InBand | None = None  # the document reads one root field and selects its apiError
 
 
 def analyse(query: str, variables: dict[str, Any] | None, operation_name: str | None = None) -> Analysis:
@@ -174,7 +196,7 @@ def analyse(query: str, variables: dict[str, Any] | None, operation_name: str | 
     except GraphQLError as exc:
         raise BadRequest(_messages("The GraphQL request cannot run", [exc])) from exc
     name = ctx.operation.name.value if ctx.operation.name else None
-    return Analysis(name, dict(ctx.variable_values), tuple(needs), tuple(walk.cuts))
+    return Analysis(name, dict(ctx.variable_values), tuple(needs), tuple(walk.cuts), walk.in_band(root, fields))
 
 
 class _Walk:
@@ -231,6 +253,25 @@ class _Walk:
 
     def collect(self, obj: GraphQLObjectType, nodes: list[FieldNode]) -> dict[str, list[FieldNode]]:
         return collect_sub_fields(self.schema, self.fragments, self.variables, obj, nodes)
+
+    def in_band(self, root: GraphQLObjectType, fields: dict[str, list[FieldNode]]) -> InBand | None:
+        """Where the refusal of a one-field document goes, when that field's answer has an `apiError` it selects."""
+        keys = [key for key, nodes in fields.items() if nodes[0].name.value != "__typename"]
+        if len(keys) != 1 or fields[keys[0]][0].name.value not in root.fields:      # (or __schema, __type)
+            return None
+        nodes = fields[keys[0]]
+        typed = get_named_type(root.fields[nodes[0].name.value].type)
+        if not isinstance(typed, GraphQLObjectType) or "apiError" not in typed.fields:
+            return None
+        subs = self.collect(typed, nodes)
+        error_key = next((key for key, sub in subs.items() if sub[0].name.value == "apiError"), None)
+        error_type = get_named_type(typed.fields["apiError"].type)
+        if error_key is None or not isinstance(error_type, GraphQLObjectType):
+            return None
+        selected = tuple((key, sub[0].name.value) for key, sub in subs.items() if key != error_key)
+        errors = tuple((key, sub[0].name.value) for key, sub in self.collect(error_type, subs[error_key]).items())
+        return InBand(root.name, keys[0], typed.name, selected, error_key, errors,
+                      tuple(key for key in fields if key not in keys))
 
 
 def _one_field(key: str, nodes: list[FieldNode]) -> str:
@@ -384,8 +425,10 @@ async def authorize(call: Call, resolver: Resolver) -> Document:
         try:
             await check(call, resolver, need.what, need.id, Level.READ)
         except PermissionDenied as err:    # another team's, or nothing at all: the same answer
-            raise PermissionDenied(f"Permission denied: GraphQL field {need.field!r} needs read on "
-                                   f"{need.what.value} {need.id!r}.", err.decision, detail=err.detail) from err
+            message = denial(Level.READ, need.what, need.id, call.rules, call.who, f" (GraphQL field {need.field!r})")
+            if found.in_band is not None:  # the MLflow UI shows it at once (a 403 it retries, then shows its status)
+                raise InBandRefusal(message, found.in_band.answer(message), err.decision, detail=err.detail) from err
+            raise PermissionDenied(message, err.decision, detail=err.detail) from err
     sent = GraphqlRequest(request.query, found.variables, found.operation_name)
     return Document(sent.payload(), found.cuts)
 

@@ -1,5 +1,5 @@
 """The gate's own endpoints under /_gate/: sign-in (identity provider or local account), sign-out,
-personal tokens, who am I, health."""
+your access (who am I), personal tokens, health. Their look is `layout.py`'s."""
 from __future__ import annotations
 
 import functools
@@ -7,25 +7,24 @@ import html
 import json
 import re
 import secrets
-import time
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
-from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from .decide import context_for, is_admin
-from .errors import BadRequest, GateError, NotFound, PermissionDenied, RateLimited, Unauthenticated, error_response
+from . import account
+from .decide import is_admin
+from .errors import GateError, NotFound, PermissionDenied, RateLimited, Unauthenticated, error_response
 from .identity import Identity
+from .layout import asset, card, esc, notice, page
 from .oidc import SignInError
 from .services import Services
 from .sessions import COOKIE, clear_cookie_header, cookie_header, make_session, new_session
-from .tokens import TokenError, mint_token, parse_duration, read_token
+from .ui import SIGNED_OUT_COOKIE
+from .web import client_of, credential, same_origin, services_of, signed_in_now, small_form
 
-TOKENS_COOKIE = "mlflow_gate_tokens"
-MAX_TOKEN_LIFETIME = 90 * 86400
 _CONTROL = re.compile(r"[\x00-\x20\x7f]|%[01][0-9a-fA-F]|%7[fF]")
 
 
@@ -41,32 +40,35 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title} - mlflow-gate</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;color:#222}}
-input,button,select{{font-size:1rem;padding:.4rem;margin:.2rem 0;width:100%}}.err{{color:#b00}}
-code{{word-break:break-all;background:#f4f4f4;padding:.2rem}}td{{padding:.2rem .6rem}}</style>
-</head><body><h1>{title}</h1>{body}</body></html>"""
-
-
-def page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status,
-                        headers={"cache-control": "no-store", "x-frame-options": "DENY",
-                                 "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                                                            "form-action 'self'"})
-
-
 def _login_form(next_path: str, error: str = "", *, accounts: bool, provider: bool) -> str:
-    err = f'<p class="err">{html.escape(error)}</p>' if error else ""
-    other = (f'<p><a href="/_gate/login?next={html.escape(next_path)}">Sign in with the identity provider</a></p>'
-             if provider else "")
-    if not accounts:
-        return (err + other + "<p>No local accounts are configured on this gate. API clients use a personal "
-                "token (<code>MLFLOW_TRACKING_TOKEN</code>) from <code>mlflow-gate token create</code>.</p>")
-    return (err + other + '<form method="post" action="/_gate/login">'
-            f'<input type="hidden" name="next" value="{html.escape(next_path)}">'
-            '<label>User<input name="username" autocomplete="username" autofocus></label>'
-            '<label>Password<input name="password" type="password" autocomplete="current-password"></label>'
-            '<button type="submit">Sign in</button></form>')
+    """The sign-in card: the identity provider's button and/or the local account form."""
+    parts = [('<h1>Sign in to MLflow</h1><p class="muted">This MLflow server is behind mlflow-gate: sign in to '
+              "see your team's experiments and models.</p>")]
+    if error:
+        parts.append(notice(error))
+    if provider:
+        parts.append(f'<p><a class="button" data-next href="/_gate/login?go=1&amp;next={esc(quote(next_path))}">'
+                     "Sign in with your identity provider</a></p>")
+    if accounts:
+        parts.append(('<p class="muted">or with a local account:</p>' if provider else "")
+                     + '<form class="wide" method="post" action="/_gate/login">'
+                     f'<input type="hidden" name="next" value="{esc(next_path)}">'
+                     '<label for="username">User</label><input id="username" name="username" autocomplete="username" '
+                     'autofocus><label for="password">Password</label><input id="password" name="password" '
+                     'type="password" autocomplete="current-password"><button type="submit">Sign in</button></form>')
+    elif not provider:
+        parts.append("<p>No one can sign in here in a browser: this gate has no local accounts (<code>users:</code> "
+                     "in its policy) and no identity provider. API clients use a personal token "
+                     "(<code>MLFLOW_TRACKING_TOKEN</code>) from <code>mlflow-gate token create</code>.</p>")
+    return card(*parts)
+
+
+def _signed_in_page(ident: Identity, next_path: str, admin: bool) -> HTMLResponse:
+    body = card(f"<h1>You are signed in</h1><p>as <b>{esc(ident.id)}</b>.</p>"
+                f'<div class="actions"><a class="button" href="{esc(next_path)}">Continue to MLflow</a>'
+                '<a class="button secondary" href="/_gate/logout">Sign out</a></div>'
+                '<p class="muted after">To sign in as someone else, sign out first.</p>')
+    return page("Signed in", body, who=ident, narrow=True, admin=admin)
 
 
 def keep_fragment(next_path: str) -> HTMLResponse:
@@ -85,22 +87,15 @@ def keep_fragment(next_path: str) -> HTMLResponse:
                                        "content-security-policy": f"default-src 'none'; script-src 'nonce-{nonce}'"})
 
 
-def wants_json(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return "application/json" in accept or "text/html" not in accept
-
-
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
 async def login(request: Request) -> Response:
-    rt = _services(request)
+    rt = services_of(request)
     if request.method == "POST":
         return await _login_post(request, rt)
     next_path = safe_next(request.query_params.get("next"))
     local = request.query_params.get("local")
+    current = await signed_in_now(request)
+    if current is not None:
+        return _signed_in_page(current, next_path, is_admin(rt.store.current, current))
     if (rt.oidc is not None and not local and not request.query_params.get("go")
             and request.headers.get("sec-fetch-mode") == "navigate"):
         return keep_fragment(next_path)
@@ -108,46 +103,50 @@ async def login(request: Request) -> Response:
         try:
             return await rt.oidc.start(request, next_path)
         except SignInError as exc:
-            return page("Sign in", f'<p class="err">{html.escape(exc.message)}</p>', exc.status)
-    return page("Sign in", _login_form(next_path, accounts=bool(rt.store.current.users), provider=rt.oidc is not None))
+            return page("Sign in", card("<h1>Sign in to MLflow</h1>", notice(exc.message)), status=exc.status,
+                        narrow=True)
+    return page("Sign in", _login_form(next_path, accounts=bool(rt.store.current.users), provider=rt.oidc is not None),
+                narrow=True)
 
 
 async def _login_post(request: Request, rt: Services) -> Response:
     policy = rt.store.current
     if not same_origin(request, rt):
-        return page("Sign in", '<p class="err">Cross-site sign-in refused.</p>', 403)
+        return page("Sign in", card("<h1>Sign in to MLflow</h1>", notice("Cross-site sign-in refused.")), status=403,
+                    narrow=True)
     form = await small_form(request)
     next_path = safe_next(str(form.get("next") or "/"))
     again = functools.partial(_login_form, next_path, accounts=bool(policy.users), provider=rt.oidc is not None)
     try:
         ident = await rt.authn.local_account(str(form.get("username") or ""), str(form.get("password") or ""),
-                                             policy, _client(request))
+                                             policy, client_of(request))
     except RateLimited as exc:
-        answer = page("Sign in", again(exc.message), 429)
+        answer = page("Sign in", again(exc.message), status=429, narrow=True)
         answer.headers["retry-after"] = str(exc.retry_after)
         return answer
     except Unauthenticated:
-        return page("Sign in", again("Unknown user or wrong password."), 401)
+        return page("Sign in", again("Unknown user or wrong password."), status=401, narrow=True)
     return signed_in(rt, ident, next_path)
 
 
 async def callback(request: Request) -> Response:
-    rt = _services(request)
+    rt = services_of(request)
     if rt.oidc is None:
-        return page("Sign in", '<p class="err">No identity provider is configured.</p>', 404)
+        return page("Sign in", card("<h1>Sign in to MLflow</h1>", notice("No identity provider is configured.")),
+                    status=404, narrow=True)
     try:
         ident, next_path, refresh_token = await rt.oidc.finish(request)
         ident = rt.authn.admit(ident, rt.store.current)
     except SignInError as exc:
-        return page("Sign-in failed", f'<p class="err">{html.escape(exc.message)}</p>'
-                    '<p><a href="/_gate/login">Try again</a></p>', exc.status)
+        return page("Sign-in failed", card("<h1>Sign-in failed</h1>", notice(exc.message),
+                                           '<p><a href="/_gate/login">Try again</a></p>'), status=exc.status, narrow=True)
     except Unauthenticated as exc:
-        return page("Sign-in refused", f'<p class="err">{html.escape(exc.message)}</p>', 403)
+        return page("Sign-in refused", card("<h1>Sign-in refused</h1>", notice(exc.message)), status=403, narrow=True)
     return signed_in(rt, ident, safe_next(next_path), refresh_token)
 
 
 async def logout(request: Request) -> Response:
-    rt = _services(request)
+    rt = services_of(request)
     value = request.cookies.get(COOKIE)
     if value:
         await rt.authn.sign_out(value)
@@ -156,75 +155,23 @@ async def logout(request: Request) -> Response:
         target = await rt.oidc.logout_url(request) or target
     response = RedirectResponse(target, status_code=303, headers={"cache-control": "no-store"})
     response.raw_headers.append((b"set-cookie", clear_cookie_header(rt.secure_cookies)))
+    response.raw_headers.append((b"set-cookie", _CLEAR_SIGNED_OUT))
     return response
+
+
+_CLEAR_SIGNED_OUT = f"{SIGNED_OUT_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax".encode()
 
 
 async def signed_out(request: Request) -> Response:
-    return page("Signed out", '<p>You are signed out.</p><p><a href="/_gate/login">Sign in again</a></p>')
-
-
-async def me(request: Request) -> Response:
-    ident = await caller(request)
-    if isinstance(ident, Response):
-        return ident
-    info = describe(_services(request), ident)
-    if not wants_json(request):
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
-                       for k, v in info.items())
-        return page("Who am I", f"<table>{rows}</table><p><a href='/_gate/tokens'>Personal tokens</a> · "
-                                "<a href='/_gate/logout'>Sign out</a></p>")
-    return JSONResponse(info, headers={"cache-control": "no-store"})
-
-
-async def tokens(request: Request) -> Response:
-    rt = _services(request)
-    ident = await caller(request)
-    if isinstance(ident, Response):
-        return ident
-    if ident.via in ("token", "basic"):
-        return error_response(PermissionDenied("Personal tokens cannot mint personal tokens: sign in in the "
-                                               "browser or use the identity provider's token."))
-    if ident.issuer is not None:
-        return error_response(PermissionDenied(f"Machine callers (issuer {ident.issuer}) sign in with their own "
-                                               "short-lived tokens and cannot mint personal tokens."))
-    listed = _read_list(rt, request, ident)
-    if request.method == "GET":
-        return JSONResponse({"tokens": listed}) if wants_json(request) else page("Personal tokens",
-                                                                                 _tokens_page(listed))
-    if ident.via == "session" and not same_origin(request, rt):
-        return error_response(PermissionDenied("Cross-site request refused."))
-    data = await small_json(request) if "json" in request.headers.get("content-type", "") else \
-        await small_form(request)
-    try:
-        seconds = parse_duration(str(data.get("expires_in") or "30d"))
-        if seconds > MAX_TOKEN_LIFETIME:
-            raise TokenError("a personal token may live at most 90 days (90d)")
-    except TokenError as exc:
-        return error_response(BadRequest(str(exc)))
-    return _minted(request, rt, ident, seconds, str(data.get("name") or "")[:100], listed)
-
-
-def _minted(request: Request, rt: Services, ident: Identity, seconds: int, name: str,
-            listed: list[dict[str, Any]]) -> Response:
-    token = mint_token(rt.secret_key, ident.id, tuple(sorted(ident.groups)), seconds, name, account=ident.account)
-    minted = read_token(rt.secret_key, token)
-    rt.audit.minted(ident, minted)
-    claims = minted.as_json()
-    listed = ([{k: claims[k] for k in ("id", "name", "expires_at")}] + listed)[:20]
-    if wants_json(request):
-        response: Response = JSONResponse({"token": token, **claims}, headers={"cache-control": "no-store"})
-    else:
-        response = page("Personal tokens", "<p>Your new token, shown once. Use it as "
-                        "<code>MLFLOW_TRACKING_TOKEN</code>:</p>"
-                        f"<p><code id='token'>{html.escape(token)}</code></p>" + _tokens_page(listed))
-    response.set_cookie(TOKENS_COOKIE, _list_serializer(rt).dumps({"u": ident.id, "t": listed}),
-                        max_age=MAX_TOKEN_LIFETIME, httponly=True, samesite="lax", secure=rt.secure_cookies,
-                        path="/_gate/tokens")
-    return response
+    answer = page("Signed out", card("<h1>You are signed out</h1><p>You are signed out of MLflow on this browser.</p>"
+                                     '<div class="actions"><a class="button" href="/_gate/login">Sign in again</a>'
+                                     "</div>"), narrow=True)
+    answer.raw_headers.append((b"set-cookie", _CLEAR_SIGNED_OUT))
+    return answer
 
 
 async def oidc_info(request: Request) -> Response:
-    rt = _services(request)
+    rt = services_of(request)
     if rt.oidc is None:
         return error_response(NotFound("No identity provider is configured on this gate."))
     s = rt.oidc.settings
@@ -234,8 +181,8 @@ async def oidc_info(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     """The status for anyone (probes send no credential); the details only for admins."""
-    rt = _services(request)
-    ident = await _credential(request)
+    rt = services_of(request)
+    ident = await credential(request)
     if isinstance(ident, Response):
         return ident
     upstream_ok, detail = await rt.upstream_health()
@@ -259,8 +206,8 @@ async def live(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """For admins; Prometheus scrapes the listener of `serve --metrics-port` instead, with no credential."""
-    rt = _services(request)
-    ident = await _credential(request)
+    rt = services_of(request)
+    ident = await credential(request)
     if isinstance(ident, Response):
         return ident
     if ident is None or not is_admin(rt.store.current, ident):
@@ -271,102 +218,20 @@ async def metrics(request: Request) -> Response:
                     headers={"cache-control": "no-store"})
 
 
-async def _credential(request: Request) -> Identity | None | Response:
-    """The caller if the request carries a credential, None if it carries none, 401 JSON if it is invalid."""
-    rt = _services(request)
-    try:
-        return await rt.authn.identify({k.lower(): v for k, v in request.headers.raw}, rt.store.current,
-                                       _client(request))
-    except GateError as err:
-        return error_response(err)
-
-
-def _client(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
-async def caller(request: Request) -> Identity | Response:
-    """The signed-in caller, or the answer for one who is not (sign-in redirect for browsers, else 401 JSON)."""
-    rt = _services(request)
-    try:
-        ident = await rt.authn.identify({k.lower(): v for k, v in request.headers.raw}, rt.store.current,
-                                        _client(request))
-        if ident is None:
-            raise Unauthenticated("Authentication required.")
-    except GateError as err:
-        if not wants_json(request):
-            return RedirectResponse(f"/_gate/login?next={request.url.path}", status_code=302)
-        return error_response(err)
-    return ident
-
-
 def routes() -> list[Route]:
     return [
         Route("/_gate/login", login, methods=["GET", "POST"]),
         Route("/_gate/callback", callback, methods=["GET"]),
         Route("/_gate/logout", logout, methods=["GET", "POST"]),
         Route("/_gate/signed-out", signed_out, methods=["GET"]),
-        Route("/_gate/me", me, methods=["GET"]),
-        Route("/_gate/tokens", tokens, methods=["GET", "POST"]),
+        Route("/_gate/me", account.me, methods=["GET"]),
+        Route("/_gate/tokens", account.tokens, methods=["GET", "POST"]),
         Route("/_gate/oidc", oidc_info, methods=["GET"]),
         Route("/_gate/health", health, methods=["GET"]),
         Route("/_gate/metrics", metrics, methods=["GET"]),
         Route("/_gate/live", live, methods=["GET"]),
+        Route("/_gate/static/{name}", asset, methods=["GET"]),
     ]
-
-
-def _tokens_page(listed: list[dict[str, Any]]) -> str:
-    rows = "".join(f"<tr><td><code>{html.escape(str(t['id']))}</code></td><td>{html.escape(str(t['name']))}</td>"
-                   f"<td>{html.escape(str(t['expires_at']))}</td></tr>" for t in listed)
-    table = f"<table><tr><th>id</th><th>name</th><th>expires</th></tr>{rows}</table>" if rows else \
-        "<p>No tokens minted in this browser yet.</p>"
-    return (table + '<h2>New token</h2><form method="post" action="/_gate/tokens">'
-            '<label>Name<input name="name" placeholder="laptop"></label>'
-            '<label>Expires in<select name="expires_in"><option>7d</option><option selected>30d</option>'
-            '<option>90d</option></select></label><button type="submit">Create token</button></form>'
-            "<p>To revoke a token, ask an admin to add its id to <code>revoked_tokens</code>.</p>")
-
-
-def _list_serializer(rt: Services) -> URLSafeSerializer:
-    return URLSafeSerializer(rt.secret_key, salt="mlflow-gate.token-list")
-
-
-def _read_list(rt: Services, request: Request, ident: Identity) -> list[dict[str, Any]]:
-    value = request.cookies.get(TOKENS_COOKIE)
-    if not value:
-        return []
-    try:
-        data = _list_serializer(rt).loads(value)
-    except BadSignature:
-        return []
-    if data.get("u") != ident.id:
-        return []
-    return [t for t in data.get("t", []) if isinstance(t, dict)]
-
-
-async def small_form(request: Request) -> dict[str, str]:
-    body = await request.body()
-    if len(body) > 16384:
-        return {}
-    return dict(parse_qsl(body.decode("utf-8", "replace")))
-
-
-async def small_json(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    try:
-        data = json.loads(body) if 0 < len(body) <= 16384 else {}
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def same_origin(request: Request, rt: Services) -> bool:
-    """A state-changing request from a browser must come from this gate's own pages."""
-    sent = request.headers.get("origin") or request.headers.get("referer")
-    if not sent:
-        return False
-    parts = urlsplit(sent)
-    return f"{parts.scheme}://{parts.netloc}" == _origin_of(request, rt)
 
 
 def signed_in(rt: Services, ident: Identity, next_path: str, refresh_token: str | None = None) -> Response:
@@ -375,29 +240,3 @@ def signed_in(rt: Services, ident: Identity, next_path: str, refresh_token: str 
     response.raw_headers.append((b"set-cookie", cookie_header(value, max_age=rt.session_lifetime,
                                                               secure=rt.secure_cookies)))
     return response
-
-
-def describe(rt: Services, ident: Identity) -> dict[str, Any]:
-    policy = rt.store.current
-    ctx = context_for(policy, ident)
-    teams = {name: ("maintainer" if str(level) == "manage" else "member") for name, level in ctx.roles.items()}
-    owned = {
-        name: {"experiments": list(policy.teams[name].experiments), "models": list(policy.teams[name].models),
-               "level": "manage" if role == "maintainer" else "edit"}
-        for name, role in teams.items()
-    }
-    grants = [{"experiments": list(exps), "models": list(models), "level": str(g.permission)}
-              for g, exps, models in ctx.grants]
-    out: dict[str, Any] = {**ident.as_json(), "admin": is_admin(policy, ident), "teams": teams,
-                           "can": {"teams": owned, "grants": grants, "default": str(policy.default)}}
-    if ident.expires:
-        out["expires_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ident.expires))
-    if ident.token_id:
-        out["token_id"] = ident.token_id
-    return out
-
-
-def _origin_of(request: Request, rt: Services) -> str:
-    if rt.public_origin:
-        return rt.public_origin
-    return f"{request.url.scheme}://{request.headers.get('host', '')}"

@@ -5,7 +5,7 @@ Mappings that never change (a run's, trace's or logged model's experiment) are k
 cache is full (the gate lets no trace move: see `existing_trace`); an experiment's name can change
 by rename, so it is kept for a short time and dropped by the gate when a rename passes through it.
 An id that cannot be resolved raises `Unresolvable`: the caller denies, never allows, with the
-message a refused object gets (`denial`), so no answer tells whether another team's object exists.
+message a refused object gets (`denials.denial`), so no answer tells whether another team's object exists.
 
 Ids the client chooses (a trace id of a trace it starts or exports spans to) are the exception: a
 trace the upstream definitely does not have (404 RESOURCE_DOES_NOT_EXIST) is a create; every other
@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from .cache import LRU
 from .decide import Decision, decide
+from .denials import denial, shortfall, shown
 from .errors import BadRequest, PermissionDenied, UpstreamUnavailable
 from .forward import Upstream
 from .identity import Identity
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 _EXPERIMENT_ID = re.compile(r"^[0-9]{1,19}$")
 _CHOSEN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")      # what a client may pick as a new id
+_BATCH = 500                 # experiment ids per batch lookup (below SQLite's bound-parameter limits)
 PROMPT_SOURCES = frozenset({"prompt-template", "dummy-source"})   # MLflow's placeholders for prompt versions
 
 
@@ -60,6 +62,15 @@ class RunInfo:
     experiment_id: str
     user_id: str
     artifact_uri: str = ""
+
+
+def _name_and_store(exp: Any) -> tuple[str, str | None] | None:
+    """An experiment's name and the team whose artifact store holds it (its `mlflow-gate.artifact-store` tag)."""
+    name = exp.get("name") if isinstance(exp, dict) else None
+    if not isinstance(name, str):
+        return None
+    tags = exp.get("tags") or []
+    return name, next((t.get("value") for t in tags if isinstance(t, dict) and t.get("key") == STORE_TAG), None)
 
 
 def _dig(data: Any, *keys: str) -> Any:
@@ -205,14 +216,29 @@ class Resolver:
         if info is None:
             data = await self._get("experiment", experiment_id, "/api/2.0/mlflow/experiments/get",
                                    {"experiment_id": experiment_id})
-            name = _dig(data, "experiment", "name")
-            if not isinstance(name, str):
+            info = _name_and_store(data.get("experiment") if isinstance(data, dict) else None)
+            if info is None:
                 raise Unresolvable(f"experiment {experiment_id}", "the experiment has no name")
-            tags = _dig(data, "experiment", "tags") or []
-            store = next((t.get("value") for t in tags if isinstance(t, dict) and t.get("key") == STORE_TAG), None)
-            info = (name, store)
             self.names.put(experiment_id, info)
         return info
+
+    async def prefetch_experiments(self, ids: list[str]) -> None:
+        """Many experiment ids in one request (the UI's compare view searches runs, traces, logged models of dozens):
+        the names not cached yet come from one upstream search, not one lookup each. An id it does not return is
+        left to `experiment_name`, which refuses it as before."""
+        wanted = sorted({i for i in ids if _EXPERIMENT_ID.match(i) and self.names.get(i) is None})
+        for start in range(0, len(wanted) if len(wanted) > 1 else 0, _BATCH):
+            chunk = wanted[start:start + _BATCH]
+            body = {"filter": f"experiment_id IN ({', '.join(repr(i) for i in chunk)})",
+                    "max_results": len(chunk), "view_type": "ALL"}
+            status, data = await self.upstream.get_json("/api/2.0/mlflow/experiments/search", body=body, method="POST",
+                                                        reads=True)
+            if status != 200 or not isinstance(data, dict):
+                return                  # one lookup per id then, which says what is wrong
+            for exp in data.get("experiments") or []:
+                info = _name_and_store(exp)
+                if info is not None and str(exp.get("experiment_id")) in chunk:
+                    self.names.put(str(exp["experiment_id"]), info)
 
     def forget_name(self, experiment_id: str) -> None:
         self.names.drop(experiment_id)
@@ -292,8 +318,10 @@ def _by_name(kind: str) -> Callable[[Resolver, str, Identity, Level], Awaitable[
 
 async def authorize(call: Call, resolver: Resolver) -> None:
     """Every id the request names, resolved to its name and decided; the first shortfall is refused."""
-    for need in call.route.needs:
-        ids = ids_of(need.fields, call.params, call.path_params, call.headers, repeatable=need.what is Names.RUN)
+    named = [(need, ids_of(need.fields, call.params, call.path_params, call.headers,
+                           repeatable=need.what is Names.RUN)) for need in call.route.needs]
+    await resolver.prefetch_experiments([v for need, ids in named if need.what is Names.EXPERIMENT for v in ids])
+    for need, ids in named:
         if not ids:
             if need.optional:
                 continue
@@ -313,13 +341,13 @@ async def check(call: Call, resolver: Resolver, what: Names, value: str, level: 
     """One id: resolved to its names, each decided and recorded; refused at the first shortfall.
     `aliases`: the model aliases the request sets, moves or deletes (a protected one needs manage).
 
-    Refused with no access and not found are one answer (`denial`): the level the route needs, the
-    id as the caller gave it. Only a caller who may read the object learns the level it holds."""
-    shown = SHOWN[what].format(value)
+    Refused with no access and not found are one answer (`denials.denial`): the level the route needs, the
+    id as the caller gave it, the names the caller may use. Only a caller who may read the object learns the
+    level it holds."""
     try:
         targets = await resolver.targets(what, value, call.who, level)
     except Unresolvable as exc:
-        raise PermissionDenied(denial(level, shown), detail=exc.detail) from exc
+        raise PermissionDenied(denial(level, what, value, call.rules, call.who), detail=exc.detail) from exc
     for target in targets:
         protected = _protected(call.rules, target, aliases)
         decision = decide(call.rules, call.who, target.kind, target.name,
@@ -327,8 +355,8 @@ async def check(call: Call, resolver: Resolver, what: Names, value: str, level: 
         call.decisions.append(decision)
         if not decision.allowed:
             if decision.have is Level.NONE:
-                raise PermissionDenied(denial(level, shown), decision)
-            raise PermissionDenied(_refusal(shown, target, decision, protected), decision)
+                raise PermissionDenied(denial(level, what, value, call.rules, call.who), decision)
+            raise PermissionDenied(_refusal(call, what, value, target, decision, protected), decision)
 
 
 def _protected(policy: Policy, target: Target, aliases: tuple[str, ...]) -> str | None:
@@ -338,15 +366,12 @@ def _protected(policy: Policy, target: Target, aliases: tuple[str, ...]) -> str 
     return f"{found!r} (team {team.name})" if team and found is not None else None
 
 
-def _refusal(shown: str, target: Target, decision: Decision, protected: str | None) -> str:
+def _refusal(call: Call, what: Names, value: str, target: Target, decision: Decision, protected: str | None) -> str:
+    """The refusal of a caller who may read the object but needs more (a protected alias says so)."""
     if protected is not None and decision.have >= target.level:     # refused because the alias is protected
-        return (f"Permission denied: alias {protected} of {shown} is protected: setting, moving or deleting it "
-                f"needs manage on the model; you have {decision.have}.")
-    return f"Permission denied: {target.level} on {shown} is needed; you have {decision.have}."
-
-
-def denial(level: Level, shown: str) -> str:
-    return f"Permission denied: {level} on {shown} is needed; you have no access to it, or it does not exist."
+        return (f"Permission denied: alias {protected} of {shown(what, value)} is protected: setting, moving or "
+                f"deleting it needs manage on the model; you have {decision.have}.")
+    return shortfall(decision.needed, decision.have, what, value, call.rules, call.who)
 
 
 async def check_within(call: Call, resolver: Resolver, need: Need, value: str) -> None:
@@ -365,14 +390,6 @@ async def check_within(call: Call, resolver: Resolver, need: Need, value: str) -
                                "assessment_id (and a trace start's overrides) out: MLflow assigns the id.")
 
 
-# How a denial names each kind of id: as the caller gave it, never what it resolved to.
-SHOWN: dict[Names, str] = {
-    Names.EXPERIMENT: "experiment {}", Names.EXPERIMENT_NAME: "experiment {!r}", Names.NEW_EXPERIMENT: "experiment {!r}",
-    Names.RUN: "run {}", Names.RUN_OWNED: "run {}", Names.TRACE: "trace {}", Names.NEW_TRACE: "trace {}",
-    Names.ASSESSMENT: "assessment {}", Names.LOGGED_MODEL: "logged model {}", Names.MODEL: "model {!r}",
-    Names.NEW_MODEL: "model {!r}", Names.PROMPT_URI: "prompt {!r}", Names.DATASET: "dataset {}",
-    Names.ARTIFACT_PATH: "artifact path {!r}", Names.SOURCE_URI: "model version source {!r}",
-}
 _RESOLVE: dict[Names, Callable[[Resolver, str, Identity, Level], Awaitable[list[Target]]]] = {
     Names.EXPERIMENT: Resolver._experiment_id,
     Names.EXPERIMENT_NAME: _by_name("experiment"),
@@ -390,9 +407,8 @@ _RESOLVE: dict[Names, Callable[[Resolver, str, Identity, Level], Awaitable[list[
     Names.ARTIFACT_PATH: Resolver._artifact_path,
     Names.SOURCE_URI: Resolver._source,
 }
-for _table, _what in ((_RESOLVE, "a resolution"), (SHOWN, "a way to show them")):
-    if set(_table) != set(Names):              # every kind of id a route can name is resolved and shown
-        raise ImportError(f"ids without {_what}: {sorted(n.value for n in set(Names) - set(_table))}")
+if set(_RESOLVE) != set(Names):              # every kind of id a route can name is resolved
+    raise ImportError(f"ids without a resolution: {sorted(n.value for n in set(Names) - set(_RESOLVE))}")
 
 
 def _trace_path(trace_id: str) -> str:

@@ -98,6 +98,17 @@ class View(enum.Enum):
     PRESIGNED_UPLOAD = "presigned_upload"
 
 
+class Answer(enum.Enum):
+    """A request the gate answers itself, never forwarded (`ui.py`): what the MLflow UI asks a server that has
+    accounts, answered from the gate's own sign-in and policy."""
+    CURRENT_USER = "current_user"            # who is signed in (the UI's account menu); its sign-out ends the session
+    MY_PERMISSIONS = "my_permissions"        # the caller's access as MLflow's permission rows
+    MY_ROLES = "my_roles"                    # ... as MLflow's roles (the account page), for the caller only
+    PASSWORD = "password"                    # the UI's "change password": passwords live in the policy
+    ASSISTANT_CONFIG = "assistant_config"    # no provider, no remote access: the assistant stays off
+    ASSISTANT_PROVIDERS = "assistant_providers"
+
+
 @dataclass(frozen=True)
 class Need:
     """One resource a request touches.
@@ -132,6 +143,8 @@ class Route:
     rewrite: Rewrite | None = None
     search: Search | None = None
     view: View | None = None
+    answer: Answer | None = None   # answered by the gate itself (`ui.py`)
+    ui_name_check: bool = False    # the UI's "is this name free?" lookup: under /ajax-api/ a refusal reads "missing"
     graphql: bool = False          # a GraphQL document, authorized per root field (`graphql.py`)
     artifacts: bool = False        # MLflow's artifact protocol, served from the gate's stores when they hold the path
     renames: bool = False          # a success may rename the experiment: its cached name is dropped
@@ -139,7 +152,7 @@ class Route:
     def __post_init__(self) -> None:
         object.__setattr__(self, "access", Access(self.access))
         object.__setattr__(self, "source", Source(self.source))
-        for name, kind in (("rewrite", Rewrite), ("search", Search), ("view", View)):
+        for name, kind in (("rewrite", Rewrite), ("search", Search), ("view", View), ("answer", Answer)):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, kind(value))
@@ -220,7 +233,8 @@ ROUTES: tuple[Route, ...] = (
     checked("POST", "2.0/mlflow/experiments/delete-experiment-tag", exp(level=E), rewrite=Rewrite.EXPERIMENT_TAG),
     checked("POST", "2.0/mlflow/experiments/set-experiment-tag", exp(level=E), rewrite=Rewrite.EXPERIMENT_TAG),
     checked("GET", "2.0/mlflow/experiments/get", exp(level=R)),
-    checked("GET", "2.0/mlflow/experiments/get-by-name", need(Names.EXPERIMENT_NAME, "experiment_name", level=R)),
+    checked("GET", "2.0/mlflow/experiments/get-by-name", need(Names.EXPERIMENT_NAME, "experiment_name", level=R),
+            ui_name_check=True),
     checked("POST", "2.0/mlflow/experiments/update", exp(level=M),
             need(Names.EXPERIMENT_NAME, "new_name", level=M, optional=True), renames=True),
     row("GET POST", "2.0/mlflow/experiments/search", SIGNED_IN, search=Search.EXPERIMENTS),
@@ -432,10 +446,19 @@ ROUTES: tuple[Route, ...] = (
     row("GET POST PUT PATCH DELETE", "3.0/mlflow/mcp-servers/{rest:path}", ADMIN),
     row("GET POST", "3.0/mlflow/skills", ADMIN),
     row("GET POST PUT PATCH DELETE", "3.0/mlflow/skills/{rest:path}", ADMIN),
+    # MLflow's accounts (its basic-auth app; the UI asks these on every page): answered by the gate, whose
+    # accounts they are. The other account routes are admin-only.
+    row("GET", "2.0/mlflow/users/current", SIGNED_IN, source=Source.NONE, answer=Answer.CURRENT_USER),
+    row("GET", "3.0/mlflow/users/current/permissions", SIGNED_IN, source=Source.NONE, answer=Answer.MY_PERMISSIONS),
+    row("GET", "3.0/mlflow/users/roles/list", SIGNED_IN, source=Source.QUERY, answer=Answer.MY_ROLES),
+    row("PATCH", "2.0/mlflow/users/update-password", SIGNED_IN, source=Source.NONE, answer=Answer.PASSWORD),
     row("GET POST PUT PATCH DELETE", "2.0/mlflow/users/{rest:path}", ADMIN),
     row("GET POST PUT PATCH DELETE", "3.0/mlflow/users/{rest:path}", ADMIN),
     row("GET POST PUT PATCH DELETE", "3.0/mlflow/roles/{rest:path}", ADMIN),
     # --- MLflow's assistant runs tools on the server's host: refused for everyone -------------
+    # (the settings the UI reads on every page are answered by the gate: no provider, no remote access)
+    row("GET", "3.0/mlflow/assistant/config", SIGNED_IN, source=Source.NONE, answer=Answer.ASSISTANT_CONFIG),
+    row("GET", "3.0/mlflow/assistant/providers", SIGNED_IN, source=Source.NONE, answer=Answer.ASSISTANT_PROVIDERS),
     row("GET POST PUT PATCH DELETE", "3.0/mlflow/assistant/{rest:path}", REFUSED),
 )
 

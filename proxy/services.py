@@ -25,6 +25,7 @@ from .artifacts import Stores
 from .audit import Audit, Denials
 from .authn import Authenticator
 from .errors import UpstreamUnavailable
+from .filters import Searches
 from .forward import Upstream
 from .issuers import Issuers
 from .jwt_bearer import provider_verifier
@@ -53,6 +54,7 @@ class Services:
     metrics: Metrics
     upstream: Upstream
     resolver: Resolver
+    searches: Searches
     artifacts: ArtifactServer
     audit: Audit
     public_origin: str | None
@@ -136,8 +138,8 @@ def _build(settings: Settings, upstream_url: str, store: PolicyStore, http: http
         settings=settings, upstream_url=upstream_url, store=store, http=http,
         oidc=OidcLogin(oidc_settings, settings.public_url) if oidc_settings else None,
         authn=Authenticator(settings.secret_key, jwt=jwt, provider=provider, issuers=issuers), table=RouteTable(),
-        metrics=metrics, upstream=upstream,
-        resolver=resolver, artifacts=artifacts, audit=Audit(metrics, audit_sink, denials),
+        metrics=metrics, upstream=upstream, resolver=resolver, searches=Searches(upstream, settings.secret_key),
+        artifacts=artifacts, audit=Audit(metrics, audit_sink, denials),
         denials=denials, budgets=Budgets(),
         public_origin=f"{parts.scheme}://{parts.netloc}" if parts else None,
         secure_cookies=bool(parts and parts.scheme == "https"))

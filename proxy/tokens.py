@@ -7,7 +7,6 @@ A token a local account minted carries the account's stamp: it works while the a
 """
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,12 +15,14 @@ from itsdangerous import BadSignature, URLSafeSerializer
 
 PREFIX = "mgt_"
 _SALT = "mlflow-gate.personal-token"
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class TokenError(ValueError):
     pass
+
+
+class ForeignToken(TokenError):
+    """A token whose signature does not verify with this key: signed with another secret key, or altered."""
 
 
 @dataclass(frozen=True)
@@ -36,14 +37,6 @@ class TokenClaims:
     def as_json(self) -> dict[str, object]:
         return {"id": self.id, "user": self.user, "groups": list(self.groups), "expires": int(self.expires),
                 "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.expires)), "name": self.name}
-
-
-def parse_duration(text: str) -> int:
-    """'30d', '12h', '90m', '45s' or plain seconds -> seconds."""
-    m = _DURATION.match(text)
-    if not m or int(m.group(1)) <= 0:
-        raise TokenError(f"{text!r} is not a duration: use a positive number with s, m, h, d or w (e.g. 30d)")
-    return int(m.group(1)) * _UNITS[m.group(2)]
 
 
 def _serializer(secret_key: str) -> URLSafeSerializer:
@@ -72,7 +65,8 @@ def read_token(secret_key: str, token: str, *, now: float | None = None) -> Toke
         claims = TokenClaims(str(data["i"]), str(data["u"]), tuple(str(g) for g in data.get("g", ())),
                              float(data["e"]), str(data.get("n", "")), str(data["a"]) if "a" in data else None)
     except BadSignature as exc:
-        raise TokenError("the personal token's signature is invalid (tampered, or signed with another key)") from exc
+        raise ForeignToken("the personal token's signature does not match this secret key: it was signed with "
+                           "another key (or altered)") from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise TokenError("the personal token is malformed") from exc
     if claims.expires <= (time.time() if now is None else now):

@@ -31,3 +31,30 @@ def world(gate) -> World:  # type: ignore[no-untyped-def]
         beta_run=seeded_run(bob, beta_exp, "beta-secret"),
         public_run=seeded_run(alice, public_exp, "public-data"),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A gate with local accounts (no identity provider), signed in to from a browser
+
+
+ACCOUNT_PASSWORD = "first-hour-0123"
+
+
+@pytest.fixture(scope="session")
+def accounts_gate(mlflow_server, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The suites' policy (tests/support/gate.py) with local accounts for alice (team alpha) and bob (team beta),
+    password ACCOUNT_PASSWORD, in front of the session's mlflow server: what a team without an identity provider
+    runs. Tests that use it pin `mlflow_server` to sqlite."""
+    from proxy.passwords import hash_password
+    from tests.support.client import import_mlflow_client_modules
+    from tests.support.gate import TEST_POLICY, start_gate
+
+    import_mlflow_client_modules()
+    hashed = hash_password(ACCOUNT_PASSWORD)
+    users = "".join(f'  {u}: {{password: "{hashed}", groups: []}}\n' for u in (ALICE, BOB))
+    gate = start_gate(tmp_path_factory.mktemp("accounts-gate"), mlflow_server.url, TEST_POLICY + "users:\n" + users,
+                      backend="sqlite-accounts")
+    try:
+        yield gate
+    finally:
+        gate.stop()

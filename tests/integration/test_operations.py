@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.gate import TEST_POLICY, gate_process, start_gate
+from tests.support.gate import TEST_POLICY, gate_process, mint_token, start_gate
 from tests.support.process import free_port, group_alive, log_tail
 
 pytestmark = pytest.mark.integration
@@ -158,8 +158,13 @@ def test_the_embedded_server_stops_with_the_gate(tmp_path: Path, how: signal.Sig
         assert children, "the gate started no embedded mlflow server"
         mlflow_pgids = {os.getpgid(int(c)) for c in children}
         assert proc.pid not in mlflow_pgids          # the server runs in its own process group
+        if how is signal.SIGINT:
+            assert_one_line_per_request(gate)
         os.kill(proc.pid, how)
-        proc.wait(timeout=60)
+        code = proc.wait(timeout=60)
+        if how is signal.SIGINT:                     # Ctrl-C: one line, no traceback
+            assert code == 130 and "mlflow-gate: stopped." in log.read_text(), log_tail(log)
+            assert "Traceback" not in log.read_text(), log_tail(log)
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and any(group_alive(g) for g in mlflow_pgids):
             time.sleep(0.2)
@@ -167,6 +172,17 @@ def test_the_embedded_server_stops_with_the_gate(tmp_path: Path, how: signal.Sig
         assert (tmp_path / "mlflow.db").exists()       # the quick start's default store, in the working folder
     finally:
         gate.stop()
+
+
+def assert_one_line_per_request(gate) -> None:  # type: ignore[no-untyped-def]
+    """A request through the gate is logged once (its audit line), not also by the embedded server's access log."""
+    offset = gate.log_size()
+    token = mint_token("alice@corp.test")
+    path = "/api/2.0/mlflow/experiments/search?max_results=7"
+    assert httpx.get(gate.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code == 200
+    time.sleep(1.5)                                  # the audit writer flushes within 50 ms; mlflow's log would be slower
+    lines = [line for line in gate.log_since(offset).splitlines() if "experiments/search" in line]
+    assert len(lines) == 1 and json.loads(lines[0])["path"] == "/api/2.0/mlflow/experiments/search", lines
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

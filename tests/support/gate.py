@@ -57,8 +57,9 @@ def gate_command() -> list[str]:
 
 
 def gate_env(**extra: str) -> dict[str, str]:
-    """The environment of an `mlflow-gate` process: `child_env` with the tests' secret key."""
-    return child_env(MLFLOW_GATE_SECRET_KEY=SECRET_KEY, **extra)
+    """The environment of an `mlflow-gate` process: `child_env` with the tests' secret key (unless `extra` sets
+    MLFLOW_GATE_SECRET_KEY itself; "" counts as unset)."""
+    return child_env(**{"MLFLOW_GATE_SECRET_KEY": SECRET_KEY, **extra})
 
 
 def gate_cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

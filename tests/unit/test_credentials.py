@@ -15,7 +15,8 @@ from proxy.identity import Identity
 from proxy.passwords import hash_password, verify_password
 from proxy.policy import load_policy_text
 from proxy.sessions import COOKIE, make_session, new_session, read_session
-from proxy.tokens import TokenError, mint_token, parse_duration, read_token
+from proxy.settings import DurationError, parse_duration
+from proxy.tokens import mint_token, read_token
 
 KEY = "unit-test-secret-key-0123456789"
 PW = hash_password("s3cret-pass")
@@ -38,15 +39,21 @@ def basic(user: str, password: str) -> dict[bytes, bytes]:
     return {b"authorization": b"Basic " + base64.b64encode(f"{user}:{password}".encode())}
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30d", 2592000), ("12h", 43200), ("90m", 5400), ("45", 45), ("1w", 604800)])
+@pytest.mark.parametrize(("text", "seconds"), [("30d", 2592000), ("12h", 43200), ("90m", 5400), ("45s", 45),
+                                              ("1w", 604800), (" 7 d ", 604800)])
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0d", "-1d", "3y", "soon"])
+@pytest.mark.parametrize("text", ["", "0d", "-1d", "3y", "soon", "30", "1.5h"])
 def test_bad_durations(text: str) -> None:
-    with pytest.raises(TokenError):
+    with pytest.raises(DurationError):
         parse_duration(text)
+
+
+def test_a_bare_number_is_refused_with_the_units_to_use() -> None:
+    with pytest.raises(DurationError, match=r"'30' has no unit: .*\(30s, 30m, 30h or 30d\)"):
+        parse_duration("30")
 
 
 def test_token_round_trip() -> None:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from proxy.decide import decide, level_on, readable_prefixes, run_checks, with_account_groups
-from proxy.filters import SEARCHES, filtered_page, single_prefix_filter
 from proxy.identity import Identity
+from proxy.merge import Cursor, Lane, Merge
+from proxy.plan import Stream, plan
 from proxy.policy import Level, load_policy_text
 
 POLICY = load_policy_text("""
@@ -151,24 +152,27 @@ denies:
 """, "p.yaml")
     prefixes = readable_prefixes(policy, CONTRACTOR, "experiment")
     assert prefixes == ["vision/"]
-    pushed = single_prefix_filter(prefixes, None)
-    assert pushed == "name LIKE 'vision/%'"
+    streams = plan(prefixes, None)
+    assert streams == [Stream("vision/", "name LIKE 'vision/%'")]
     upstream = [{"name": n} for n in ("vision/a", "vision/secret/x", "vision/b", "vision/secret/y", "vision/c")]
 
-    async def fetch(token: str | None, size: int) -> dict[str, Any]:
+    async def fetch(stream: Stream, token: str | None, size: int) -> dict[str, Any]:
         start = int(token or 0)
         page = upstream[start:start + size]
         more = start + size < len(upstream)
         return {"experiments": page, **({"next_page_token": str(start + size)} if more else {})}
 
-    def keep(item: dict[str, Any]) -> bool:
+    def keep(stream: Stream, item: dict[str, Any]) -> bool:
         return decide(policy, CONTRACTOR, "experiment", item["name"], Level.READ).allowed
 
-    experiments = next(k for k in SEARCHES.values() if k.list_key == "experiments")
-    first = asyncio.run(filtered_page(fetch, keep, experiments, 2, None, prefiltered=True))
-    assert [e["name"] for e in first["experiments"]] == ["vision/a", "vision/b"]
-    second = asyncio.run(filtered_page(fetch, keep, experiments, 2, first["next_page_token"], prefiltered=True))
-    assert [e["name"] for e in second["experiments"]] == ["vision/c"] and "next_page_token" not in second
+    def page(cursor: Cursor) -> tuple[list[str], Merge]:
+        merge = Merge([Lane(streams[0], cursor)], fetch, keep, None, "experiments", 1000, 2)
+        return [e["name"] for e in asyncio.run(merge.page())], merge
+
+    first, merge = page(Cursor())
+    assert first == ["vision/a", "vision/b"] and asyncio.run(merge.more())
+    second, merge = page(merge.lanes[0].cursor)
+    assert second == ["vision/c"] and not asyncio.run(merge.more())
 
 
 def test_contexts_stay_cached_per_caller() -> None:

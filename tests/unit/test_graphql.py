@@ -15,7 +15,7 @@ import pytest
 
 import proxy.graphql as gql
 from proxy.call import Call
-from proxy.errors import BadRequest, PermissionDenied
+from proxy.errors import BadRequest, InBandRefusal, PermissionDenied
 from proxy.graphql import ROOT_RULES, Analysis, Cut, analyse, authorize, cut_model_versions, request_of
 from proxy.identity import Identity
 from proxy.policy import Level, load_policy_text
@@ -249,7 +249,8 @@ def test_another_team_s_object_and_a_missing_one_get_the_same_denial() -> None:
     with pytest.raises(PermissionDenied) as missing:
         authorized((EXAMPLE, {"unrelated": 1}, None), {})
     assert foreign.value.message == missing.value.message == \
-        "Permission denied: GraphQL field 'mlflowSearchRuns' needs read on experiment '7'."
+        "Permission denied: read on experiment 7 is needed (GraphQL field 'mlflowSearchRuns'); you have no access " \
+        "to it, or it does not exist. You can read experiments whose names start with 'alpha/'."
     assert foreign.value.decision is not None and not foreign.value.decision.allowed
 
 
@@ -262,3 +263,45 @@ def test_an_allowed_document_is_sent_with_its_operation_and_every_variable_spell
 def test_admins_send_their_document_as_it_is() -> None:
     doc = authorized(("{ anything }", {"a": 1}, "X"), {}, user="root@corp.test")
     assert doc.payload == {"query": "{ anything }", "variables": {"a": 1}, "operationName": "X"} and doc.cuts == ()
+
+
+# The MLflow UI's own document for an experiment page (3.17.2, as Apollo sends it: with __typename everywhere).
+UI_GET_EXPERIMENT = """query MlflowGetExperimentQuery($input: MlflowGetExperimentInput!) @component(name: "MLflow.ExperimentRunTracking") {
+  mlflowGetExperiment(input: $input) {
+    apiError { code message __typename }
+    experiment { artifactLocation creationTime experimentId lastUpdateTime lifecycleStage name
+                 tags { key value __typename } __typename }
+    __typename
+  }
+}"""
+
+
+def test_the_ui_s_refused_document_is_answered_in_band_like_mlflow_s_own_errors() -> None:
+    """200 with the message in the field's apiError: the UI shows it at once (a 403 it retries for 5 s, then shows
+    "Received status code 403"). Another team's experiment and a missing one get the same bytes."""
+    request = (UI_GET_EXPERIMENT, {"input": {"experimentId": "7"}}, "MlflowGetExperimentQuery")
+    with pytest.raises(InBandRefusal) as foreign:
+        authorized(request, {"7": "beta/base"})
+    with pytest.raises(InBandRefusal) as missing:
+        authorized(request, {})
+    assert foreign.value.status == 200 and foreign.value.body() == missing.value.body()
+    message = foreign.value.message
+    assert json.loads(foreign.value.body()) == {"data": {"mlflowGetExperiment": {
+        "apiError": {"code": "PERMISSION_DENIED", "message": message, "__typename": "ApiError"},
+        "experiment": None, "__typename": "MlflowGetExperimentResponse"}}, "errors": None}
+    assert "beta/base" not in message and "You can read experiments whose names start with 'alpha/'" in message
+
+
+def test_in_band_answers_follow_aliases_and_other_documents_stay_403() -> None:
+    aliased = ('query { __typename e: mlflowGetExperiment(input: {experimentId: "7"}) '
+               "{ err: apiError { m: message } experiment { name } } }")
+    with pytest.raises(InBandRefusal) as refused:
+        authorized((aliased, None, None), {"7": "beta/base"})
+    assert json.loads(refused.value.body()) == {
+        "data": {"__typename": "Query", "e": {"err": {"m": refused.value.message}, "experiment": None}}, "errors": None}
+    for query in ('query { mlflowGetExperiment(input: {experimentId: "7"}) { experiment { name } } }',   # no apiError
+                  ('query { a: mlflowGetExperiment(input: {experimentId: "7"}) { apiError { message } } '
+                   'b: mlflowGetExperiment(input: {experimentId: "1"}) { apiError { message } } }')):   # two fields
+        with pytest.raises(PermissionDenied) as plain:
+            authorized((query, None, None), {"7": "beta/base", "1": "alpha/base"})
+        assert not isinstance(plain.value, InBandRefusal) and plain.value.status == 403

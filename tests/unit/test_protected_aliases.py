@@ -99,7 +99,9 @@ def test_a_caller_without_edit_is_refused_as_before_and_learns_nothing_of_the_pr
     with pytest.raises(PermissionDenied) as refused:
         decide_alias("nina@corp.test", "POST", "vision-clf", "champion")
     assert refused.value.message == ("Permission denied: edit on model 'vision-clf' is needed; you have no access "
-                                     "to it, or it does not exist.")
+                                     "to that name. You can create and edit registered models and prompts whose "
+                                     "names start with 'nlp-', and names no team owns.")
+    assert "alias" not in refused.value.message and "protected" not in refused.value.message
 
 
 def test_reading_an_alias_needs_read_only() -> None:

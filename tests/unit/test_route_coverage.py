@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from proxy.routes import ADMIN, CHECKED, PUBLIC, REFUSED, SIGNED_IN, RouteTable
+from proxy.routes import ADMIN, CHECKED, PUBLIC, REFUSED, SIGNED_IN, Answer, RouteTable
 from proxy.upstream_version import sample_path as concrete
 from tests.compat.mlflow_routes import installed_routes
 
@@ -36,11 +36,18 @@ def test_only_health_is_public() -> None:
     assert public == [("GET", "/health")]
 
 
+# The assistant's settings the UI reads on every page: answered by the gate itself (no provider), never forwarded.
+ASSISTANT_SETTINGS = {("GET", "/ajax-api/3.0/mlflow/assistant/config"), ("GET", "/ajax-api/3.0/mlflow/assistant/providers"),
+                      ("GET", "/api/3.0/mlflow/assistant/config"), ("GET", "/api/3.0/mlflow/assistant/providers")}
+
+
 def test_assistant_is_refused_and_admin_families_are_admin_only() -> None:
     table = RouteTable()
     for method, pattern in ROUTES:
         route = table.match(method, concrete(pattern))[0]  # type: ignore[index]
-        if "/assistant/" in pattern:
+        if (method, pattern) in ASSISTANT_SETTINGS:
+            assert route.answer in (Answer.ASSISTANT_CONFIG, Answer.ASSISTANT_PROVIDERS), pattern
+        elif "/assistant/" in pattern:
             assert route.access == REFUSED, pattern
         elif re.search(r"/(gateway|gateway-proxy|webhooks|workspaces|mcp-servers|skills)\b|/3\.0/(mlflow/)?jobs/", pattern):
             assert route.access == ADMIN, pattern

@@ -4,10 +4,12 @@ every kind of object: another team's object is refused, and a missing one gets t
 (the id aside), which never passes on what the upstream answered."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.integration.adversarial.adv_it import Objects, Way, build, normalised, ways
-from tests.integration.gate_it import ALICE
+from tests.integration.gate_it import ALICE, BOB, World, uid
 
 pytestmark = pytest.mark.integration
 WAYS = ways()
@@ -65,3 +67,30 @@ def test_a_version_copied_from_a_readable_version_works(gate, objects: Objects) 
         r = h.post("/api/2.0/mlflow/model-versions/create",
                    json={"name": objects.own["model"], "source": f"{objects.own['source_model']}/1"})
         assert r.status_code == 403, r.text
+
+
+@pytest.mark.parametrize("kind", ["experiments", "registered_models", "model_versions"])
+def test_a_full_page_says_nothing_of_the_unreadable_items_after_it(gate, world: World, kind: str) -> None:
+    """A page filled to `max_results` carries a next_page_token only when a readable item follows: otherwise its
+    presence tells whether another team has an object matching the filter (`name LIKE '%-merger'` finds a
+    `beta-...-merger` once the caller owns an `alpha-...-merger` to fill the page with)."""
+    n = uid()
+    owners = ((gate.client(ALICE), "alpha", world.alpha_run), (gate.client(BOB), "beta", world.beta_run))
+    for client, team, run_id in owners:
+        if kind == "experiments":
+            client.create_experiment(f"{team}/{n}-merger")
+        else:
+            client.create_registered_model(f"{team}-{n}-merger")
+        if kind == "model_versions":
+            source = f"{client.get_run(run_id).info.artifact_uri}/notes"
+            client.create_model_version(f"{team}-{n}-merger", source, run_id=run_id)
+    query = {"filter": f"name LIKE '%{n}-merger%'", "max_results": 1}
+    with gate.http(ALICE) as h:
+        if kind == "experiments":
+            r = h.post("/api/2.0/mlflow/experiments/search", json={**query, "order_by": ["name ASC"]})
+        else:
+            r = h.get(f"/api/2.0/mlflow/{kind.replace('_', '-')}/search", params={**query, "order_by": "name ASC"})
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert len(page[kind]) == 1 and "alpha" in json.dumps(page[kind]), page
+    assert "next_page_token" not in page, f"the token tells that another team's {kind} match: {page}"

@@ -2,17 +2,13 @@
 
 The browser may reach 127.0.0.1 only: every other request is aborted (the OP's dev pages and MLflow's UI would
 otherwise reach for fonts and telemetry). Screenshots of each step are saved under the test's tmp directory and copied
-to `test-output/browser/` in the repository (gitignored) so that a person can look at them.
-
-Never run `playwright install` here (it downloads browsers from the internet): the test uses /usr/bin/chromium,
-which `.ci/run` installs with apt.
+to `test-output/browser/oidc/` in the repository (gitignored) so that a person can look at them. Chromium and the
+screenshots: tests/support/browser.py.
 """
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -21,18 +17,14 @@ import pytest
 
 from tests.integration.gate_it import uid
 from tests.oidc.provider import OidcProvider
+from tests.support.browser import ARGS, CHROMIUM, TIMEOUT_MS, Shots, body_text, require_chromium, wait_for_text
 from tests.support.client import UserClient
 from tests.support.gate import Gate
 
 # One mlflow server is enough (sign-in does not touch the store): reuse the session's sqlite one.
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("mlflow_server", ["sqlite"], indirect=True)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 ALICE, BOB = "alice@corp.test", "bob@corp.test"
-REPO = Path(__file__).resolve().parents[3]
-TIMEOUT_MS = 30_000
 
 
 @dataclass
@@ -74,39 +66,12 @@ def seeded(oidc_gate: Gate, oidc_provider: OidcProvider) -> Seeded:
     return Seeded(alice_exp_id, alice_exp, alice_run_id, alice_run, bob_exp_id, bob_exp, bob_run)
 
 
-class Shots:
-    """Numbered screenshots in the test's tmp directory, copied to test-output/browser/ at the end."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.n = 0
-        self.paths: list[Path] = []
-
-    def take(self, page: Any, name: str) -> Path:
-        self.n += 1
-        path = self.root / f"{self.n:02d}-{name}.png"
-        page.screenshot(path=str(path), full_page=False)
-        self.paths.append(path)
-        return path
-
-    def publish(self) -> Path:
-        out = REPO / "test-output" / "browser"
-        out.mkdir(parents=True, exist_ok=True)
-        for old in out.glob("*.png"):
-            old.unlink()
-        for p in self.paths:
-            shutil.copy2(p, out / p.name)
-        return out
-
-
 @pytest.fixture
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[str], Shots]]:
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium is not installed (/usr/bin/chromium is missing); .ci/run installs it with "
-                    "`apt-get install chromium` (never `playwright install`: it needs the internet)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
-    shots = Shots(tmp_path_factory.mktemp("browser-screenshots"))
+    shots = Shots(tmp_path_factory.mktemp("browser-screenshots"), "oidc")
     blocked: list[str] = []
 
     def only_loopback(route: Any) -> None:
@@ -130,18 +95,10 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
             print(f"\nscreenshots: {shots.root} (copied to {out})")
 
 
-def body_text(page: Any) -> str:
-    return str(page.inner_text("body"))
-
-
 def settle(page: Any) -> None:
     """The page loaded and had a moment to render (the MLflow UI keeps polling, so "networkidle" never comes)."""
     page.wait_for_load_state("load")
     page.wait_for_timeout(800)
-
-
-def wait_for_text(page: Any, text: str, timeout: float = TIMEOUT_MS) -> None:
-    page.get_by_text(text, exact=False).first.wait_for(state="visible", timeout=timeout)
 
 
 def test_sign_in_browse_and_sign_out_in_chromium(oidc_gate: Gate, oidc_provider: OidcProvider, seeded: Seeded,
@@ -229,12 +186,24 @@ def browse(page: Any, oidc_gate: Gate, oidc_provider: OidcProvider, seeded: Seed
                f"experiment_id={seeded.bob_exp_id}&", f"experiment_id={seeded.bob_exp_id} ")
         return [(status, what) for status, what in answers if any(b in what for b in bob)]
 
-    # MLflow renders the gate's 403 as its own error ("Experiment load error: ... status code 403").
+    # MLflow renders the gate's refusal as its own error (the gate's words: "Permission denied: ... is needed").
     page.wait_for_function("() => /load error|permission denied|status code 403/i.test(document.body.innerText)")
     page.wait_for_timeout(300)
     text = body_text(page)
     shots.take(page, "bob-experiment-refused")
-    assert about_bob() and all(status == 403 for status, _ in about_bob()), about_bob()
+    # Each request about bob's experiment is refused: a 403, or for a GraphQL document that selects its field's
+    # apiError, MLflow's own in-band form (200, data null, apiError PERMISSION_DENIED), which the UI shows at once.
+    assert about_bob(), answers
+    for status, what in about_bob():
+        url, _, document = what.partition(" ")
+        if status != 403:
+            assert status == 200 and url == f"{gate}/graphql", (status, what)
+            replayed = page.evaluate("""async (body) => (await fetch('/graphql', {method: 'POST', body,
+                headers: {'Content-Type': 'application/json'}})).json()""", document)
+            [answer] = replayed["data"].values()
+            [error] = [v for v in answer.values() if isinstance(v, dict)]
+            assert error["code"] == "PERMISSION_DENIED" and "is needed" in error["message"], replayed
+            assert not [v for v in answer.values() if v not in (None, error) and not isinstance(v, str)], replayed
     assert seeded.bob_exp not in text and seeded.bob_run not in text and "bob_secret_metric" not in text
     assert not [what for status, what in answers if status == 200 and (seeded.bob_exp in what or "bob-secret" in what)]
     # The same refusal for a write from the UI's own origin (a same-origin fetch with the session cookie).
