@@ -61,6 +61,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("artifact path", (Names.ARTIFACT_PATH,), "artifact_path", "{exp}/{hex}/artifacts/notes/readme.txt"),
     Kind("source runs:/", (Names.SOURCE_URI,), "source_run", "runs:/{hex}/model"),
     Kind("source models:/", (Names.SOURCE_URI,), "source_model", "models:/m-{hex}"),
+    Kind("source models:/name/version", (Names.SOURCE_URI,), "source_version", "models:/beta-missing-{hex}/1"),
     Kind("source mlflow-artifacts:", (Names.SOURCE_URI,), "source_artifacts",
          "mlflow-artifacts:/{exp}/{hex}/artifacts/model"),
 )
@@ -137,6 +138,8 @@ def build(way: Way, value: str, objects: Objects) -> Request:
             _place(req, body, path_params, way.field, value, way.in_query)
         elif not need.optional and need.what not in CHOSEN:
             _place(req, body, path_params, need.fields[0], kind_of(need.what).value(objects, "own"), way.in_query)
+        if need.alias:         # the alias a model need names beside the model (set, moved or deleted)
+            _place(req, body, path_params, need.alias, "adv-alias", way.in_query)
     path = route.pattern if route.pattern.startswith("/") else "/api/" + route.pattern
     for name in _path_names(path):
         path = path.replace("{" + name + "}", path_params.get(name.split(":")[0], "x"))
