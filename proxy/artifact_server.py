@@ -26,8 +26,9 @@ from .forward import Receive, Send, send_bytes, stream_body
 from .metrics import Metrics
 from .params import parse_body, parse_query
 from .policy import Policy, PolicyStore
-from .resources import Resolver, artifact_experiment
+from .resources import Resolver
 from .rewrite import STORE_TAG
+from .uris import artifact_experiment
 
 __all__ = ["STORE_TAG", "ArtifactServer", "artifact_experiment", "internal_token", "route_of"]
 

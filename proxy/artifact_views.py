@@ -15,8 +15,9 @@ from .call import Call
 from .edge import read_body
 from .errors import BadRequest
 from .forward import send_bytes
-from .resources import Resolver, artifact_store_path
+from .resources import Resolver
 from .routes import View
+from .uris import artifact_store_path
 
 _JSON = [(b"content-type", b"application/json")]
 

@@ -31,7 +31,7 @@ from .edge import check_origin, check_path, header_map, is_page_load, read_body,
 from .errors import BadRequest, GateError, Internal, PermissionDenied, RateLimited, Unauthenticated, send_error
 from .forward import Receive, Send, relay, send_bytes
 from .limits import retry_after
-from .params import read_params
+from .params import check_version, read_params
 from .policy import Team
 from .resources import Unresolvable, authorize
 from .rewrite import check_types, rewrite_body
@@ -94,6 +94,7 @@ class Gate:
             call.body = await read_body(call.receive)
         call.params = read_params(call.method, call.route.source, call.query, call.body, call.headers)
         check_types(call.route.rewrite, call.params)
+        check_version(call.params)
         if call.route.access is Access.CHECKED and not call.admin:
             await authorize(call, self.s.resolver)
         await self.respond(call)

@@ -25,7 +25,8 @@ MAX_SPANS = 100_000
 MAX_TRACES = 1_000                  # distinct trace ids in one export: each is looked up
 CONTENT_TYPE = b"application/x-protobuf"
 MAX_JSON_DEPTH = 100                # protobuf's own limit for nested messages
-CREATOR_ATTRIBUTE = "mlflow.traceTag.mlflow.user"    # MLflow makes this root-span attribute the trace's tag
+TRACE_TAG_PREFIX = "mlflow.traceTag."
+CREATOR_ATTRIBUTE = TRACE_TAG_PREFIX + "mlflow.user"    # MLflow makes this root-span attribute the trace's tag
 _HEX_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 
 
@@ -127,6 +128,12 @@ def trace_ids(message: ExportTraceServiceRequest) -> list[str]:
             raise BadRequest("Every OTLP span needs a trace_id and a span_id.")
         out["tr-" + format(int.from_bytes(span.trace_id, "big"), "032x")] = None
     return list(out)
+
+
+def trace_tag_keys(message: ExportTraceServiceRequest) -> list[str]:
+    """The trace tags the spans set (MLflow makes a span attribute `mlflow.traceTag.<key>` the trace's tag)."""
+    return [a.key[len(TRACE_TAG_PREFIX):] for span in _spans(message) for a in span.attributes
+            if a.key.startswith(TRACE_TAG_PREFIX)]
 
 
 def set_creator(message: ExportTraceServiceRequest, user: str) -> None:

@@ -23,6 +23,8 @@ from .edge import parse_json
 from .errors import BadRequest
 from .routes import Source
 
+MAX_INT64 = 2**63 - 1           # MLflow's stores keep ids and version numbers in 64-bit integer columns
+
 _API_DOCS = " See the API docs for more information about request parameters."
 
 
@@ -170,6 +172,18 @@ def read_params(method: str, source: Source | str, query_string: bytes, body: by
     if source is Source.QUERY or (method == "GET" and query):
         return Params(query=query)
     return Params(body=parse_body(body or b""))
+
+
+def check_version(params: Params) -> None:
+    """A model version number is an integer MLflow's store compares as 64 bits: past that its lookup fails
+    with a 500 (sqlite: "Python int too large"), so it is a 400 here. Anything not an integer MLflow refuses."""
+    for value in params.values("version"):
+        try:
+            number = int(value)
+        except ValueError:
+            continue
+        if not -MAX_INT64 - 1 <= number <= MAX_INT64:
+            raise BadRequest(f"Parameter 'version' is {value[:40]!r}: a model version number is at most {MAX_INT64}.")
 
 
 def ids_of(fields: tuple[str, ...], params: Params, path_params: dict[str, str], headers: dict[bytes, bytes],

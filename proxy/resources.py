@@ -17,7 +17,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 from .cache import LRU
 from .decide import Decision, decide
@@ -25,11 +25,12 @@ from .denials import denial, shortfall, shown
 from .errors import BadRequest, PermissionDenied, UpstreamUnavailable
 from .forward import Upstream
 from .identity import Identity
-from .params import ids_of, missing_value
+from .params import MAX_INT64, ids_of, missing_value
 from .policy import Level, Policy
 from .prechecks import precheck
 from .rewrite import STORE_TAG
 from .routes import Names, Need
+from .uris import artifact_experiment, artifact_store_path, model_uri_parts, prompt_name
 
 if TYPE_CHECKING:
     from .call import Call
@@ -210,7 +211,7 @@ class Resolver:
         return (await self._experiment(experiment_id))[1]
 
     async def _experiment(self, experiment_id: str) -> tuple[str, str | None]:
-        if not _EXPERIMENT_ID.match(experiment_id):
+        if not _EXPERIMENT_ID.match(experiment_id) or int(experiment_id) > MAX_INT64:
             raise BadRequest(f"Invalid experiment ID '{experiment_id}'. Experiment ID must be a valid integer.")
         info = self.names.get(experiment_id)
         if info is None:
@@ -285,12 +286,23 @@ class Resolver:
             return []
         if source.startswith("runs:/"):
             return await self._run(source[len("runs:/"):].lstrip("/").split("/")[0], ident, level)
-        if source.startswith("models:/m-"):
-            return await self._logged_model(source[len("models:/"):].split("/")[0], ident, level)
+        if source.startswith("models:"):
+            return await self._model_uri(source, ident, level)
         if source.startswith("mlflow-artifacts:"):
             return await self._artifact_path(artifact_store_path(source) or "", ident, level)
         raise PermissionDenied("Permission denied: a model version's source must be a runs:/, models:/ or "
                                "mlflow-artifacts: URI of something you can read; raw storage URIs are for admins.")
+
+    async def _model_uri(self, uri: str, ident: Identity, level: Level) -> list[Target]:
+        """`models:/<id>` names a logged model; `models:/NAME/VERSION` (or a stage, `latest`) and `NAME@ALIAS`
+        a registered model, whose version MLflow copies (so `models:/m-1/1` is model `m-1`, not logged model m-1)."""
+        parts = model_uri_parts(uri, "models")
+        if parts is None:
+            raise BadRequest(f"Invalid model version source {uri!r}: use models:/<logged model id>, "
+                             "models:/<name>/<version> or models:/<name>@<alias>.")
+        if len(parts) == 1 and "@" not in parts[0]:
+            return await self._logged_model(parts[0], ident, level)
+        return [Target("model", parts[0] if len(parts) == 2 else parts[0].rsplit("@", 1)[0], level)]
 
     async def _prompt_uri(self, uri: str, ident: Identity, level: Level) -> list[Target]:
         return [Target("model", prompt_name(uri), level)]
@@ -303,16 +315,6 @@ def _by_name(kind: str) -> Callable[[Resolver, str, Identity, Level], Awaitable[
     async def resolve(resolver: Resolver, value: str, ident: Identity, level: Level) -> list[Target]:
         return [Target(kind, value, level)]
     return resolve
-
-
-def prompt_name(uri: str) -> str:
-    """The prompt a `prompts:/NAME/VERSION` or `prompts:/NAME@ALIAS` URI names, parsed as MLflow parses it."""
-    parsed = urlparse(uri, allow_fragments=False)
-    parts = parsed.path[1:].split("/") if parsed.path.startswith("/") else []
-    if parsed.scheme != "prompts" or parsed.netloc or parsed.params or parsed.query or not 1 <= len(parts) <= 2 \
-            or not parts[0].strip():
-        raise BadRequest(f"Invalid prompt URI {uri!r}: use prompts:/<name>/<version> or prompts:/<name>@<alias>.")
-    return parts[0] if len(parts) == 2 else parts[0].rsplit("@", 1)[0]
 
 
 async def authorize(call: Call, resolver: Resolver) -> None:
@@ -396,7 +398,7 @@ async def check_within(call: Call, resolver: Resolver, need: Need, value: str) -
                                    "trace cannot move; start it with a new trace id.", detail=f"in experiment {exp_id}")
     elif not (where and await resolver.is_assessment_of(where[0], value)):
         raise PermissionDenied(f"Permission denied: assessment {value} is not one of this trace's; leave "
-                               "assessment_id and overrides out of the assessments of a trace you start.")
+                               "assessment_id (and a trace start's overrides) out: MLflow assigns the id.")
 
 
 _RESOLVE: dict[Names, Callable[[Resolver, str, Identity, Level], Awaitable[list[Target]]]] = {
@@ -438,27 +440,3 @@ def _expect_found(what: str, ident: str, status: int, data: Any) -> Any:
     if status >= 500:
         raise UpstreamUnavailable(f"The MLflow server failed to look up {what} {ident!r} ({status}).")
     raise Unresolvable(f"{what} {ident}", f"the server answered {status}")
-
-
-def artifact_experiment(path: str) -> str:
-    """The experiment id an mlflow-artifacts path lives under: its first segment, digits only."""
-    if not path or path.startswith("/") or "\\" in path:
-        raise PermissionDenied(f"Permission denied: artifact path {path!r} must start with an experiment id.")
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
-        raise BadRequest(f"Artifact path {path!r} holds '.', '..' or empty segments.")
-    if not parts[0].isdigit() or not parts[0].isascii():
-        raise PermissionDenied(f"Permission denied: artifact path {path!r} is not under an experiment; only "
-                               "admins may reach the artifact store's root.")
-    return parts[0]
-
-
-def artifact_store_path(uri: str) -> str | None:
-    """`mlflow-artifacts:/1/abc/artifacts` (or `mlflow-artifacts://host/1/...`) -> `1/abc/artifacts`;
-    None for anything that is not an mlflow-artifacts URI."""
-    if not uri.startswith("mlflow-artifacts:"):
-        return None
-    rest = uri[len("mlflow-artifacts:"):]
-    if rest.startswith("//"):
-        rest = "/" + rest[2:].partition("/")[2]
-    return rest.strip("/") or None

@@ -7,9 +7,13 @@
 - Everything else a caller creates records the authenticated id as its creator where MLflow reads
   one: tag `mlflow.user` of logged models, registered models and versions (prompts too), traces
   (v3 metadata, v2 request metadata, OTLP root spans), evaluation datasets and their records,
-  and an issue's `created_by`. Whatever the client sent there is replaced.
+  an issue's `created_by`, and the `source_id` of a person's (HUMAN) assessment. Whatever the
+  client sent there is replaced.
 - Tags set later (runs, traces, logged models, registry, datasets): `mlflow.user` cannot be set to
   anyone else.
+- Tags MLflow's server reads as where (or how) a trace's data is stored (`mlflow.artifactLocation`: it serves the
+  trace's data and attachments from there with its own access to every store) are MLflow's: refused in tag
+  updates, trace starts and ends and OTLP span attributes.
 
 A field a rewrite replaces or drops that MLflow's schema types is checked first (`check_types`, before any
 id is resolved, as MLflow validates before it looks anything up): input MLflow refuses stays refused, with
@@ -35,6 +39,8 @@ USER_TAG = "mlflow.user"
 GATE_TAGS = "mlflow-gate."          # tags only the gate sets
 STORE_TAG = "mlflow-gate.artifact-store"
 _JSON_STRING_DEPTH = 64             # dataset records nest user data deeper than request bodies do
+# What MLflow's client keeps immutable (mlflow.utils.mlflow_tags.IMMUTABLE_TAGS) and its server does not refuse.
+STORAGE_TAGS = frozenset({"mlflow.artifactLocation", "mlflow.trace.spansLocation", "mlflow.trace.archiveLocation"})
 
 
 def _pop(body: dict[str, Any], key: str) -> Any:
@@ -83,8 +89,24 @@ def promptlab_run(body: dict[str, Any], ident: Identity, team: Team | None) -> d
     return body
 
 
+def refuse_storage_tags(keys: Any) -> None:
+    """Tags saying where MLflow keeps a trace's data are set by MLflow only."""
+    for key in keys:
+        if key in STORAGE_TAGS:
+            raise PermissionDenied(f"Permission denied: tag {key!r} says where MLflow stores the trace's data; "
+                                   "MLflow sets it, clients cannot.")
+
+
+def _tag_keys(tags: Any) -> list[Any]:
+    """The keys of a {key, value} list or of a key -> value object."""
+    if isinstance(tags, dict):
+        return list(tags)
+    return [t.get("key") for t in tags if isinstance(t, dict)] if isinstance(tags, list) else []
+
+
 def run_set_tag(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
     """A key/value tag body (runs, traces, registered models, model versions)."""
+    refuse_storage_tags([body.get("key")])
     if body.get("key") == USER_TAG:
         body["value"] = ident.id
     return body
@@ -104,9 +126,14 @@ def created_with_tags(body: dict[str, Any], ident: Identity, team: Team | None) 
 
 def trace_start_v3(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
     """`trace.trace_info`: metadata `mlflow.user` (where MLflow's client records who made a trace) and tag
-    `mlflow.user` (what MLflow's UI shows, after the application's own `mlflow.trace.user`) are the caller."""
+    `mlflow.user` (what MLflow's UI shows, after the application's own `mlflow.trace.user`) are the caller;
+    so is the person behind each HUMAN assessment it carries."""
     info = _object(_object(body, "trace", create=False), "trace_info", create=False)
     if info is not None:
+        refuse_storage_tags(_tag_keys(_field(info, "tags")))
+        assessments = _field(info, "assessments")
+        for assessment in assessments if isinstance(assessments, list) else []:
+            _claim_source(assessment, ident)
         for key in ("trace_metadata", "tags"):
             mapping = _object(info, key)
             if mapping is None:
@@ -116,12 +143,14 @@ def trace_start_v3(body: dict[str, Any], ident: Identity, team: Team | None) -> 
 
 
 def trace_start_v2(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    refuse_storage_tags(_tag_keys(_field(body, "tags")))
     for key in ("request_metadata", "tags"):
         body[key] = _with_tags(_pop(body, key), {USER_TAG: ident.id}, {})
     return body
 
 
 def trace_end_v2(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    refuse_storage_tags(_tag_keys(_field(body, "tags")))
     _claim(_field(body, "request_metadata"), ident)
     _claim(_field(body, "tags"), ident)
     return body
@@ -162,7 +191,22 @@ def issue_create(body: dict[str, Any], ident: Identity, team: Team | None) -> di
     return body
 
 
+def assessment_create(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    _claim_source(_field(body, "assessment"), ident)
+    return body
+
+
+def _claim_source(assessment: Any, ident: Identity) -> None:
+    """An assessment whose source is a person (HUMAN, MLflow's UI and `log_feedback`) names the caller as that
+    person; a judge's or code's source names the judge."""
+    source = _field(assessment, "source") if isinstance(assessment, dict) else None
+    if isinstance(source, dict) and _field(source, "source_type") in ("HUMAN", 1):
+        source.pop(camel("source_id"), None)
+        source["source_id"] = ident.id
+
+
 def otlp_spans(message: ExportTraceServiceRequest, ident: Identity) -> None:
+    refuse_storage_tags(otlp.trace_tag_keys(message))
     otlp.set_creator(message, ident.id)
 
 
@@ -214,6 +258,7 @@ REWRITES: dict[Rewrite, Callable[[dict[str, Any], Identity, Team | None], dict[s
     Rewrite.DATASET_TAGS: dataset_tags,
     Rewrite.DATASET_RECORDS: dataset_records,
     Rewrite.ISSUE_CREATE: issue_create,
+    Rewrite.ASSESSMENT_CREATE: assessment_create,
 }
 SPAN_REWRITES: dict[Rewrite, Callable[[ExportTraceServiceRequest, Identity], None]] = {
     Rewrite.OTLP_SPANS: otlp_spans,

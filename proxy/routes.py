@@ -79,6 +79,7 @@ class Rewrite(enum.Enum):
     DATASET_TAGS = "dataset_tags"
     DATASET_RECORDS = "dataset_records"    # each record's `mlflow.user` tag is the caller
     ISSUE_CREATE = "issue_create"          # `created_by` is the caller
+    ASSESSMENT_CREATE = "assessment_create"    # a person's (HUMAN) assessment is the caller's
 
 
 class Search(enum.Enum):
@@ -312,7 +313,10 @@ ROUTES: tuple[Route, ...] = (
     checked("GET", "3.0/mlflow/traces/{trace_id}", trace("path:trace_id", level=R)),
     checked("PATCH", "3.0/mlflow/traces/{trace_id}/tags", trace("path:trace_id", level=E), rewrite=Rewrite.TAG_VALUE),
     checked("DELETE", "3.0/mlflow/traces/{trace_id}/tags", trace("path:trace_id", level=E)),
-    checked("POST", "3.0/mlflow/traces/{trace_id}/assessments", trace("path:trace_id", level=E)),
+    # MLflow keeps a client-chosen assessment id (a duplicate of any trace's is a 500): only the trace's own.
+    checked("POST", "3.0/mlflow/traces/{trace_id}/assessments", trace("path:trace_id", level=E),
+            Need(Names.ASSESSMENT, ("assessment.assessment_id",), E, optional=True, within="path:trace_id"),
+            rewrite=Rewrite.ASSESSMENT_CREATE),
     checked("GET", "3.0/mlflow/traces/{trace_id}/assessments/{assessment_id}", trace("path:trace_id", level=R)),
     checked("PATCH DELETE", "3.0/mlflow/traces/{trace_id}/assessments/{assessment_id}",
             trace("path:trace_id", level=E)),

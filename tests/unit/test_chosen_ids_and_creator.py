@@ -14,7 +14,7 @@ from proxy.errors import BadRequest, PermissionDenied
 from proxy.identity import Identity
 from proxy.params import Params, read_params
 from proxy.policy import Level, load_policy_text
-from proxy.resources import Resolver, authorize, check, prompt_name
+from proxy.resources import Resolver, Target, authorize, check
 from proxy.rewrite import (
     created_with_tags,
     dataset_create,
@@ -25,6 +25,7 @@ from proxy.rewrite import (
     trace_start_v3,
 )
 from proxy.routes import Names, RouteTable
+from proxy.uris import prompt_name
 
 POLICY = load_policy_text("""
 teams:
@@ -51,6 +52,9 @@ class FakeUpstream:
         if path.endswith("/runs/get"):
             exp = {"ra": "1", "rb": "2"}.get(params["run_id"])
             return (200, {"run": {"info": {"experiment_id": exp, "user_id": "u"}}}) if exp else MISSING
+        if "/logged-models/" in path:
+            exp = {"m-a": "1", "m-b": "2"}.get(path.rsplit("/", 1)[1])
+            return (200, {"model": {"info": {"experiment_id": exp}}}) if exp else MISSING
         if "/assessments/" in path:
             return (200, {"assessment": {}}) if path.endswith("/tr-a/assessments/a-1") else MISSING
         if "/traces/" in path:
@@ -156,6 +160,24 @@ def test_prompt_uris_name_the_prompt_mlflow_loads(uri: str, name: str) -> None:
 def test_prompt_uris_mlflow_would_read_differently_are_refused(uri: str) -> None:
     with pytest.raises(BadRequest):
         prompt_name(uri)
+
+
+@pytest.mark.parametrize(("uri", "target"), [
+    ("models:/m-a", Target("experiment", "alpha/a", Level.READ)),
+    ("models:/m-b", Target("experiment", "beta/b", Level.READ)),
+    ("models:/m-a/1", Target("model", "m-a", Level.READ)),          # MLflow: version 1 of registered model m-a
+    ("models:/beta-x/3", Target("model", "beta-x", Level.READ)),
+    ("models:/beta-x/Production", Target("model", "beta-x", Level.READ)),
+    ("models:/m-a@champion", Target("model", "m-a", Level.READ)),
+])
+def test_model_version_sources_name_what_mlflow_copies(uri: str, target: Target) -> None:
+    assert run(Resolver(FakeUpstream()).targets(Names.SOURCE_URI, uri, ALICE, Level.READ)) == [target]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("uri", ["models://host/m-a", "models:/a/b/c", "models:/x/", "models:/m-a?x=1", "models:"])
+def test_model_version_sources_mlflow_would_read_differently_are_refused(uri: str) -> None:
+    with pytest.raises(BadRequest):
+        run(Resolver(FakeUpstream()).targets(Names.SOURCE_URI, uri, ALICE, Level.READ))  # type: ignore[arg-type]
 
 
 def test_json_is_parsed_with_bounded_depth_and_no_crash() -> None:

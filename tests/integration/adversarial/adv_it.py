@@ -61,6 +61,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("artifact path", (Names.ARTIFACT_PATH,), "artifact_path", "{exp}/{hex}/artifacts/notes/readme.txt"),
     Kind("source runs:/", (Names.SOURCE_URI,), "source_run", "runs:/{hex}/model"),
     Kind("source models:/", (Names.SOURCE_URI,), "source_model", "models:/m-{hex}"),
+    Kind("source models:/name/version", (Names.SOURCE_URI,), "source_version", "models:/beta-missing-{hex}/1"),
     Kind("source mlflow-artifacts:", (Names.SOURCE_URI,), "source_artifacts",
          "mlflow-artifacts:/{exp}/{hex}/artifacts/model"),
 )
@@ -148,6 +149,8 @@ def build(way: Way, value: str, objects: Objects) -> Request:
         elif not need.optional:         # a required chosen id gets a new one (it names nothing yet)
             own = f"tr-{hex32()}" if need.what in CHOSEN else kind_of(need.what).value(objects, "own")
             _place(req, body, path_params, need.fields[0], own, way.in_query)
+        if need.alias:         # the alias a model need names beside the model (set, moved or deleted)
+            _place(req, body, path_params, need.alias, "adv-alias", way.in_query)
     for key, filler in WELL_FORMED.get(route.pattern, {}).items():
         if way.in_query:
             req.params.append((key, str(filler)))

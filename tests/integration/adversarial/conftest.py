@@ -34,7 +34,8 @@ def _objects_of(gate, user: str, team: str, exp: str, run: str, exp_name: str) -
         "assessment": feedback.assessment_id,
         "dataset": dataset.dataset_id, "model": model, "prompt_uri": f"prompts:/{prompt}/1",
         "artifact_path": f"{exp}/{run}/artifacts/notes/readme.txt", "source_run": f"runs:/{run}/notes",
-        "source_model": f"models:/{logged}", "source_artifacts": f"mlflow-artifacts:/{exp}/{run}/artifacts/notes",
+        "source_model": f"models:/{logged}", "source_version": f"models:/{model}/1",
+        "source_artifacts": f"mlflow-artifacts:/{exp}/{run}/artifacts/notes",
     }
 
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from proxy.routes import ROUTES, Access, Route, Source
+from tests.integration.adversarial.adv_it import Objects
 from tests.integration.gate_it import ALICE, BOB, ROOT, World
 
 pytestmark = pytest.mark.integration
@@ -58,6 +59,8 @@ def test_the_table_of_parsed_bodies_is_not_empty() -> None:
     ("/api/3.0/mlflow/traces/batchGetInfos", '{"trace_ids": ["tr-\\udfff"]}'),
     ("/api/3.0/mlflow/datasets/create", '{"name": "n", "experiment_ids": ["1"], "tags": "' + "[" * 200 + '"}'),
     ("/api/2.0/mlflow/runs/log-metric", '{"run_id": "r", "value": ' + "1" * 5000 + "}"),
+    # 19 digits, past a 64-bit integer: MLflow's lookup failed with a 500, which the gate answered as a 503
+    ("/api/2.0/mlflow/runs/search", '{"experiment_ids": ["9999999999999999999"]}'),
 ])
 def test_ids_and_values_the_gate_cannot_use_are_a_400(gate, world: World, path: str, body: str) -> None:
     with gate.http(ALICE) as h:
@@ -110,3 +113,53 @@ def test_the_upstream_receives_the_request_id(echo_gate) -> None:  # type: ignor
                         for k, v in rec["headers"] if k.lower() == "x-request-id"]
             assert upstream == [r.headers["x-request-id"]], (upstream, r.headers)
             assert expect is None or upstream == [expect]
+
+
+@pytest.mark.parametrize("version", ["99999999999999999999", "-99999999999999999999"])
+def test_a_model_version_number_past_64_bits_is_a_400(gate, objects: Objects, version: str) -> None:
+    """MLflow's store failed on it with a 500 ("Python int too large to convert to SQLite INTEGER"), and the
+    gate's file view answered a misleading 503."""
+    model = objects.own["model"]
+    with gate.http(ALICE) as h:
+        answers = [h.get(f"/api/2.0/mlflow/model-versions/{verb}", params={"name": model, "version": version})
+                   for verb in ("get", "get-download-uri")]
+        answers.append(h.get("/model-versions/get-artifact", params={"name": model, "version": version, "path": "x"}))
+        answers.append(h.post("/api/2.0/mlflow/registered-models/alias",
+                              json={"name": model, "alias": "champion", "version": version}))
+        answers.append(h.patch("/api/2.0/mlflow/model-versions/update",
+                               json={"name": model, "version": version, "description": "d"}))
+    for r in answers:
+        assert r.status_code == 400, f"{r.request.url}: {r.status_code} {r.text[:300]}"
+        assert r.json()["error_code"] == "INVALID_PARAMETER_VALUE" and "version" in r.json()["message"], r.text
+
+
+PATH_PARAMS = [    # every route naming a file inside an object by a query parameter: (path, object's own params, the file's)
+    ("/get-artifact", lambda o, w: {"run_uuid": w.alpha_run}, "path"),
+    ("/api/2.0/mlflow/artifacts/list", lambda o, w: {"run_id": w.alpha_run}, "path"),
+    ("/model-versions/get-artifact", lambda o, w: {"name": o["model"], "version": "1"}, "path"),
+    ("/ajax-api/2.0/mlflow/logged-models/{lm}/artifacts/files", lambda o, w: {}, "artifact_file_path"),
+    ("/api/2.0/mlflow/logged-models/{lm}/artifacts/directories", lambda o, w: {}, "artifact_directory_path"),
+    ("/ajax-api/2.0/mlflow/get-trace-artifact", lambda o, w: {"request_id": o["trace"]}, "path"),
+    ("/api/2.0/mlflow-artifacts/artifacts", lambda o, w: {}, "path"),
+]
+ESCAPES = ["../../../{beta_exp}/{beta_run}/artifacts/notes/readme.txt", "notes/../../../../{beta_exp}",
+           "..%2f..%2f{beta_exp}", "/etc/passwd", "notes\\..\\..\\x"]
+
+
+@pytest.mark.parametrize(("path", "params", "field"), PATH_PARAMS, ids=[p[0] for p in PATH_PARAMS])
+def test_a_file_path_cannot_leave_its_object(gate, world: World, objects: Objects, path: str, params, field: str) -> None:  # type: ignore[no-untyped-def]
+    """`..`, encoded separators and absolute paths are refused (by the gate, or by MLflow where it validates them
+    itself) and never reach another team's files. Backslashes: the gate refuses them where it serves the files;
+    on the routes it forwards (a logged model's directories, a trace's data) MLflow reads one as a plain character
+    of a name inside the object."""
+    with gate.http(ALICE) as h:
+        for escape in ESCAPES:
+            value = escape.format(beta_exp=world.beta_exp, beta_run=world.beta_run)
+            if field == "path" and "mlflow-artifacts" in path:
+                value = f"{world.alpha_exp}/{value}"
+            r = h.get(path.format(lm=objects.own["logged_model"]), params={**params(objects.own, world), field: value})
+            if "\\" in value and r.status_code == 200:
+                continue      # forwarded, and an ordinary character to MLflow on POSIX: a name inside the object
+            assert r.status_code in (400, 403), f"{value}: {r.status_code} {r.text[:300]}"
+            assert r.json()["error_code"] in ("INVALID_PARAMETER_VALUE", "PERMISSION_DENIED"), r.text
+            assert "beta" not in r.text.replace(value, ""), r.text

@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.integration.adversarial.adv_it import Objects, hex32, otlp_export
+from tests.integration.adversarial.adv_it import Objects, hex32, normalised, otlp_export
 from tests.integration.gate_it import ALICE, BOB, World
 
 pytestmark = pytest.mark.integration
@@ -96,6 +96,24 @@ def test_a_trace_start_cannot_merge_another_teams_assessment(gate, world: World,
         # assessments without ids (what the client sends for feedback logged during a trace) are fine
         fine = {k: v for k, v in assessment.items() if k != field}
         r = alice.post(V3, json=start_body(f"tr-{hex32()}", world.alpha_exp, assessments=[fine]))
+        assert r.status_code == 200, r.text
+
+
+def test_an_assessment_create_with_a_chosen_id_tells_nothing_of_another_teams(gate, world: World,
+                                                                              objects: Objects) -> None:
+    """`POST traces/{id}/assessments` keeps a client-chosen `assessment_id`: another team's id made MLflow answer
+    500 (a duplicate key) where a missing one was created, telling that the id exists. A chosen id is refused
+    alike for both; an assessment without one (what the client sends) is created."""
+    own_trace = objects.own["trace"]
+    body = {"assessment_name": "quality", "source": {"source_type": "HUMAN", "source_id": "alice"},
+            "feedback": {"value": 1.0}}
+    answers = []
+    with gate.http(ALICE) as alice:
+        for chosen in (objects.foreign["assessment"], f"a-{hex32()}"):
+            r = alice.post(f"{V3}/{own_trace}/assessments", json={"assessment": {**body, "assessment_id": chosen}})
+            answers.append(normalised(r, chosen))
+        assert answers[0] == answers[1] and answers[0][0] == 403, answers
+        r = alice.post(f"{V3}/{own_trace}/assessments", json={"assessment": body})
         assert r.status_code == 200, r.text
 
 
@@ -237,3 +255,22 @@ def test_a_span_linked_to_a_run_at_once_is_linked(gate, world: World) -> None:
         mlflow.flush_trace_async_logging()
         found = mlflow.search_traces(locations=[world.alpha_exp], run_id=world.alpha_run2, return_type="list")
     assert trace_id in {t.info.trace_id for t in found}
+
+
+@pytest.mark.parametrize("header", ["X-MLflow-Experiment-Id", "X-MLflow-Run-Id"])
+def test_an_id_header_given_twice_is_refused(gate, world: World, header: str) -> None:
+    """The gate and MLflow could each read a different copy (the first, the last, either spelling): one id header,
+    given once, is the only form accepted, whichever copy names the other team."""
+    own, foreign = ((world.alpha_exp, world.beta_exp) if header.endswith("Experiment-Id")
+                    else (world.alpha_run, world.beta_run))
+    trace_hex = hex32()
+    with gate.http(ALICE) as alice:
+        for pair in ((own, foreign), (foreign, own)):
+            headers = [("Content-Type", "application/x-protobuf"), (header, pair[0]), (header.lower(), pair[1])]
+            if header.endswith("Run-Id"):
+                headers.append(("X-MLflow-Experiment-Id", world.alpha_exp))
+            r = alice.post("/v1/traces", content=otlp_export([trace_hex]), headers=headers)
+            assert r.status_code == 400, r.text
+            assert "given twice" in r.json()["message"], r.text
+        r = alice.get(f"{V3}/tr-{trace_hex}")
+        assert r.status_code == 403, r.text          # nothing was written: the trace does not exist

@@ -5,7 +5,9 @@ or sends `mlflow.user` (or `created_by`) itself. For every kind of object a call
 recording the authenticated id, in the field MLflow reads as the creator: tag `mlflow.user` of runs, logged models,
 registered models, model versions and prompts (MLflow 3.17 keeps no user for registry objects created over REST),
 trace metadata `mlflow.user` (v3 start, v2 start) and trace tag `mlflow.user` (OTLP root spans, tag updates), the
-`created_by` MLflow derives for evaluation datasets and their records, and an issue's `created_by`."""
+`created_by` MLflow derives for evaluation datasets and their records, an issue's `created_by`, and the person
+(`source_id` of a HUMAN source) who gave an assessment: `log_feedback(source=AssessmentSource("HUMAN", "bob"))`
+recorded feedback as bob's."""
 from __future__ import annotations
 
 import json
@@ -35,6 +37,16 @@ def mallory(gate) -> Iterator[mlflow.MlflowClient]:  # type: ignore[no-untyped-d
         resolve_env_metadata.cache_clear()
 
 
+def client_trace(world: World, name: str) -> str:
+    """A trace of one span in alpha's experiment, logged by MLflow's client (as alice)."""
+    mlflow.set_experiment(experiment_id=world.alpha_exp)
+    with mlflow.start_span(name=name):
+        pass
+    trace_id = mlflow.get_last_active_trace_id()
+    assert trace_id
+    return trace_id
+
+
 def test_runs(gate, world: World, mallory) -> None:  # type: ignore[no-untyped-def]
     with mlflow.start_run(experiment_id=world.alpha_exp) as run:
         pass
@@ -51,11 +63,7 @@ def test_logged_models(gate, world: World, mallory) -> None:  # type: ignore[no-
 
 
 def test_traces_from_the_client(gate, world: World, mallory) -> None:  # type: ignore[no-untyped-def]
-    mlflow.set_experiment(experiment_id=world.alpha_exp)
-    with mlflow.start_span(name="creator"):
-        pass
-    trace_id = mlflow.get_last_active_trace_id()
-    assert trace_id
+    trace_id = client_trace(world, "creator")
     info = mallory.get_trace(trace_id).info
     assert info.trace_metadata["mlflow.user"] == ALICE, info.trace_metadata
     assert info.tags["mlflow.user"] == ALICE, info.tags           # what MLflow's UI shows as the trace's user
@@ -128,3 +136,25 @@ def test_issues(gate, world: World) -> None:
                                          "description": "d", "created_by": MALLORY})
         assert r.status_code == 200, r.text
         assert r.json()["issue"]["created_by"] == ALICE, r.text
+
+
+def test_assessments_given_by_a_person(gate, world: World, mallory) -> None:  # type: ignore[no-untyped-def]
+    from mlflow.entities import AssessmentSource
+
+    trace_id = client_trace(world, "assessed")
+    human = mlflow.log_feedback(trace_id=trace_id, name="q", value=1.0,
+                                source=AssessmentSource(source_type="HUMAN", source_id="bob@corp.test"))
+    judge = mlflow.log_feedback(trace_id=trace_id, name="j", value=1.0,
+                                source=AssessmentSource(source_type="LLM_JUDGE", source_id="my-judge"))
+    assert mlflow.get_assessment(trace_id, human.assessment_id).source.source_id == ALICE
+    assert mlflow.get_assessment(trace_id, judge.assessment_id).source.source_id == "my-judge"
+    started = f"tr-{hex32()}"
+    with gate.http(ALICE) as h:
+        r = h.post(f"{A3}/traces", json={"trace": {"trace_info": {
+            "trace_id": started, "request_time": "2025-01-01T00:00:00Z", "execution_duration": "1s", "state": "OK",
+            "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": world.alpha_exp}},
+            "assessments": [{"assessment_name": "q", "feedback": {"value": 1.0},
+                             "source": {"sourceType": "HUMAN", "sourceId": MALLORY}}]}}})
+        assert r.status_code == 200, r.text
+        info = h.get(f"{A3}/traces/{started}").json()["trace"]["trace_info"]
+    assert [a["source"]["source_id"] for a in info["assessments"]] == [ALICE], info

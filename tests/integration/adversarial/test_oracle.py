@@ -20,7 +20,8 @@ def test_the_table_covers_every_kind_and_place() -> None:
     assert {"path", "query", "body", "header"} <= places, places
     assert {w.kind.label for w in WAYS} >= {"experiment", "experiment name", "run", "trace", "logged model",
                                              "dataset", "model name", "artifact path", "source runs:/",
-                                             "source models:/", "source mlflow-artifacts:"}
+                                             "source models:/", "source models:/name/version",
+                                             "source mlflow-artifacts:"}
     assert len(WAYS) > 150, len(WAYS)
 
 
@@ -53,6 +54,19 @@ def test_searches_for_a_foreign_or_a_missing_name_answer_alike(gate, objects: Ob
             assert r.status_code == 200, r.text
             answers.append(r.json())
     assert answers[0] == answers[1] and not any(answers[0].values()), answers
+
+
+def test_a_version_copied_from_a_readable_version_works(gate, objects: Objects) -> None:
+    """`models:/NAME/VERSION` is a registered model's version (MLflow copies its lineage), decided on that model's
+    name: the caller's own copies; `models:/m-.../1` is not read as the logged model m-...."""
+    with gate.http(ALICE) as h:
+        r = h.post("/api/2.0/mlflow/model-versions/create",
+                   json={"name": objects.own["model"], "source": f"models:/{objects.own['model']}/1"})
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"]["source"] == f"models:/{objects.own['model']}/1", r.text
+        r = h.post("/api/2.0/mlflow/model-versions/create",
+                   json={"name": objects.own["model"], "source": f"{objects.own['source_model']}/1"})
+        assert r.status_code == 403, r.text
 
 
 @pytest.mark.parametrize("kind", ["experiments", "registered_models", "model_versions"])
