@@ -23,18 +23,18 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from . import graphql, ui
+from . import graphql, scoped_search, ui
 from .artifact_views import serve_protocol, serve_view
 from .call import Call
 from .decide import is_admin
 from .edge import check_origin, check_path, header_map, is_page_load, read_body, request_id, set_headers
-from .errors import GateError, Internal, PermissionDenied, RateLimited, Unauthenticated, send_error
+from .errors import BadRequest, GateError, Internal, PermissionDenied, RateLimited, Unauthenticated, send_error
 from .forward import Receive, Send, relay, send_bytes
 from .limits import retry_after
 from .params import check_version, read_params
 from .policy import Team
-from .resources import authorize
-from .rewrite import rewrite_body
+from .resources import Unresolvable, authorize
+from .rewrite import check_types, rewrite_body
 from .routes import UNKNOWN, Access, Rewrite, Route, Source
 from .services import Services
 
@@ -93,6 +93,7 @@ class Gate:
         if needs_body(call.route, call.method, call.query):
             call.body = await read_body(call.receive)
         call.params = read_params(call.method, call.route.source, call.query, call.body, call.headers)
+        check_types(call.route.rewrite, call.params)
         check_version(call.params)
         if call.route.access is Access.CHECKED and not call.admin:
             await authorize(call, self.s.resolver)
@@ -137,8 +138,9 @@ class Gate:
             await send_bytes(call.send, status, _JSON, json.dumps(data).encode())
             return
         if route.search is not None and not call.admin:
-            self.allowed(call, "signed in; answer filtered")
-            page = await self.s.searches.page(call)
+            self.allowed(call, ("policy" if route.access is Access.CHECKED else "signed in") + "; answer filtered")
+            page = await (scoped_search.search(call, self.s.resolver) if route.search in scoped_search.KINDS
+                          else self.s.searches.page(call))
             await send_bytes(call.send, 200, _JSON, json.dumps(page).encode())
             return
         self.allowed(call, "admin" if call.admin else ("signed in" if route.access is Access.SIGNED_IN else "policy"))
@@ -159,11 +161,14 @@ class Gate:
             set_headers(call.scope, {b"content-type": content_type, b"content-encoding": None})
 
     async def team_of(self, call: Call, rewrite: Rewrite) -> Team | None:
-        """The team owning the experiment a creation lands in (for its tags)."""
+        """The team owning the experiment a creation lands in (for its tags). An experiment that cannot be
+        resolved has none: the caller was authorized (an admin), and MLflow gives its own answer."""
         name = call.params.scalar("name") if rewrite is Rewrite.EXPERIMENT_CREATE else None
-        if rewrite is Rewrite.RUN_CREATE:
-            exp_id = call.params.scalar("experiment_id")
-            name = await self.s.resolver.experiment_name(exp_id) if exp_id else None
+        if rewrite is Rewrite.RUN_CREATE and (exp_id := call.params.scalar("experiment_id")):
+            try:
+                name = await self.s.resolver.experiment_name(exp_id)
+            except (Unresolvable, BadRequest):
+                return None
         return call.rules.owner("experiment", name) if name else None
 
     def allowed(self, call: Call, reason: str) -> None:

@@ -5,9 +5,14 @@ query (snake_case names only, a scalar takes the first value); any other request
 JSON body, which may be double-encoded, and whose fields may be spelled snake_case or lowerCamelCase.
 The gate reads the same way and is stricter where MLflow is ambiguous: a field given under both
 spellings, or a scalar given twice, is refused.
+
+Ids are typed as MLflow's messages type them (every id field is a string, `..._ids` a list of strings), and checked
+before they are resolved: an id of another JSON type gets MLflow's own 400 (`invalid_value`), never a lookup, so
+the gate and MLflow never read one value two ways. Missing ids get MLflow's message too (`missing_value`).
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -19,6 +24,27 @@ from .errors import BadRequest
 from .routes import Source
 
 MAX_INT64 = 2**63 - 1           # MLflow's stores keep ids and version numbers in 64-bit integer columns
+
+_API_DOCS = " See the API docs for more information about request parameters."
+
+
+def schema_refusal(message: str) -> BadRequest:
+    """MLflow's answer when a parameter fails the schema its handler checks it against: the message, then a
+    pointer to the API docs."""
+    return BadRequest(message + _API_DOCS)
+
+
+def missing_value(field: str) -> BadRequest:
+    """MLflow's answer to a required parameter that is absent (or null, or empty)."""
+    return schema_refusal(f"Missing value for required parameter '{field}'.")
+
+
+def invalid_value(field: str, value: Any) -> BadRequest:
+    """MLflow's answer to a parameter of the wrong JSON type (`handlers._validate_param_against_schema`),
+    spaces included."""
+    shown = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return BadRequest(f"Invalid value {shown} for parameter '{field}' supplied:  Hint: Value was of type "
+                      f"'{type(value).__name__}'.{_API_DOCS}")
 
 
 def camel(name: str) -> str:
@@ -49,6 +75,12 @@ class Params:
             return []
         return [str(v) for v in _walk(self.body, field.split(".")) if v is not None and v != ""]
 
+    def ids(self, field: str) -> list[str]:
+        """The ids a field names, typed as MLflow's messages type them (`_typed`); from a query, as `values`."""
+        if self.body is None:
+            return self.values(field)
+        return [i for value in _walk(self.body, field.split("."), terminal_lists=False) for i in _typed(field, value)]
+
     def scalar(self, field: str) -> str | None:
         values = self.values(field)
         if len(values) > 1 and self.query is not None:
@@ -56,9 +88,10 @@ class Params:
         return values[0] if values else None
 
 
-def _walk(node: Any, parts: list[str]) -> list[Any]:
+def _walk(node: Any, parts: list[str], *, terminal_lists: bool = True) -> list[Any]:
+    """The values at a dotted path (`[]` walks a list); a list at the end is flattened unless told not to."""
     if not parts:
-        return node if isinstance(node, list) else [node]
+        return node if isinstance(node, list) and terminal_lists else [node]
     part, rest = parts[0], parts[1:]
     many = part.endswith("[]")
     key = part[:-2] if many else part
@@ -69,9 +102,21 @@ def _walk(node: Any, parts: list[str]) -> list[Any]:
         return []
     if many:
         if not isinstance(value, list):
-            raise BadRequest(f"Field '{key}' must be a list.")
-        return [v for item in value for v in _walk(item, rest)]
-    return _walk(value, rest)
+            raise invalid_value(key, value)
+        return [v for item in value for v in _walk(item, rest, terminal_lists=terminal_lists)]
+    return _walk(value, rest, terminal_lists=terminal_lists)
+
+
+def _typed(field: str, value: Any) -> list[str]:
+    """An id field's JSON value: a string, or for a `..._ids` field a list of strings; null and "" are absent.
+    Any other value is refused as MLflow refuses it."""
+    if value is None or value == "":
+        return []
+    if field.endswith("_ids") and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v for v in value if v]
+    if not field.endswith("_ids") and isinstance(value, str):
+        return [value]
+    raise invalid_value(field.replace("[]", ""), value)
 
 
 def _field(obj: dict[str, Any], key: str) -> Any:
@@ -156,7 +201,7 @@ def ids_of(fields: tuple[str, ...], params: Params, path_params: dict[str, str],
             value_b = headers.get(field[7:].encode())
             values = [value_b.decode("latin-1")] if value_b else []
         else:
-            values = params.values(field)
+            values = params.ids(field)
             if params.query is not None and len(values) > 1 and not field.endswith("s") and not repeatable:
                 raise BadRequest(f"Parameter '{field}' is given {len(values)} times; give it once.")
         out += [_printable(field, v) for v in values if v not in out]

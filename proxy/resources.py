@@ -25,8 +25,9 @@ from .denials import denial, shortfall, shown
 from .errors import BadRequest, PermissionDenied, UpstreamUnavailable
 from .forward import Upstream
 from .identity import Identity
-from .params import MAX_INT64, ids_of
+from .params import MAX_INT64, ids_of, missing_value
 from .policy import Level, Policy
+from .prechecks import precheck
 from .rewrite import STORE_TAG
 from .routes import Names, Need
 from .uris import artifact_experiment, artifact_store_path, model_uri_parts, prompt_name
@@ -211,7 +212,7 @@ class Resolver:
 
     async def _experiment(self, experiment_id: str) -> tuple[str, str | None]:
         if not _EXPERIMENT_ID.match(experiment_id) or int(experiment_id) > MAX_INT64:
-            raise BadRequest(f"{experiment_id!r} is not an experiment id (expected digits).")
+            raise BadRequest(f"Invalid experiment ID '{experiment_id}'. Experiment ID must be a valid integer.")
         info = self.names.get(experiment_id)
         if info is None:
             data = await self._get("experiment", experiment_id, "/api/2.0/mlflow/experiments/get",
@@ -317,23 +318,33 @@ def _by_name(kind: str) -> Callable[[Resolver, str, Identity, Level], Awaitable[
 
 
 async def authorize(call: Call, resolver: Resolver) -> None:
-    """Every id the request names, resolved to its name and decided; the first shortfall is refused."""
-    named = [(need, ids_of(need.fields, call.params, call.path_params, call.headers,
-                           repeatable=need.what is Names.RUN)) for need in call.route.needs]
-    await resolver.prefetch_experiments([v for need, ids in named if need.what is Names.EXPERIMENT for v in ids])
-    for need, ids in named:
-        if not ids:
-            if need.optional:
-                continue
-            raise BadRequest(f"Missing value for required parameter '{need.fields[0].split(':')[-1]}'.")
+    """Every id the request names, resolved to its name and decided; the first shortfall is refused.
+
+    All ids are read (typed, required ones present) before any is resolved, as MLflow validates a request
+    before it looks anything up: a malformed request gets MLflow's 400 whatever its ids name."""
+    precheck(call.route.pattern, call.params)
+    named = []
+    for need in call.route.needs:
+        ids = ids_of(need.fields, call.params, call.path_params, call.headers, repeatable=need.what is Names.RUN)
+        if not ids and not need.optional:
+            raise BadRequest(call.route.missing) if call.route.missing else missing_value(_top_level(need.fields[0]))
         aliases = tuple(ids_of((need.alias,), call.params, call.path_params, call.headers)) if need.alias else ()
-        if need.alias and not aliases:
-            raise BadRequest(f"Missing value for required parameter '{need.alias}'.")
+        if need.alias and ids and not aliases:
+            raise missing_value(need.alias)
+        named.append((need, ids, aliases))
+    await resolver.prefetch_experiments([v for need, ids, _ in named if need.what is Names.EXPERIMENT for v in ids])
+    for need, ids, aliases in named:
         for value in ids:
             if need.within is None:
                 await check(call, resolver, need.what, value, need.level, aliases=aliases)
             else:
                 await check_within(call, resolver, need, value)
+
+
+def _top_level(field: str) -> str:
+    """The parameter MLflow names when a field is missing: `locations[].mlflow_experiment.experiment_id` ->
+    `locations` (its schemas speak of the request's own fields), `path:run_id` -> `run_id`."""
+    return field.split(":")[-1].split(".")[0].removesuffix("[]")
 
 
 async def check(call: Call, resolver: Resolver, what: Names, value: str, level: Level, *,

@@ -3,6 +3,7 @@
 - experiments/create: the client's `artifact_location` is dropped, so the upstream puts the
   experiment under its own store (`mlflow-artifacts:/<id>`); the owning team's tags are added.
 - runs/create: tag `mlflow.user` (and `user_id`) become the authenticated id; team tags added.
+  runs/create-promptlab-run: only `user_id` (MLflow's promptlab handler cannot take tags from JSON).
 - Everything else a caller creates records the authenticated id as its creator where MLflow reads
   one: tag `mlflow.user` of logged models, registered models and versions (prompts too), traces
   (v3 metadata, v2 request metadata, OTLP root spans), evaluation datasets and their records,
@@ -13,6 +14,10 @@
 - Tags MLflow's server reads as where (or how) a trace's data is stored (`mlflow.artifactLocation`: it serves the
   trace's data and attachments from there with its own access to every store) are MLflow's: refused in tag
   updates, trace starts and ends and OTLP span attributes.
+
+A field a rewrite replaces or drops that MLflow's schema types is checked first (`check_types`, before any
+id is resolved, as MLflow validates before it looks anything up): input MLflow refuses stays refused, with
+MLflow's answer, instead of being made valid by the rewrite.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from . import otlp
 from .edge import parse_json
 from .errors import BadRequest, PermissionDenied
 from .identity import Identity
-from .params import Params, camel
+from .params import Params, camel, invalid_value
 from .policy import Team
 from .routes import Rewrite
 
@@ -73,6 +78,14 @@ def run_create(body: dict[str, Any], ident: Identity, team: Team | None) -> dict
     body["user_id"] = ident.id
     tags = _pop(body, "tags")
     body["tags"] = _with_tags(tags, {USER_TAG: ident.id}, dict(team.tags) if team else {})
+    return body
+
+
+def promptlab_run(body: dict[str, Any], ident: Identity, team: Team | None) -> dict[str, Any]:
+    """MLflow's promptlab handler reads `user_id` (not camelCase) and hands `tags` to the store as they are,
+    where any JSON tag fails: the creator is `user_id` alone, the team's tags cannot be added."""
+    _pop(body, "user_id")
+    body["user_id"] = ident.id
     return body
 
 
@@ -231,6 +244,7 @@ def _json_string(body: dict[str, Any], key: str, default: Any) -> Any:
 REWRITES: dict[Rewrite, Callable[[dict[str, Any], Identity, Team | None], dict[str, Any]]] = {
     Rewrite.EXPERIMENT_CREATE: experiment_create,
     Rewrite.RUN_CREATE: run_create,
+    Rewrite.PROMPTLAB_RUN: promptlab_run,
     Rewrite.RUN_SET_TAG: run_set_tag,
     Rewrite.RUN_LOG_BATCH: run_log_batch,
     Rewrite.EXPERIMENT_TAG: experiment_tag,
@@ -252,6 +266,25 @@ SPAN_REWRITES: dict[Rewrite, Callable[[ExportTraceServiceRequest, Identity], Non
 _missing = set(Rewrite) - set(REWRITES) - set(SPAN_REWRITES)
 if _missing or set(REWRITES) & set(SPAN_REWRITES):      # a route may only name a rewrite that exists, once
     raise ImportError(f"rewrites without an implementation: {sorted(r.value for r in _missing)}")
+
+
+# Fields a rewrite replaces or drops, typed by MLflow's handler schemas (`_assert_string`, `_assert_array`,
+# `_assert_map_key_present`). runs/create and issues do not type their `tags`, `user_id`, `created_by`: not here.
+TYPED: dict[Rewrite, tuple[tuple[str, type], ...]] = {
+    Rewrite.EXPERIMENT_CREATE: (("artifact_location", str), ("tags", list)),
+    Rewrite.CREATED_WITH_TAGS: (("tags", list),),
+    Rewrite.TRACE_START_V2: (("request_metadata", list), ("tags", list)),
+}
+
+
+def check_types(rewrite: Rewrite | None, params: Params) -> None:
+    """A value of another type in a field `rewrite` would replace or drop: MLflow's 400 (`TYPED`)."""
+    if rewrite is None or params.body is None:
+        return
+    for key, kind in TYPED.get(rewrite, ()):
+        value = _field(params.body, key)
+        if value is not None and not isinstance(value, kind):
+            raise invalid_value(key, value)
 
 
 def rewrite_body(rewrite: Rewrite, params: Params, ident: Identity, team: Team | None) -> tuple[bytes, bytes | None]:

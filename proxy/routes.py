@@ -49,7 +49,7 @@ class Names(enum.Enum):
     RUN = "run"
     RUN_OWNED = "run_owned"                # a run; manage is needed unless the caller created it
     TRACE = "trace"
-    NEW_TRACE = "new_trace"                # a trace id the client chooses: new (a create), or an existing trace
+    NEW_TRACE = "new_trace"                # a trace id the client chooses: new (not stored yet), or an existing trace
     ASSESSMENT = "assessment"              # an assessment id: must be one of the trace's that `within` names
     LOGGED_MODEL = "logged_model"
     MODEL = "model"                        # a registered model's (or prompt's) name
@@ -65,6 +65,7 @@ class Rewrite(enum.Enum):
     EXPERIMENT_CREATE = "experiment_create"
     EXPERIMENT_TAG = "experiment_tag"
     RUN_CREATE = "run_create"
+    PROMPTLAB_RUN = "promptlab_run"        # runs/create-promptlab-run: `user_id` is the caller
     RUN_SET_TAG = "run_set_tag"
     RUN_LOG_BATCH = "run_log_batch"
     TAG_VALUE = "tag_value"                # a key/value tag body: `mlflow.user` can only be the caller
@@ -86,6 +87,10 @@ class Search(enum.Enum):
     EXPERIMENTS = "experiments"
     REGISTERED_MODELS = "registered_models"
     MODEL_VERSIONS = "model_versions"
+    # items decided by the experiments they belong to (`scoped_search.py`)
+    DATASETS = "datasets"
+    ISSUES = "issues"
+    SCORERS = "scorers"
 
 
 class View(enum.Enum):
@@ -148,6 +153,7 @@ class Route:
     graphql: bool = False          # a GraphQL document, authorized per root field (`graphql.py`)
     artifacts: bool = False        # MLflow's artifact protocol, served from the gate's stores when they hold the path
     renames: bool = False          # a success may rename the experiment: its cached name is dropped
+    missing: str | None = None     # MLflow's own message for a missing required id, where its handler has one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "access", Access(self.access))
@@ -242,7 +248,7 @@ ROUTES: tuple[Route, ...] = (
     row("POST", "2.0mlflow/experiments/search-datasets", ADMIN),         # Databricks stub (sic)
     # --- runs, metrics, params, tags ---------------------------------------------------------
     checked("POST", "2.0/mlflow/runs/create", exp(level=E), rewrite=Rewrite.RUN_CREATE),
-    checked("POST", "2.0/mlflow/runs/create-promptlab-run", exp(level=E), rewrite=Rewrite.RUN_CREATE),
+    checked("POST", "2.0/mlflow/runs/create-promptlab-run", exp(level=E), rewrite=Rewrite.PROMPTLAB_RUN),
     checked("POST", "2.0/mlflow/runs/delete", Need(Names.RUN_OWNED, ("run_id", "run_uuid"), E)),
     checked("POST", "2.0/mlflow/runs/restore", Need(Names.RUN_OWNED, ("run_id", "run_uuid"), E)),
     checked("POST", "2.0/mlflow/runs/delete-tag", run(level=E)),
@@ -262,7 +268,8 @@ ROUTES: tuple[Route, ...] = (
     checked("GET", "2.0/mlflow/metrics/get-history-bulk-interval", run("run_ids", level=R)),
     # --- run artifacts (served by the tracking server from a run id) --------------------------
     checked("GET", "/get-artifact", run(level=R), source=Source.QUERY, view=View.RUN_FILE),
-    checked("POST", "2.0/mlflow/upload-artifact", run(level=E), source=Source.QUERY),
+    checked("POST", "2.0/mlflow/upload-artifact", run(level=E), source=Source.QUERY,
+            missing="Request must specify run_uuid."),
     checked("GET", "2.0/mlflow/artifacts/list", run(level=R), view=View.RUN_LIST),
     checked("POST", "2.0/mlflow/artifacts/presigned-download-url", run(level=R), view=View.PRESIGNED_DOWNLOAD),
     checked("POST", "2.0/mlflow/artifacts/presigned-upload-url", run("run_id", level=E, optional=True),
@@ -291,7 +298,9 @@ ROUTES: tuple[Route, ...] = (
     checked("POST", "3.0/mlflow/traces/delete-traces", exp(level=M)),
     checked("POST", "2.0/mlflow/traces/link-prompts", trace("trace_id", level=E),
             model("prompt_versions[].name", level=R)),
-    checked("POST", "2.0/mlflow/traces/link-to-run", run("run_id", level=E), trace("trace_ids", level=R)),
+    # The client links traces it has just made, whose spans may still be on their way: a trace id the upstream does
+    # not know yet has nothing to decide (the run is the caller's to edit); a stored trace needs read.
+    checked("POST", "2.0/mlflow/traces/link-to-run", run("run_id", level=E), Need(Names.NEW_TRACE, ("trace_ids",), R)),
     # MLflow merges a start on an existing trace id (moving it, with its assessments): a chosen trace id is new
     # or already in the target experiment, and assessment ids it carries are that trace's own.
     checked("POST", "3.0/mlflow/traces",
@@ -374,7 +383,8 @@ ROUTES: tuple[Route, ...] = (
     row("GET", "2.0/mlflow/model-versions/search", SIGNED_IN, search=Search.MODEL_VERSIONS),
     # --- evaluation datasets -----------------------------------------------------------------
     checked("POST", "3.0/mlflow/datasets/create", exp("experiment_ids", level=E), rewrite=Rewrite.DATASET_CREATE),
-    checked("GET POST", "3.0/mlflow/datasets/search", exp("experiment_ids", level=R)),
+    checked("GET POST", "3.0/mlflow/datasets/search", exp("experiment_ids", level=R, optional=True),
+            search=Search.DATASETS),
     checked("GET", "3.0/mlflow/datasets/{dataset_id}", dataset(R)),
     checked("DELETE", "3.0/mlflow/datasets/{dataset_id}", dataset(M)),
     checked("GET", "3.0/mlflow/datasets/{dataset_id}/experiment-ids", dataset(R)),
@@ -389,7 +399,7 @@ ROUTES: tuple[Route, ...] = (
     # --- issues, label schemas, review queues, scorers, evaluation: experiment-scoped ---------
     checked("POST", "3.0/mlflow/issues", exp(level=E), run("source_run_id", level=R, optional=True),
             rewrite=Rewrite.ISSUE_CREATE),
-    checked("POST", "3.0/mlflow/issues/search", exp(level=R)),
+    checked("POST", "3.0/mlflow/issues/search", exp(level=R, optional=True), search=Search.ISSUES),
     checked("POST", "3.0/mlflow/label-schemas/create", exp(level=M)),
     checked("GET", "3.0/mlflow/label-schemas/get-by-name", exp(level=R)),
     checked("GET", "3.0/mlflow/label-schemas/list", exp(level=R)),
@@ -400,7 +410,8 @@ ROUTES: tuple[Route, ...] = (
     checked("POST", "3.0/mlflow/scorers/register", exp(level=E)),
     checked("GET", "3.0/mlflow/scorers/get", exp(level=R)),
     checked("GET", "3.0/mlflow/scorers/versions", exp(level=R)),
-    checked("GET", "3.0/mlflow/scorers/list", exp(level=R)),
+    checked("GET", "3.0/mlflow/scorers/list", exp("experiment_id", "experiment_ids", level=R, optional=True),
+            search=Search.SCORERS),
     checked("DELETE", "3.0/mlflow/scorers/delete", exp(level=M)),
     checked("PUT", "3.0/mlflow/scorers/online-config", exp(level=E)),
     checked("POST", "3.0/mlflow/scorer/invoke", exp(level=E), trace("trace_ids", level=R)),

@@ -1,15 +1,17 @@
 """Logged models, traces and datasets through the gate with the real `mlflow` client."""
 from __future__ import annotations
 
+import httpx
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tests.integration.gate_it import ALICE, BOB, World, denied, is_denied, uid
+from tests.integration.gate_it import ALICE, BOB, ROOT, World, denied, is_denied, uid
 
 pytestmark = pytest.mark.integration
+A3 = "/api/3.0/mlflow"
 
 
 def denied_or_empty(call) -> list:  # type: ignore[no-untyped-def]
@@ -151,3 +153,83 @@ def test_evaluation_datasets(gate, world: World):
         assert datasets.get_dataset(dataset_id=own.dataset_id).name == own.name
     with alice.acting():
         assert len(datasets.get_dataset(dataset_id=ds.dataset_id).to_df()) == 1
+
+
+def _all_pages(http, path: str, body: dict, key: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The ids of every item of a search, page by page (`max_results` 1), each page checked."""
+    ids, token = [], None
+    while True:
+        r = http.post(path, json={**body, "max_results": 1, **({"page_token": token} if token else {})})
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert len(page.get(key, [])) <= 1
+        ids += [item["dataset_id" if key == "datasets" else "issue_id"] for item in page.get(key, [])]
+        token = page.get("next_page_token")
+        if not token:
+            return ids
+
+
+def test_dataset_and_issue_searches_without_experiments_are_filtered(gate, world: World):
+    """Issue 11 item 4: MLflow searches every experiment when the request names none; the gate answers the
+    datasets and issues the caller could read by id, with pages that still fill up."""
+    from mlflow.genai import datasets
+
+    made: dict[str, str] = {}
+    for user, label, exps in ((ALICE, "alpha", [world.alpha_exp]), (BOB, "beta", [world.beta_exp]),
+                              (BOB, "shared", [world.shared_exp]), (ROOT, "both", [world.alpha_exp, world.beta_exp])):
+        with gate.client(user).acting():
+            made[label] = datasets.create_dataset(name=f"search-{label}-{uid()}", experiment_id=exps).dataset_id
+    with gate.http(ALICE) as alice, gate.http(BOB) as bob, gate.http(ROOT) as root:
+        issues = {label: h.post(f"{A3}/issues", json={"experiment_id": exp, "name": f"{label}-{uid()}",
+                                                      "description": "d"}).json()["issue"]["issue_id"]
+                  for label, h, exp in (("alpha", alice, world.alpha_exp), ("beta", bob, world.beta_exp))}
+        with httpx.Client(base_url=gate.upstream, timeout=60) as direct:
+            everything = set(_all_pages(direct, f"{A3}/datasets/search", {}, "datasets"))
+        assert set(made.values()) <= everything
+        for h, readable, hidden in ((alice, {"alpha", "shared"}, {"beta", "both"}),
+                                    (bob, {"beta", "shared"}, {"alpha", "both"})):
+            found = _all_pages(h, f"{A3}/datasets/search", {}, "datasets")
+            assert len(found) == len(set(found)) and set(found) <= everything
+            assert {made[k] for k in readable} <= set(found) and not {made[k] for k in hidden} & set(found)
+            with gate.client(ALICE if h is alice else BOB).acting():        # the client's own call, no arguments
+                assert {d.dataset_id for d in datasets.search_datasets()} == set(found)
+        assert set(made.values()) <= set(_all_pages(root, f"{A3}/datasets/search", {}, "datasets"))
+        found = _all_pages(alice, f"{A3}/issues/search", {}, "issues")
+        assert issues["alpha"] in found and issues["beta"] not in found
+        assert set(issues.values()) <= set(_all_pages(root, f"{A3}/issues/search", {}, "issues"))
+        # a search narrowed to experiments: each must be readable, and the answer is cut the same way
+        r = alice.post(f"{A3}/datasets/search", json={"experiment_ids": [world.alpha_exp]})
+        assert {d["dataset_id"] for d in r.json()["datasets"]} >= {made["alpha"]}
+        assert made["both"] not in {d["dataset_id"] for d in r.json()["datasets"]}
+        r = alice.post(f"{A3}/issues/search", json={"experiment_id": world.beta_exp})
+        assert (r.status_code, r.json()["error_code"]) == (403, "PERMISSION_DENIED"), r.text
+
+
+
+def test_scorer_lists_without_experiments_are_filtered(gate, world: World):
+    """MLflow 3.17 lists scorers across experiments when the request names none (or names several with
+    `experiment_ids`): the gate answers those of experiments the caller may read."""
+    import json
+
+    from mlflow.genai.scorers import RelevanceToQuery
+
+    scorer = json.dumps(RelevanceToQuery().model_dump())         # a built-in: custom code is off by default
+    with gate.http(ALICE) as alice, gate.http(BOB) as bob, gate.http(ROOT) as root:
+        names = {}
+        for label, h, exp in (("alpha", alice, world.alpha_exp), ("beta", bob, world.beta_exp)):
+            names[label] = f"{label}-scorer-{uid()}"
+            r = h.post(f"{A3}/scorers/register", json={"experiment_id": exp, "name": names[label],
+                                                        "serialized_scorer": scorer})
+            assert r.status_code == 200, r.text
+
+        def listed(h, **params) -> set[str]:  # type: ignore[no-untyped-def]
+            r = h.get(f"{A3}/scorers/list", params=params)
+            assert r.status_code == 200, r.text
+            return {s["scorer_name"] for s in r.json().get("scorers", [])}
+
+        assert names["alpha"] in listed(alice) and names["beta"] not in listed(alice)
+        assert names["beta"] in listed(bob) and names["alpha"] not in listed(bob)
+        assert set(names.values()) <= listed(root)
+        assert names["alpha"] in listed(alice, experiment_ids=[world.alpha_exp])
+        r = alice.get(f"{A3}/scorers/list", params={"experiment_ids": [world.alpha_exp, world.beta_exp]})
+        assert r.status_code == 403, r.text

@@ -63,7 +63,6 @@ NOT_OBJECTS_IN: dict[str, str] = {
     "POST 3.0/mlflow/traces trace.spans[].links[].trace_id": "a trace start keeps trace_info only",
     "GET 3.0/mlflow/traces/batchGet experiment_ids": "narrows the checked trace_ids",
     "POST 3.0/mlflow/traces/batchGetInfos experiment_ids": "narrows the checked trace_ids",
-    "GET 3.0/mlflow/scorers/list experiment_ids": "MLflow refuses it beside experiment_id, which the row requires",
     "POST 3.0/mlflow/review-queues/create schema_ids": "MLflow requires label schemas of the checked experiment",
     "GET 3.0/mlflow/review-queues/list item_id": "narrows the checked experiment's queues",
 }

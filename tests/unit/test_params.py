@@ -105,3 +105,37 @@ def test_a_percent_sign_in_a_file_name_passes_but_double_encoding_does_not() -> 
                       b"/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/100%25%20done.txt")
     with pytest.raises(BadRequest):
         check_path("/api/2.0/mlflow-artifacts/artifacts/1/r/%2F..", b"/api/2.0/mlflow-artifacts/artifacts/1/r/%252F..")
+
+
+@pytest.mark.parametrize(("field", "body", "ids"), [
+    ("run_id", {"run_id": "abc"}, ["abc"]),
+    ("run_id", {"runId": "abc"}, ["abc"]),
+    ("run_id", {"run_id": None}, []),
+    ("run_id", {"run_id": ""}, []),
+    ("experiment_ids", {"experiment_ids": ["1", "", "2"]}, ["1", "2"]),
+    ("metrics[].model_id", {"metrics": [{"model_id": "m-1"}, {"key": "k"}]}, ["m-1"]),
+    ("trace.trace_info.trace_id", {"trace": {"trace_info": {"trace_id": "tr-1"}}}, ["tr-1"]),
+])
+def test_ids_are_strings_or_lists_of_strings(field: str, body: dict, ids: list[str]) -> None:
+    assert read_params("POST", "proto", b"", json.dumps(body).encode()).ids(field) == ids
+
+
+@pytest.mark.parametrize(("field", "body", "shown"), [
+    ("run_id", {"run_id": 31}, "Invalid value 31 for parameter 'run_id' supplied:  Hint: Value was of type 'int'."),
+    ("run_id", {"run_id": ["a"]}, "Invalid value [\"a\"] for parameter 'run_id' supplied:  Hint: Value was of type"),
+    ("run_id", {"run_id": {"b": 1, "a": 2}}, "Invalid value {\"a\":2,\"b\":1} for parameter 'run_id'"),
+    ("experiment_ids", {"experiment_ids": "1"}, "Invalid value \"1\" for parameter 'experiment_ids'"),
+    ("experiment_ids", {"experiment_ids": [1]}, "Invalid value [1] for parameter 'experiment_ids'"),
+    ("metrics[].model_id", {"metrics": [{"model_id": 5}]}, "parameter 'metrics.model_id'"),
+])
+def test_an_id_of_another_type_gets_mlflows_400_before_any_lookup(field: str, body: dict, shown: str) -> None:
+    params = read_params("POST", "proto", b"", json.dumps(body).encode())
+    with pytest.raises(BadRequest) as refused:
+        params.ids(field)
+    assert shown in refused.value.message
+    assert refused.value.message.endswith(" See the API docs for more information about request parameters.")
+    assert params.values(field)            # the untyped reader (for non-id fields) still reads them
+
+
+def test_query_ids_are_always_strings() -> None:
+    assert read_params("GET", "proto", b"run_id=31", None).ids("run_id") == ["31"]

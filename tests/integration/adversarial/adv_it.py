@@ -127,6 +127,16 @@ class Request:
         return http.request(self.method, self.url, **kwargs)
 
 
+# The fields besides ids that MLflow checks before any lookup (proxy/prechecks.py): without them a request is
+# refused as malformed (400) whatever its ids name, before any decision.
+WELL_FORMED: dict[str, dict[str, Any]] = {
+    "2.0/mlflow/metrics/get-history-bulk": {"metric_key": "k"},
+    "2.0/mlflow/metrics/get-history-bulk-interval": {"metric_key": "k"},
+    "2.0/mlflow/runs/create-promptlab-run": {"prompt_template": "Say {{ x }}", "prompt_parameters": [
+        {"key": "x", "value": "hi"}], "model_route": "chat", "model_input": "Say hi", "mlflow_version": "3.17.2"},
+}
+
+
 def build(way: Way, value: str, objects: Objects) -> Request:
     """A request of `way`'s route that names `value` where `way` says, and the caller's own objects in every
     other place the route requires."""
@@ -136,10 +146,16 @@ def build(way: Way, value: str, objects: Objects) -> Request:
     for need in route.needs:
         if need is way.need:
             _place(req, body, path_params, way.field, value, way.in_query)
-        elif not need.optional and need.what not in CHOSEN:
-            _place(req, body, path_params, need.fields[0], kind_of(need.what).value(objects, "own"), way.in_query)
+        elif not need.optional:         # a required chosen id gets a new one (it names nothing yet)
+            own = f"tr-{hex32()}" if need.what in CHOSEN else kind_of(need.what).value(objects, "own")
+            _place(req, body, path_params, need.fields[0], own, way.in_query)
         if need.alias:         # the alias a model need names beside the model (set, moved or deleted)
             _place(req, body, path_params, need.alias, "adv-alias", way.in_query)
+    for key, filler in WELL_FORMED.get(route.pattern, {}).items():
+        if way.in_query:
+            req.params.append((key, str(filler)))
+        else:
+            body.setdefault(key, filler)
     path = route.pattern if route.pattern.startswith("/") else "/api/" + route.pattern
     for name in _path_names(path):
         path = path.replace("{" + name + "}", path_params.get(name.split(":")[0], "x"))

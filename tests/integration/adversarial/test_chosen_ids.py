@@ -219,6 +219,44 @@ def test_otlp_bodies_are_bounded_and_must_parse(gate, world: World, case: str) -
     assert r.json()["error_code"] == "INVALID_PARAMETER_VALUE", r.text
 
 
+def test_link_to_run_takes_traces_not_stored_yet_and_no_other_teams(gate, world: World, objects: Objects) -> None:
+    """Issue 11 item 5: a client links the traces it has just made, whose spans may still be on their way. A trace
+    id the upstream does not know yet is linked to a run the caller may edit (the answer says no more than a trace
+    start with that id would); another team's stored trace, and another team's run, are refused."""
+    link = "/api/2.0/mlflow/traces/link-to-run"
+    pending = f"tr-{hex32()}"
+    with gate.http(ALICE) as alice:
+        r = alice.post(link, json={"trace_ids": [pending], "run_id": world.alpha_run2})
+        assert r.status_code == 200, r.text
+        r = alice.post(link, json={"trace_ids": [objects.foreign["trace"]], "run_id": world.alpha_run2})
+        assert r.status_code == 403, r.text
+        r = alice.post(link, json={"trace_ids": [objects.own["trace"], pending], "run_id": world.alpha_run2})
+        assert r.status_code == 200, r.text
+        for trace in (f"tr-{hex32()}", objects.own["trace"]):
+            r = alice.post(link, json={"trace_ids": [trace], "run_id": world.beta_run})
+            assert r.status_code == 403 and "run" in r.json()["message"], r.text
+        # the pending trace arrives in the caller's experiment: linked, and it is the caller's
+        r = alice.post(V3, json=start_body(pending, world.alpha_exp))
+        assert r.status_code == 200, r.text
+
+
+def test_a_span_linked_to_a_run_at_once_is_linked(gate, world: World) -> None:
+    """The client's own flow: `mlflow.start_span` exports in the background; `link_traces_to_run` right after."""
+    import mlflow
+
+    client = gate.client(ALICE)
+    with client.acting():
+        mlflow.set_experiment(experiment_id=world.alpha_exp)
+        with mlflow.start_span(name="linked-at-once"):
+            pass
+        trace_id = mlflow.get_last_active_trace_id()
+        assert trace_id
+        mlflow.MlflowClient().link_traces_to_run([trace_id], world.alpha_run2)
+        mlflow.flush_trace_async_logging()
+        found = mlflow.search_traces(locations=[world.alpha_exp], run_id=world.alpha_run2, return_type="list")
+    assert trace_id in {t.info.trace_id for t in found}
+
+
 @pytest.mark.parametrize("header", ["X-MLflow-Experiment-Id", "X-MLflow-Run-Id"])
 def test_an_id_header_given_twice_is_refused(gate, world: World, header: str) -> None:
     """The gate and MLflow could each read a different copy (the first, the last, either spelling): one id header,
