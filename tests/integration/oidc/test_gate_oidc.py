@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import functools
+import html
 import json
 import queue
 import re
@@ -276,6 +277,12 @@ def test_next_never_leaves_the_gate_after_sign_in(oidc_gate: Gate, oidc_provider
                                                                                RAW_OPEN_REDIRECTS]
         for query, shown in cases:
             b.seen.clear()
+            if b.cookies.get(SESSION_COOKIE):        # signed in: the page says so, its links stay on the gate
+                here = b.get(f"{gate_origin}/_gate/login?{query}")
+                for href in re.findall(r'href="([^"]*)"', here.text):
+                    if origin(browser_resolve(str(here.url), html.unescape(href))) != gate_origin:
+                        failures.append(f"{shown!r}: the signed-in page links off the gate: {href!r}")
+            b.cookies.delete(SESSION_COOKIE)          # signed out of the gate, still signed in at the OP
             r = b.get(f"{gate_origin}/_gate/login?{query}")
             for _ in range(20):                               # single sign-on at the OP: no form, straight back
                 if r.request.url.path == "/_gate/callback" or not r.is_redirect:
