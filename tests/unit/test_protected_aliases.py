@@ -16,20 +16,15 @@ from proxy.params import read_params
 from proxy.policy import Level, load_policy_text
 from proxy.resources import Resolver, authorize
 from proxy.routes import Names, Need, RouteTable
+from tests.support.policies import team
 
 POLICY = load_policy_text("""
 admins: [root@corp.test]
 default: edit
 teams:
-  vision:
-    members: [bob@corp.test, group:vision]
-    maintainers: [carol@corp.test]
-    models: ["vision-"]
-    protected_aliases: [champion, Production]
-  nlp:
-    members: [nina@corp.test]
-    models: ["nlp-"]
-grants:
+""" + team("vision", "bob@corp.test", "group:vision", maintainers=["carol@corp.test"], models=["vision-"],
+           protected_aliases=["champion", "Production"])
+    + team("nlp", "nina@corp.test", models=["nlp-"]) + """grants:
   - {to: [dana@corp.test], models: ["vision-"], permission: edit}
   - {to: [erin@corp.test], models: ["vision-"], permission: manage}
 denies:

@@ -25,6 +25,7 @@ from tests.support.client import import_mlflow_client_modules
 from tests.support.gate import Gate, start_gate
 from tests.support.issuer import JwtIssuer
 from tests.support.mlflow_server import MlflowServer
+from tests.support.policies import team
 from tests.support.process import free_port
 
 # Groups the OP puts in ID tokens and access tokens (login or client id -> groups).
@@ -90,20 +91,9 @@ OIDC_POLICY = """\
 admins: [root@corp.test]
 default: none
 teams:
-  alpha:
-    members: [group:alpha]
-    maintainers: [mo@corp.test]
-    experiments: ["alpha/"]
-    models: ["alpha-"]
-  beta:
-    members: [group:beta, group:beta-team]
-    experiments: ["beta/"]
-    models: ["beta-"]
-  ci:
-    members: [user:ci-bot]
-    experiments: ["ci/"]
-    models: ["ci-"]
-grants:
+""" + team("alpha", "group:alpha", maintainers=["mo@corp.test"], experiments=["alpha/"], models=["alpha-"]) \
+    + team("beta", "group:beta", "group:beta-team", experiments=["beta/"], models=["beta-"]) \
+    + team("ci", "user:ci-bot", experiments=["ci/"], models=["ci-"]) + """grants:
   - to: [team:ci]
     experiments: ["alpha/"]
     permission: read
