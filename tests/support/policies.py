@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 
-def team(name: str, *members: str, **keys: list[str]) -> str:
+def team(name: str, *members: str, **keys: object) -> str:
     """The YAML lines of team `name` (indented for `teams:`): `members`, then the other keys in the order given."""
-    fields = {"members": list(members), **keys} if members else keys
+    fields: dict[str, object] = {"members": list(members), **keys} if members else keys
     lines = [f"  {name}:", *(f"    {key}: {json.dumps(values)}" for key, values in fields.items())]
     return "\n".join(lines) + "\n"
