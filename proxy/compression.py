@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import codings
+from .edge import body_chunks
 from .errors import BadRequest, GateError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, send_error
 from .forward import Receive, Send
 from .static_cache import Entry, StaticCache
@@ -180,19 +181,10 @@ class Compression:
                                        ", ".join(codings.SUPPORTED))
         decoder = codings.Decoder(coding, self.max_decoded)
         pieces: list[bytes] = []
-        received = 0
-        more = True
+        over_cap = lambda: codings.TooLarge("compressed body over the cap")
         try:
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise BadRequest("The client went away while sending the body.")
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                if received > self.max_decoded:
-                    raise codings.TooLarge("compressed body over the cap")
+            async for chunk in body_chunks(receive, self.max_decoded, over_cap):
                 pieces += decoder.feed(chunk)
-                more = message.get("more_body", False)
             decoder.finish()
         except codings.TooLarge as exc:
             raise PayloadTooLarge(f"The request body is over {self.max_decoded // (1024 * 1024)} MiB once decoded "

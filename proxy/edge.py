@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -82,21 +83,27 @@ def check_origin(scope: dict[str, Any], headers: dict[bytes, bytes], public_orig
         raise PermissionDenied("Permission denied: cross-site request refused (Origin does not match this gate).")
 
 
-async def read_body(receive: Receive, limit: int = MAX_BODY) -> bytes:
-    """The whole request body, refused beyond `limit` bytes."""
-    chunks: list[bytes] = []
+async def body_chunks(receive: Receive, limit: int, over: Callable[[], Exception]) -> AsyncIterator[bytes]:
+    """The request body's chunks as they arrive; `over()` is raised once they pass `limit` bytes in all."""
     size = 0
-    while True:
+    more = True
+    while more:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise BadRequest("The client went away while sending the body.")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"The request body is over {limit // (1024 * 1024)} MiB.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+            raise over()
+        yield chunk
+        more = message.get("more_body", False)
+
+
+async def read_body(receive: Receive, limit: int = MAX_BODY) -> bytes:
+    """The whole request body, refused beyond `limit` bytes."""
+    def over() -> Exception:
+        return PayloadTooLarge(f"The request body is over {limit // (1024 * 1024)} MiB.")
+    return b"".join([chunk async for chunk in body_chunks(receive, limit, over)])
 
 
 def parse_json(raw: bytes | str, what: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:

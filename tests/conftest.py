@@ -31,21 +31,15 @@ def mlflow_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     bindir = pg_bindir() if backend == "postgres" else None
     if backend == "postgres" and bindir is None:
         pytest.skip(PG_MISSING)
-    server = start_mlflow_server(backend, tmp_path_factory.mktemp(f"mlflow-{backend}"), bindir)
-    try:
+    with start_mlflow_server(backend, tmp_path_factory.mktemp(f"mlflow-{backend}"), bindir) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def gate(mlflow_server: MlflowServer) -> Iterator[Gate]:
     import_mlflow_client_modules()
-    g = start_gate(mlflow_server.root / "gate", mlflow_server.url, backend=mlflow_server.backend)
-    try:
+    with start_gate(mlflow_server.root / "gate", mlflow_server.url, backend=mlflow_server.backend) as g:
         yield g
-    finally:
-        g.stop()
 
 
 @pytest.fixture(scope="session")

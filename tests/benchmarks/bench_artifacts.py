@@ -46,7 +46,6 @@ import argparse
 import hashlib
 import os
 import resource
-import shutil
 import signal
 import statistics
 import sys
@@ -66,6 +65,7 @@ from benchlib import (  # the benchmarks' own helpers
     Guard,
     Table,
     finish,
+    keep_or_remove,
     log,
     new_record,
     raise_on_sigterm,
@@ -737,13 +737,11 @@ def main() -> int:
             traceback.print_exc()
         log("stopping servers")
         s.stop()
-        if args.keep or guard.rc:
+        kept = bool(args.keep or guard.rc)
+        if kept:
             for f in ("big.bin", "small.bin", "download.bin"):
                 (tmp / f).unlink(missing_ok=True)
-            log(f"kept {tmp} (without the data files)")
-            res["tmp"] = str(tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, kept, res, " (without the data files)")
 
     for r in res.get("transfers", []):
         r.pop("t0", None), r.pop("t1", None)

@@ -28,7 +28,6 @@ import argparse
 import concurrent.futures
 import http.client
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from benchlib import (  # the benchmarks' own helpers
     Guard,
     Table,
     finish,
+    keep_or_remove,
     log,
     new_record,
     pct,
@@ -874,11 +874,7 @@ def main() -> int:
         log("stopping servers")
         s.stop()
         res["gate_log_bytes"] = (tmp / "gate.log").stat().st_size if (tmp / "gate.log").exists() else None
-        if args.keep or guard.rc:
-            log(f"kept {tmp}")
-            res["tmp"] = str(tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, bool(args.keep or guard.rc), res)
 
     finish(res, started, build_table, TABLE_COLS, ".2f", args.out)
     return guard.rc

@@ -32,7 +32,6 @@ import http.client
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support from the checkout's root
 
-from benchlib import log, pct, raise_on_sigterm, time_boxed  # the benchmarks' own helpers
+from benchlib import keep_or_remove, log, pct, raise_on_sigterm, time_boxed  # the benchmarks' own helpers
 
 from tests.integration.production.prod_it import ALICE, SharedSetup, create_experiment, create_run, start_shared_setup
 from tests.support.gate import mint_token
@@ -256,10 +255,7 @@ def main() -> int:
             setup.stop()
         if pg is not None:
             pg.destroy()
-        if args.keep or not ok:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, bool(args.keep or not ok))
 
 
 if __name__ == "__main__":

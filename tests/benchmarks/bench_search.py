@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # benchlib, and tests.support from the checkout's root
 
 from bench_gate import Client  # the keep-alive stdlib client of the other benchmark
-from benchlib import Guard, Table, finish, log, new_record, raise_on_sigterm
+from benchlib import Guard, Table, finish, keep_or_remove, log, new_record, raise_on_sigterm
 
 from tests.support.gate import gate_process, mint_token, write_policy
 from tests.support.mlflow_server import mlflow_process
@@ -414,10 +414,7 @@ def main() -> int:
         if not guard.absorb(exc):
             raise
     finally:
-        if args.keep or guard.rc:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, bool(args.keep or guard.rc))
     finish(res, started, table, TABLE_COLS, ".1f", args.out)
     return guard.rc
 

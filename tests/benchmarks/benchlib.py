@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import threading
@@ -22,6 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +34,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def keep_or_remove(tmp: Path, keep: bool, record: dict[str, Any] | None = None, note: str = "") -> None:
+    """A run's temporary folder: kept (said, and named in `record`) when asked or after a failure, else removed."""
+    if keep:
+        log(f"kept {tmp}{note}")
+        if record is not None:
+            record["tmp"] = str(tmp)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -17,20 +17,19 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.policies import team
+
 BIN = Path(sys.executable).parent
 GATE = [str(BIN / "mlflow-gate")] if (BIN / "mlflow-gate").exists() else [sys.executable, "-m", "proxy"]
 KEY = "denies-e2e-secret-key-0123456789abcdef"
 TAG = uuid.uuid4().hex[:6]
 TEAM = f"v{TAG}"
 
-POLICY = textwrap.dedent(f"""
-    admins: [root@corp.test]
-    teams:
-      {TEAM}:
-        members: [group:{TEAM}, group:contractors]
-        maintainers: [carol@corp.test]
-        experiments: ["{TEAM}/"]
-        models: ["{TEAM}-"]
+POLICY = """
+admins: [root@corp.test]
+teams:
+""" + team(TEAM, f"group:{TEAM}", "group:contractors", maintainers=["carol@corp.test"], experiments=[f"{TEAM}/"],
+           models=[f"{TEAM}-"]) + textwrap.dedent(f"""
     denies:
       - to: [group:contractors]
         experiments: ["{TEAM}/secret/"]

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.integration.gate_process import free_port, serve, token
+from tests.support.policies import team
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +55,8 @@ def test_metrics_on_the_gates_port_are_for_admins(gate) -> None:  # type: ignore
 def test_the_metrics_listener_serves_anyone_and_names_teams_not_storage_roots(mlflow_server,  # type: ignore[no-untyped-def]
                                                                              tmp_path: Path) -> None:
     root = tmp_path / "alpha-store"
-    policy = f"""\
-admins: [root@corp.test]
-teams:
-  alpha:
-    members: [alice@corp.test]
-    experiments: ["alpha/"]
-    artifact_root: file://{root}
-"""
+    policy = "admins: [root@corp.test]\nteams:\n" + team("alpha", "alice@corp.test", experiments=["alpha/"],
+                                                         artifact_root=f"file://{root}")
     port = free_port()
     with serve(tmp_path / "gate", policy, "--upstream", mlflow_server.url, "--metrics-port", str(port)) as g, \
             httpx.Client(base_url=g.url, headers={"Authorization": f"Bearer {token(ALICE)}"}, timeout=60) as alice:

@@ -27,6 +27,7 @@ import pytest
 from proxy.passwords import hash_password
 from tests.integration.gate_it import policy_plus, set_policy
 from tests.integration.gate_process import serve, token
+from tests.support.policies import team
 
 pytestmark = pytest.mark.integration
 
@@ -153,14 +154,8 @@ def test_admins_list_the_tokens_minted_through_the_gate(gate) -> None:  # type: 
 
 # --------------------------------------------------------------------------------------------- password guessing
 
-GUESS_POLICY = f"""\
-admins: [root@corp.test]
-teams:
-  alpha:
-    members: [alice@corp.test]
-    experiments: ["alpha/"]
-users:
-{local_user("erin@corp.test", "[]")}"""
+GUESS_POLICY = ("admins: [root@corp.test]\nteams:\n" + team("alpha", "alice@corp.test", experiments=["alpha/"])
+                + f"users:\n{local_user('erin@corp.test', '[]')}")
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.gate_it import denied, uid
 from tests.support.client import env_vars
 from tests.support.gate import Gate, start_gate
+from tests.support.policies import team
 
 pytestmark = pytest.mark.integration
 
@@ -27,25 +28,16 @@ ROOT_USER, CAROL, BOB, ERIN, NINA = "root@corp.test", "carol@corp.test", "bob@co
 
 
 def rules_policy(root: Path, limits: str = "") -> str:
-    return f"""\
+    return """\
 admins: [root@corp.test]
 teams:
-  vision:
-    members: [bob@corp.test]
-    maintainers: [carol@corp.test]
-    experiments: ["vision/"]
-    models: ["vision-"]
-    protected_aliases: [champion]
-    artifact_root: file://{root}/vision-store
-  nlp:
-    members: [nina@corp.test]
-    experiments: ["nlp/"]
-    models: ["nlp-"]
-grants:
-  - {{to: [erin@corp.test], models: ["vision-"], permission: edit}}
+""" + team("vision", "bob@corp.test", maintainers=["carol@corp.test"], experiments=["vision/"], models=["vision-"],
+           protected_aliases=["champion"], artifact_root=f"file://{root}/vision-store") \
+        + team("nlp", "nina@corp.test", experiments=["nlp/"], models=["nlp-"]) + """grants:
+  - {to: [erin@corp.test], models: ["vision-"], permission: edit}
 denies:
-  - {{to: [carol@corp.test], models: ["vision-frozen-"], keep: edit}}
-{limits}"""
+  - {to: [carol@corp.test], models: ["vision-frozen-"], keep: edit}
+""" + limits
 
 
 @pytest.fixture(scope="module")

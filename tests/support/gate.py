@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from tests.support.client import UserClient, user_id
+from tests.support.policies import team
 from tests.support.process import BIN, Process, Server, child_env, free_port
 
 SECRET_KEY = "integration-test-secret-key-0123456789abcdef"
@@ -25,17 +26,9 @@ TEST_POLICY = """\
 admins: [root@corp.test]
 default: none
 teams:
-  alpha:
-    members: [alice@corp.test]
-    maintainers: [mo@corp.test]
-    experiments: ["alpha/"]
-    models: ["alpha-"]
-    tags: {cost-center: a-1}
-  beta:
-    members: [bob@corp.test, group:beta-team]
-    experiments: ["beta/"]
-    models: ["beta-"]
-grants:
+""" + team("alpha", "alice@corp.test", maintainers=["mo@corp.test"], experiments=["alpha/"], models=["alpha-"],
+           tags={"cost-center": "a-1"}) \
+    + team("beta", "bob@corp.test", "group:beta-team", experiments=["beta/"], models=["beta-"]) + """grants:
   - to: [everyone]
     experiments: ["shared/"]
     models: ["shared-"]

@@ -78,6 +78,12 @@ class JwtIssuer:
         self._thread.start()
         return self
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self._release.set()
         if self._server is not None:

@@ -282,3 +282,9 @@ class Server(LogSource):
 
     def stop(self) -> None:
         self.process.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -16,18 +16,14 @@ from proxy.decide import Decision
 from proxy.identity import Identity
 from proxy.policy import Level, load_policy_text
 from proxy.tokens import mint_token
+from tests.support.policies import team
 
 KEY = "admin-page-test-key-0123456789abcdef"
 POLICY = load_policy_text("""
 admins: [root@corp.test]
 teams:
-  vision:
-    members: [bob@corp.test, group:vision]
-    maintainers: [carol@corp.test]
-    experiments: ["vision/"]
-    models: ["vision-"]
-    protected_aliases: [champion]
-grants:
+""" + team("vision", "bob@corp.test", "group:vision", maintainers=["carol@corp.test"], experiments=["vision/"],
+           models=["vision-"], protected_aliases=["champion"]) + """grants:
   - {to: [team:vision], experiments: ["shared/<b>"], permission: read}
 denies:
   - {to: [group:contractors], experiments: ["vision/secret/"], keep: read}

@@ -17,6 +17,7 @@ import pytest
 from proxy import codings
 from proxy.codings import zstd
 from proxy.compression import Compression
+from proxy.edge import read_body
 from proxy.static_cache import StaticCache
 
 JSON_BODY = json.dumps({"metrics": [{"key": "loss", "value": i / 7, "step": i} for i in range(2000)]}, indent=2).encode()
@@ -73,12 +74,7 @@ class App:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scopes.append(scope)
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         self.bodies.append(body)
         headers = list(self.headers)
         if self.length:

@@ -6,20 +6,15 @@ import pytest
 from proxy.decide import decide, level_on, run_checks
 from proxy.identity import Identity
 from proxy.policy import Level, load_policy_text
+from tests.support.policies import team
 
 POLICY = load_policy_text("""
 admins: [root@corp.test, group:ops]
 default: read
 teams:
-  vision:
-    members: [bob@corp.test, group:vision]
-    maintainers: [carol@corp.test]
-    experiments: ["vision/"]
-    models: ["vision-"]
-  nlp:
-    members: [nina@corp.test]
-    experiments: ["nlp/"]
-grants:
+""" + team("vision", "bob@corp.test", "group:vision", maintainers=["carol@corp.test"], experiments=["vision/"],
+           models=["vision-"])
+    + team("nlp", "nina@corp.test", experiments=["nlp/"]) + """grants:
   - {to: [everyone], experiments: ["shared/"], permission: edit}
   - {to: [team:nlp], experiments: ["vision/bench/"], permission: read}
   - {to: [everyone], experiments: ["users/{user}/"], models: ["users/{user}/"], permission: manage}

@@ -15,21 +15,14 @@ from proxy.identity import Identity
 from proxy.policy import Level, load_policy_text
 from proxy.resources import Target, Unresolvable, check
 from proxy.routes import Names
+from tests.support.policies import team
 
 POLICY = load_policy_text("""
 admins: [root@x.test]
 default: none
 teams:
-  vision:
-    members: [group:vision]
-    maintainers: [carol@x.test]
-    experiments: ["vision/"]
-    models: ["vision-"]
-  nlp:
-    members: [group:nlp]
-    experiments: ["nlp/"]
-    models: ["nlp-"]
-grants:
+""" + team("vision", "group:vision", maintainers=["carol@x.test"], experiments=["vision/"], models=["vision-"])
+    + team("nlp", "group:nlp", experiments=["nlp/"], models=["nlp-"]) + """grants:
   - {to: [everyone], experiments: ["shared/"], models: ["shared-"], permission: edit}
   - {to: [everyone], experiments: ["users/{user}/"], permission: manage}
   - {to: [team:nlp], experiments: ["vision/benchmarks/"], permission: read}

@@ -12,20 +12,15 @@ from proxy.identity import Identity
 from proxy.merge import Cursor, Lane, Merge
 from proxy.plan import Stream, plan
 from proxy.policy import Level, load_policy_text
+from tests.support.policies import team
 
 POLICY = load_policy_text("""
 admins: [root@corp.test, group:ops]
 default: edit
 teams:
-  vision:
-    members: [bob@corp.test, group:vision, group:contractors]
-    maintainers: [carol@corp.test]
-    experiments: ["vision/"]
-    models: ["vision-"]
-  nlp:
-    members: [nina@corp.test]
-    experiments: ["nlp/"]
-grants:
+""" + team("vision", "bob@corp.test", "group:vision", "group:contractors", maintainers=["carol@corp.test"],
+           experiments=["vision/"], models=["vision-"])
+    + team("nlp", "nina@corp.test", experiments=["nlp/"]) + """grants:
   - {to: [everyone], experiments: ["shared/"], permission: edit}
   - {to: [everyone], experiments: ["users/{user}/"], permission: manage}
   - {to: [team:nlp], experiments: ["vision/bench/"], permission: read}

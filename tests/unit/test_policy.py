@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxy.policy import Level, PolicyError, PolicyStore, load_policy, load_policy_text
+from tests.support.policies import assert_reported, problems
 
 GOOD = textwrap.dedent("""
     admins: [root@corp.test]
@@ -16,12 +17,6 @@ GOOD = textwrap.dedent("""
     grants:
       - {to: [team:nlp], experiments: ["vision/bench/"], permission: read}
 """)
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(PolicyError) as info:
-        load_policy_text(text, "p.yaml")
-    return [str(p) for p in info.value.problems]
 
 
 def test_a_good_policy_loads() -> None:
@@ -55,9 +50,7 @@ def test_a_good_policy_loads() -> None:
     ("admins: [\n", "not valid YAML"),
 ])
 def test_each_problem_is_reported_with_its_location(text: str, expected: str) -> None:
-    found = problems(text)
-    assert any(expected in p for p in found), found
-    assert all(p.startswith("p.yaml: ") for p in found)
+    assert_reported(text, expected)
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -16,20 +16,15 @@ from proxy.params import read_params
 from proxy.policy import Level, load_policy_text
 from proxy.resources import Resolver, authorize
 from proxy.routes import Names, Need, RouteTable
+from tests.support.policies import team
 
 POLICY = load_policy_text("""
 admins: [root@corp.test]
 default: edit
 teams:
-  vision:
-    members: [bob@corp.test, group:vision]
-    maintainers: [carol@corp.test]
-    models: ["vision-"]
-    protected_aliases: [champion, Production]
-  nlp:
-    members: [nina@corp.test]
-    models: ["nlp-"]
-grants:
+""" + team("vision", "bob@corp.test", "group:vision", maintainers=["carol@corp.test"], models=["vision-"],
+           protected_aliases=["champion", "Production"])
+    + team("nlp", "nina@corp.test", models=["nlp-"]) + """grants:
   - {to: [dana@corp.test], models: ["vision-"], permission: edit}
   - {to: [erin@corp.test], models: ["vision-"], permission: manage}
 denies:
@@ -53,6 +48,13 @@ def decide_alias(user: str, method: str, model: str, alias: Any, path: str = ALI
     call = call_of(user, method, path, body)
     asyncio.run(authorize(call, Resolver(None)))  # type: ignore[arg-type]   # model names need no lookups
     return call
+
+
+def refusal(user: str, model: str, alias: str) -> PermissionDenied:
+    """The refusal of `user` setting `alias` on `model` (the call must be refused)."""
+    with pytest.raises(PermissionDenied) as refused:
+        decide_alias(user, "POST", model, alias)
+    return refused.value
 
 
 @pytest.mark.parametrize("method", ["POST", "DELETE"])
@@ -86,22 +88,20 @@ def test_a_protected_alias_needs_manage(user: str, model: str, alias: Any, allow
 
 
 def test_the_refusal_says_the_alias_is_protected_and_manage_is_needed() -> None:
-    with pytest.raises(PermissionDenied) as refused:
-        decide_alias("bob@corp.test", "POST", "vision-clf", "champion")
-    assert refused.value.message == ("Permission denied: alias 'champion' (team vision) of model 'vision-clf' is "
-                                     "protected: setting, moving or deleting it needs manage on the model; "
-                                     "you have edit.")
-    decision = refused.value.decision
+    refused = refusal("bob@corp.test", "vision-clf", "champion")
+    assert refused.message == ("Permission denied: alias 'champion' (team vision) of model 'vision-clf' is "
+                               "protected: setting, moving or deleting it needs manage on the model; "
+                               "you have edit.")
+    decision = refused.decision
     assert decision is not None and (decision.needed, decision.have) == (Level.MANAGE, Level.EDIT)
 
 
 def test_a_caller_without_edit_is_refused_as_before_and_learns_nothing_of_the_protection() -> None:
-    with pytest.raises(PermissionDenied) as refused:
-        decide_alias("nina@corp.test", "POST", "vision-clf", "champion")
-    assert refused.value.message == ("Permission denied: edit on model 'vision-clf' is needed; you have no access "
-                                     "to that name. You can create and edit registered models and prompts whose "
-                                     "names start with 'nlp-', and names no team owns.")
-    assert "alias" not in refused.value.message and "protected" not in refused.value.message
+    refused = refusal("nina@corp.test", "vision-clf", "champion")
+    assert refused.message == ("Permission denied: edit on model 'vision-clf' is needed; you have no access "
+                               "to that name. You can create and edit registered models and prompts whose "
+                               "names start with 'nlp-', and names no team owns.")
+    assert "alias" not in refused.message and "protected" not in refused.message
 
 
 def test_reading_an_alias_needs_read_only() -> None:

@@ -8,25 +8,19 @@ import pytest
 
 from proxy.policy import Level, Policy, load_policy_text
 from proxy.review import MARKER, diff, diff_markdown, diff_text, who_can, who_can_text
+from tests.support.policies import team
 
-BASE = textwrap.dedent("""
-    admins: [group:ops]
-    default: none
-    teams:
-      vision:
-        members: [group:vision, bob@corp.test]
-        maintainers: [carol@corp.test]
-        experiments: ["vision/"]
-        models: ["vision-"]
-      nlp:
-        members: [group:nlp]
-        experiments: ["nlp/"]
-        models: ["nlp-"]
-    users:
-      dave@corp.test: {password: "scrypt$1$2$3$c2FsdA==$aGFzaA==", groups: [vision]}
-    grants:
-      - {to: [everyone], experiments: ["shared/"], permission: edit}
-      - {to: [everyone], experiments: ["users/{user}/"], models: ["users/{user}/"], permission: manage}
+BASE = ("""
+admins: [group:ops]
+default: none
+teams:
+""" + team("vision", "group:vision", "bob@corp.test", maintainers=["carol@corp.test"], experiments=["vision/"],
+           models=["vision-"])
+    + team("nlp", "group:nlp", experiments=["nlp/"], models=["nlp-"]) + """users:
+  dave@corp.test: {password: "scrypt$1$2$3$c2FsdA==$aGFzaA==", groups: [vision]}
+grants:
+  - {to: [everyone], experiments: ["shared/"], permission: edit}
+  - {to: [everyone], experiments: ["users/{user}/"], models: ["users/{user}/"], permission: manage}
 """)
 
 
@@ -90,8 +84,8 @@ def test_diff(grants: str, extra: str, expected: set[tuple[str, str, str, str, s
 
 def test_team_membership_and_maintainers_move() -> None:
     old = policy()
-    new = load_policy_text(BASE.replace("maintainers: [carol@corp.test]", "maintainers: [carol@corp.test, group:nlp]")
-                           .replace("members: [group:vision, bob@corp.test]", "members: [group:vision]"), "p.yaml")
+    new = load_policy_text(BASE.replace('maintainers: ["carol@corp.test"]', 'maintainers: ["carol@corp.test", "group:nlp"]')
+                           .replace('members: ["group:vision", "bob@corp.test"]', 'members: ["group:vision"]'), "p.yaml")
     assert changes(old, new) == {
         ("group:nlp", "experiment", "vision/", "none", "manage"), ("group:nlp", "model", "vision-", "none", "manage"),
         ("user:bob@corp.test", "experiment", "vision/", "edit", "none"),

@@ -25,6 +25,7 @@ from tests.support.client import import_mlflow_client_modules
 from tests.support.gate import Gate, start_gate
 from tests.support.issuer import JwtIssuer
 from tests.support.mlflow_server import MlflowServer
+from tests.support.policies import team
 from tests.support.process import free_port
 
 # Groups the OP puts in ID tokens and access tokens (login or client id -> groups).
@@ -58,14 +59,11 @@ def oidc_groups() -> dict[str, list[str]]:
 def oidc_provider(oidc_gate_url: str, oidc_groups: dict[str, list[str]]) -> Iterator[OidcProvider]:
     """One OP for the whole session. Tests that change it (keys, users) restore it, or use `fresh_oidc_provider`."""
     require_oidc()
-    op = OidcProvider().start(
-        resource=oidc_gate_url, redirects=[f"{oidc_gate_url}/_gate/callback"],
-        post_logout=[f"{oidc_gate_url}/_gate/signed-out", f"{oidc_gate_url}/_gate/login", f"{oidc_gate_url}/"],
-        groups=oidc_groups)
-    try:
+    with OidcProvider().start(
+            resource=oidc_gate_url, redirects=[f"{oidc_gate_url}/_gate/callback"],
+            post_logout=[f"{oidc_gate_url}/_gate/signed-out", f"{oidc_gate_url}/_gate/login", f"{oidc_gate_url}/"],
+            groups=oidc_groups) as op:
         yield op
-    finally:
-        op.stop()
 
 
 @pytest.fixture
@@ -90,20 +88,9 @@ OIDC_POLICY = """\
 admins: [root@corp.test]
 default: none
 teams:
-  alpha:
-    members: [group:alpha]
-    maintainers: [mo@corp.test]
-    experiments: ["alpha/"]
-    models: ["alpha-"]
-  beta:
-    members: [group:beta, group:beta-team]
-    experiments: ["beta/"]
-    models: ["beta-"]
-  ci:
-    members: [user:ci-bot]
-    experiments: ["ci/"]
-    models: ["ci-"]
-grants:
+""" + team("alpha", "group:alpha", maintainers=["mo@corp.test"], experiments=["alpha/"], models=["alpha-"]) \
+    + team("beta", "group:beta", "group:beta-team", experiments=["beta/"], models=["beta-"]) \
+    + team("ci", "user:ci-bot", experiments=["ci/"], models=["ci-"]) + """grants:
   - to: [team:ci]
     experiments: ["alpha/"]
     permission: read
@@ -124,12 +111,9 @@ def oidc_gate(mlflow_server: MlflowServer, oidc_provider: OidcProvider, oidc_gat
         "MLFLOW_GATE_PUBLIC_URL": oidc_gate_url,
         "MLFLOW_GATE_OIDC_JWKS_REFRESH_INTERVAL": "0",  # JWKS re-fetched on every unknown kid
     }
-    gate = start_gate(tmp_path_factory.mktemp("oidc-gate"), mlflow_server.url, OIDC_POLICY, backend="sqlite-oidc",
-                      port=int(oidc_gate_url.rsplit(":", 1)[1]), env=env)
-    try:
+    with start_gate(tmp_path_factory.mktemp("oidc-gate"), mlflow_server.url, OIDC_POLICY, backend="sqlite-oidc",
+                    port=int(oidc_gate_url.rsplit(":", 1)[1]), env=env) as gate:
         yield gate
-    finally:
-        gate.stop()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,20 +192,14 @@ checks:
 
 @pytest.fixture(scope="session")
 def cluster_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JwtIssuer]:
-    issuer = JwtIssuer(tls=True, bearer=GATE_SA_TOKEN).start(tmp_path_factory.mktemp("cluster-issuer"))
-    try:
+    with JwtIssuer(tls=True, bearer=GATE_SA_TOKEN).start(tmp_path_factory.mktemp("cluster-issuer")) as issuer:
         yield issuer
-    finally:
-        issuer.stop()
 
 
 @pytest.fixture(scope="session")
 def github_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JwtIssuer]:
-    issuer = JwtIssuer().start(tmp_path_factory.mktemp("github-issuer"))
-    try:
+    with JwtIssuer().start(tmp_path_factory.mktemp("github-issuer")) as issuer:
         yield issuer
-    finally:
-        issuer.stop()
 
 
 @pytest.fixture(scope="session")
@@ -233,11 +211,8 @@ def machines_gate_url() -> str:
 def machine_op(machines_gate_url: str) -> Iterator[OidcProvider]:
     """A second OP, trusted as the issuer `op` (not as the sign-in provider): audience = the machines gate's URL."""
     require_oidc()
-    op = OidcProvider().start(resource=machines_gate_url)
-    try:
+    with OidcProvider().start(resource=machines_gate_url) as op:
         yield op
-    finally:
-        op.stop()
 
 
 @pytest.fixture(scope="session")
@@ -260,9 +235,6 @@ def machines_gate(mlflow_server: MlflowServer, oidc_provider: OidcProvider, oidc
         "MLFLOW_GATE_OIDC_AUDIENCE": oidc_gate_url,
         "MLFLOW_GATE_JWKS_REFRESH_INTERVAL": "0",   # an issuer's JWKS re-fetched on every unknown kid
     }
-    gate = start_gate(root, mlflow_server.url, policy, backend="sqlite-machines",
-                      port=int(machines_gate_url.rsplit(":", 1)[1]), env=env)
-    try:
+    with start_gate(root, mlflow_server.url, policy, backend="sqlite-machines",
+                    port=int(machines_gate_url.rsplit(":", 1)[1]), env=env) as gate:
         yield gate
-    finally:
-        gate.stop()

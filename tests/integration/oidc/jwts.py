@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from tests.oidc.provider import OidcProvider
+from tests.oidc.provider import OidcProvider, jwt_parts
 from tests.support.gate import Gate
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=5"
@@ -58,3 +61,50 @@ def assert_unauthenticated(r: httpx.Response) -> dict[str, Any]:
     body = r.json()
     assert body["error_code"] == "UNAUTHENTICATED", body
     return body  # type: ignore[no-any-return]
+
+
+def assert_alg_none_refused(gate: Gate, token: str) -> None:
+    """`token`'s claims unsigned under alg none (any spelling) are refused."""
+    header, claims = jwt_parts(token)
+    for alg in ("none", "None", "NONE"):
+        assert_unauthenticated(bearer(gate, raw_jwt({**header, "alg": alg}, claims, None)))
+
+
+def assert_hs256_with_public_key_refused(gate: Gate, token: str, jwks: dict[str, Any]) -> None:
+    """`token` re-signed HS256 with its issuer's public key (PEM SPKI, PEM PKCS#1, the JWK) as the secret is refused."""
+    header, claims = jwt_parts(token)
+    [jwk] = [k for k in jwks["keys"] if k["kid"] == header["kid"]]
+    public = RSAKey.import_key(jwk).public_key
+    for secret in (public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+                   public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1),
+                   json.dumps(jwk).encode()):
+        token = raw_jwt({**header, "alg": "HS256"}, claims, functools.partial(hs256, secret))
+        assert_unauthenticated(bearer(gate, token))
+
+
+def assert_tampering_refused(gate: Gate, token: str, changed: Iterable[dict[str, Any]], other: str) -> None:
+    """`token` is accepted, and refused once its payload becomes each of `changed` (signature kept), once a byte
+    of its signature flips, and under the signature of `other` (another token of its issuer)."""
+    assert bearer(gate, token).status_code == 200
+    head, payload, signature = token.split(".")
+    for claims in changed:
+        assert_unauthenticated(bearer(gate, f"{head}.{b64url(json.dumps(claims).encode())}.{signature}"))
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    assert_unauthenticated(bearer(gate, f"{head}.{payload}.{flipped}"))
+    assert_unauthenticated(bearer(gate, f"{head}.{payload}.{other.split('.')[2]}"))
+
+
+def bad_claims(audience: str, *more: Any) -> list[Any]:
+    """Changes of a token's claims `(claims, now) -> claims` the gate refuses under a valid signature, as
+    pytest params; `audience` is the gate's, `more` are params of the caller's own."""
+    return [
+        pytest.param(lambda c, now: {**c, "iss": "http://evil.test"}, id="wrong-iss"),
+        pytest.param(lambda c, now: {**c, "iss": c["iss"] + "/other"}, id="iss-below-the-issuer"),
+        pytest.param(lambda c, now: {**c, "aud": "http://127.0.0.1:1"}, id="wrong-aud"),
+        pytest.param(lambda c, now: {**c, "aud": ["http://127.0.0.1:1", audience]}, id="aud-list-without-gate"),
+        pytest.param(lambda c, now: {k: v for k, v in c.items() if k != "aud"}, id="no-aud"),
+        pytest.param(lambda c, now: {**c, "iat": now - 900, "exp": now - 300}, id="expired"),
+        pytest.param(lambda c, now: {k: v for k, v in c.items() if k != "exp"}, id="no-exp"),
+        *more,
+        pytest.param(lambda c, now: {**c, "nbf": now + 600}, id="nbf-in-the-future"),
+    ]

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
-import functools
 import html
-import json
 import queue
 import re
 import stat
@@ -37,13 +35,14 @@ from joserfc.jwk import RSAKey
 from tests.integration.gate_it import denied, uid
 from tests.integration.oidc.jwts import (
     SEARCH,
+    assert_alg_none_refused,
+    assert_hs256_with_public_key_refused,
+    assert_tampering_refused,
     assert_unauthenticated,
-    b64url,
+    bad_claims,
     bearer,
     forge,
-    hs256,
     op_signing_key,
-    raw_jwt,
 )
 from tests.oidc.provider import OidcProvider, jwt_parts
 from tests.support.client import UserClient
@@ -402,35 +401,14 @@ def test_real_provider_jwt_is_accepted_and_a_re_signed_copy_too(oidc_gate: Gate,
 
 
 def test_alg_none_is_refused(oidc_gate: Gate, oidc_provider: OidcProvider) -> None:
-    header, claims = jwt_parts(oidc_provider.mint_jwt_access_token(ALICE))
-    for alg in ("none", "None", "NONE"):
-        assert_unauthenticated(bearer(oidc_gate, raw_jwt({**header, "alg": alg}, claims, None)))
+    assert_alg_none_refused(oidc_gate, oidc_provider.mint_jwt_access_token(ALICE))
 
 
 def test_hs256_signed_with_the_providers_public_key_is_refused(oidc_gate: Gate, oidc_provider: OidcProvider) -> None:
-    header, claims = jwt_parts(oidc_provider.mint_jwt_access_token(ALICE))
-    [jwk] = [k for k in oidc_provider.jwks()["keys"] if k["kid"] == header["kid"]]
-    public = RSAKey.import_key(jwk).public_key
-    secrets = [
-        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
-        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1),
-        json.dumps(jwk).encode(),
-    ]
-    for secret in secrets:
-        token = raw_jwt({**header, "alg": "HS256"}, claims, functools.partial(hs256, secret))
-        assert_unauthenticated(bearer(oidc_gate, token))
+    assert_hs256_with_public_key_refused(oidc_gate, oidc_provider.mint_jwt_access_token(ALICE), oidc_provider.jwks())
 
 
-@pytest.mark.parametrize("change", [
-    pytest.param(lambda c, now: {**c, "iss": "http://evil.test"}, id="wrong-iss"),
-    pytest.param(lambda c, now: {**c, "iss": c["iss"] + "/other"}, id="iss-below-the-issuer"),
-    pytest.param(lambda c, now: {**c, "aud": "http://127.0.0.1:1"}, id="wrong-aud"),
-    pytest.param(lambda c, now: {**c, "aud": ["http://127.0.0.1:1", "mlflow-gate"]}, id="aud-list-without-gate"),
-    pytest.param(lambda c, now: {k: v for k, v in c.items() if k != "aud"}, id="no-aud"),
-    pytest.param(lambda c, now: {**c, "iat": now - 900, "exp": now - 300}, id="expired"),
-    pytest.param(lambda c, now: {k: v for k, v in c.items() if k != "exp"}, id="no-exp"),
-    pytest.param(lambda c, now: {**c, "nbf": now + 600}, id="nbf-in-the-future"),
-])
+@pytest.mark.parametrize("change", bad_claims("mlflow-gate"))
 def test_validly_signed_jwt_with_bad_claims_is_refused(oidc_gate: Gate, oidc_provider: OidcProvider,
                                                        change: Callable[[dict[str, Any], int], dict[str, Any]]) -> None:
     """Signed with the OP's own private key (so only the claim check can refuse it)."""
@@ -476,18 +454,10 @@ def test_token_signed_with_an_unpublished_key_under_the_real_kid_is_refused(
 
 def test_tampered_payload_is_refused(oidc_gate: Gate, oidc_provider: OidcProvider) -> None:
     token = oidc_provider.mint_jwt_access_token(ALICE)
-    assert bearer(oidc_gate, token).status_code == 200
-    head, payload, signature = token.split(".")
     _, claims = jwt_parts(token)
-    for changed in ({**claims, "email": "root@corp.test"}, {**claims, "groups": ["alpha", "beta"]},
-                    {**claims, "exp": claims["exp"] + 86400}):
-        tampered = f"{head}.{b64url(json.dumps(changed).encode())}.{signature}"
-        assert_unauthenticated(bearer(oidc_gate, tampered))
-    # A flipped signature byte, and a signature from another token.
-    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
-    assert_unauthenticated(bearer(oidc_gate, f"{head}.{payload}.{flipped}"))
-    other = oidc_provider.mint_jwt_access_token(BOB).split(".")[2]
-    assert_unauthenticated(bearer(oidc_gate, f"{head}.{payload}.{other}"))
+    changed = [{**claims, "email": "root@corp.test"}, {**claims, "groups": ["alpha", "beta"]},
+               {**claims, "exp": claims["exp"] + 86400}]
+    assert_tampering_refused(oidc_gate, token, changed, oidc_provider.mint_jwt_access_token(BOB))
 
 
 def test_garbage_bearer_tokens_are_refused(oidc_gate: Gate) -> None:
