@@ -38,6 +38,9 @@ DROP_RESPONSE = frozenset({
 CHUNK = 256 * 1024
 
 
+KEEPALIVE_SECONDS = 1.5       # below the upstream's own idle timeout (uvicorn 5 s, gunicorn 2 s)
+
+
 def _dropped(exc: BaseException) -> bool:
     """A connection that was open and closed under the request (not a server that cannot be reached)."""
     return isinstance(exc, aiohttp.ServerDisconnectedError) or (
@@ -58,11 +61,15 @@ class Upstream:
         """An http(s) URL, or `unix:///path/to.sock` for a server on a Unix domain socket (the embedded one)."""
         parts = urlsplit(base_url)
         connector: aiohttp.BaseConnector
+        # Idle pooled connections are dropped before the upstream drops them (uvicorn closes idle keep-alive
+        # connections after 5 s, gunicorn after 2 s): reusing one the server is closing fails a forwarded POST,
+        # which cannot be sent again safely. A busy gate keeps reusing its connections; an idle one reconnects.
+        idle = KEEPALIVE_SECONDS
         if parts.scheme == "unix" and parts.path.startswith("/") and not parts.netloc:
-            connector = aiohttp.UnixConnector(path=parts.path, limit=256, keepalive_timeout=30)
+            connector = aiohttp.UnixConnector(path=parts.path, limit=256, keepalive_timeout=idle)
             base_url = "http://localhost"        # the Host mlflow's DNS-rebinding check accepts
         elif parts.scheme in ("http", "https") and parts.hostname:
-            connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=idle, ttl_dns_cache=300)
         else:
             raise ValueError(f"upstream {base_url!r} is neither an http(s) URL nor unix:///path/to/socket")
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
@@ -79,7 +86,7 @@ class Upstream:
         """A call of the gate's own (resolution, search pages): status and parsed JSON.
 
         aiohttp sends an idempotent request (GET) once more when the pooled connection it used drops before an
-        answer (the upstream closes idle keep-alive connections: uvicorn after 5 s, the pool keeps them 30 s); a
+        answer (a connection the upstream closed as the pool reused it); a
         POST that only reads (`reads=True`: searches) gets the same second try here."""
         attempts = 2 if reads and method not in ("GET", "HEAD") else 1
         for attempt in range(1, attempts + 1):

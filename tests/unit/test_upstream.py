@@ -97,3 +97,51 @@ def test_an_unreachable_upstream_is_not_asked_again() -> None:
         raise AssertionError("answered")
     failed = asyncio.run(go())
     assert isinstance(failed.__cause__, aiohttp.ClientConnectorError)
+
+
+class ClosingWhenIdle:
+    """A keep-alive HTTP server that, like uvicorn and gunicorn, gives up a connection idle for `idle` seconds; the
+    request that arrives on it just then is dropped unanswered (the race a pooled connection loses)."""
+
+    def __init__(self, idle: float) -> None:
+        self.idle, self.dropped = idle, 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            if loop.time() - last >= self.idle:
+                self.dropped += 1
+                break
+            body = b'{"ok": true}'
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))
+            await writer.drain()
+            last = loop.time()
+        writer.close()
+
+
+def test_a_forwarded_post_after_a_pause_gets_a_fresh_connection() -> None:
+    """The pool lets idle connections go before the upstream does (gunicorn: 2 s), so a POST after a pause, which
+    cannot be sent twice, never rides a connection the server is giving up."""
+    async def go() -> tuple[list[int], int]:
+        server = ClosingWhenIdle(idle=2.0)
+        listening = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        upstream = Upstream.open(f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}")
+        statuses = []
+        try:
+            for pause in (0, 0.2, 2.3):
+                await asyncio.sleep(pause)
+                statuses.append((await upstream.get_json("/x", body={}, method="POST"))[0])
+            return statuses, server.dropped
+        finally:
+            await upstream.close()
+            listening.close()
+    assert asyncio.run(go()) == ([200, 200, 200], 0)
