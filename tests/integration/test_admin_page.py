@@ -13,7 +13,7 @@ import pytest
 
 from proxy.passwords import hash_password
 from tests.integration.gate_it import denied, uid
-from tests.integration.oidc.test_browser import ARGS, CHROMIUM, TIMEOUT_MS
+from tests.support.browser import ARGS, CHROMIUM, TIMEOUT_MS, require_chromium
 from tests.support.gate import Gate, start_gate
 
 # The page reads the policy and the gate's memory only: one backend is enough.
@@ -58,9 +58,7 @@ def admin_gate(mlflow_server, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[tuple[Any, list[str]]]:
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium is not installed (/usr/bin/chromium is missing); .ci/run installs it with "
-                    "`apt-get install chromium` (never `playwright install`: it needs the internet)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     problems: list[str] = []

@@ -10,29 +10,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from gate_it import ALICE, World, uid
 
-pytestmark = [pytest.mark.integration, pytest.mark.parametrize("mlflow_server", ["sqlite"], indirect=True)]
+from tests.support.browser import ARGS, CHROMIUM, LOOPBACK_ONLY, require_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+pytestmark = [pytest.mark.integration, pytest.mark.parametrize("mlflow_server", ["sqlite"], indirect=True)]
 
 
 @pytest.fixture
 def browser(gate) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium is not installed (/usr/bin/chromium is missing); .ci/run installs it with "
-                    "`apt-get install chromium` (never `playwright install`: it needs the internet)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[*ARGS, LOOPBACK_ONLY])
         try:
             context = chromium.new_context(viewport={"width": 1400, "height": 900},
                                            extra_http_headers={"Authorization": f"Bearer {gate.token(ALICE)}"})
